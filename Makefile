@@ -1,0 +1,89 @@
+# posfleet: the two commands of the README (`make demo`, `make test`) and the steps they are made of.
+# Everything a fresh Debian/Ubuntu machine needs is installed from here, as root.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+VBIN        := $(VENV)/bin
+# Debian packages the control node and the lab need. The terminal image is built from Debian's
+# archive with debootstrap, so nothing here is downloaded from anywhere else.
+APT_PACKAGES := debootstrap nginx-light openssh-client sqlite3 iproute2 dpkg-dev xz-utils zstd \
+                rsync openssl ca-certificates util-linux procps
+DEMO_TERMINALS ?= 12
+TEST_TERMINALS ?= 6
+export PATH := $(CURDIR)/$(VBIN):$(CURDIR)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONDONTWRITEBYTECODE := 1
+
+# ansible-core 2.21 needs Python 3.12 or newer on the control node: take the newest we can find,
+# on PATH or under pyenv.
+# pyenv's shims answer `command -v` for versions that are not active, so each candidate is run.
+PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
+            for p in "$$(command -v python$$v 2>/dev/null)" $$HOME/.pyenv/versions/$$v*/bin/python$$v \
+                     /usr/local/bin/python$$v /usr/bin/python$$v; do \
+              [ -x "$$p" ] && "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+                && { echo "$$p"; exit 0; }; done; done)
+
+.PHONY: help deps apt venv demo test lint unit integration molecule bench lab-up lab-down clean
+
+help:
+	@echo "make demo   boot the lab fleet and run the main job against it"
+	@echo "make test   every quality gate and test (lint, unit, lab integration, molecule)"
+	@echo "make bench  lab benchmarks (boot time, memory, teardown)"
+	@echo "make lab-down   remove the lab completely"
+
+deps: apt venv
+
+apt: .make/apt.stamp
+.make/apt.stamp: Makefile
+	@if [ "$$(id -u)" != 0 ]; then echo "posfleet: run as root (the lab needs network namespaces and mounts)" >&2; exit 1; fi
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "posfleet: installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p .make && touch $@
+
+venv: .make/venv.stamp
+.make/venv.stamp: requirements.txt
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "posfleet: no Python 3.12 or newer found. ansible-core 2.21 needs it on the control node:" >&2; \
+	  echo "  install python3.12 (or newer) from your distribution or pyenv, or run make PYTHON=/path/to/python3.12" >&2; \
+	  exit 1; fi
+	@echo "posfleet: creating $(VENV) with $(PYTHON)"
+	@[ -x $(VBIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(VBIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	@mkdir -p .make && touch $@
+
+demo: deps
+	@lab/demo.sh $(DEMO_TERMINALS)
+
+test: deps
+	@tests/run-all.sh $(TEST_TERMINALS)
+
+lint: venv
+	yamllint --strict .
+	ruff check .
+	ansible-lint --offline --profile production
+
+unit: venv
+	pytest -q tests/unit
+
+integration: deps
+	pytest -q tests/integration
+
+molecule: deps
+	cd molecule/.. && molecule test -s default
+
+bench: deps
+	$(VBIN)/python bench/lab_scale.py
+
+lab-up: deps
+	poslab up --terminals $(DEMO_TERMINALS)
+
+lab-down:
+	poslab down
+
+clean: lab-down
+	rm -rf $(VENV) .make reports

@@ -1,0 +1,96 @@
+"""`poslab fault SERIAL KIND [ARG]`: the things that go wrong in the field, on demand.
+
+Each fault acts where the real one would: the cable (the host end of the terminal's veth), the
+power (its init, killed without a shutdown), its flash, its battery, or its sales.
+"""
+
+import os
+import signal
+import time
+
+from . import config, net, supervisor, terminal as term
+from .util import log, run
+
+KINDS = {
+    "net-down": "pull the network cable",
+    "net-up": "plug the cable back in and lift any rate limit",
+    "slow": "limit the link to RATE (tc tbf), e.g. `slow 256kbit`; `slow off` lifts it",
+    "power-cut": "cut the power at once (no shutdown); it boots again after ARG seconds (default 3)",
+    "disk-full": "fill the terminal's flash, leaving ARG KiB free (default 0)",
+    "disk-ok": "free the space disk-full took",
+    "battery": "set the battery to PCT percent; add `charging` as a further word to plug in the charger",
+    "txn-inflight": "start a sale that lasts ARG seconds (0: until released with txn-release)",
+    "txn-release": "let a held sale finish",
+    "txn-pending": "record ARG offline sales that wait for upload",
+}
+BALLAST = "/var/lib/pos/.poslab-ballast"
+
+
+def apply(terminal, kind, args):
+    if kind not in KINDS:
+        raise SystemExit(f"poslab: unknown fault {kind!r}; one of: " +
+                         "; ".join(f"{k} ({v})" for k, v in KINDS.items()))
+    veth = net.terminal_veth(terminal)
+    if kind == "net-down":
+        run(["ip", "link", "set", veth, "down"])
+    elif kind == "net-up":
+        run(["tc", "qdisc", "del", "dev", veth, "root"], check=False)
+        run(["ip", "link", "set", veth, "up"])
+    elif kind == "slow":
+        rate = need(args, "RATE, e.g. 256kbit, or off")
+        if rate == "off":
+            run(["tc", "qdisc", "del", "dev", veth, "root"], check=False)
+        else:
+            # Shapes what the terminal receives: the direction a download takes.
+            run(["tc", "qdisc", "replace", "dev", veth, "root", "tbf", "rate", rate, "burst", "16kbit",
+                 "latency", "500ms"])
+    elif kind == "power-cut":
+        delay = float(args[0]) if args else 3.0
+        pid = supervisor.init_pid(terminal)
+        if pid is None:
+            raise SystemExit(f"poslab: terminal {terminal['serial']} is already powered off")
+        (supervisor.terminal_dir(terminal) / "power-off-until").write_text(str(time.time() + delay))
+        os.kill(pid, signal.SIGKILL)
+    elif kind == "disk-full":
+        keep_kib = int(args[0]) if args else 0
+        script = (f'free=$(( $(stat -f -c "%a*%S" /) / 1024 - {keep_kib} )); '
+                  f'[ "$free" -gt 0 ] && fallocate -l "${{free}}K" {BALLAST}.new && mv {BALLAST}.new {BALLAST}; '
+                  f'df -k / | tail -1')
+        result = term.run_in(terminal, ["sh", "-c", script])
+        log(result.stdout.strip())
+    elif kind == "disk-ok":
+        term.run_in(terminal, ["rm", "-f", BALLAST, BALLAST + ".new"])
+    elif kind == "battery":
+        pct = int(need(args, "PCT"))
+        charging = "1" if "charging" in args[1:] else "0"
+        term.run_in(terminal, ["sh", "-c", f"mkdir -p /var/lib/possim && echo {pct} > /var/lib/possim/battery"
+                                           f" && echo {charging} > /var/lib/possim/charging"])
+    else:
+        answer = {
+            "txn-inflight": lambda: term.posctl(terminal, "hold_sale", seconds=float(args[0]) if args else 0),
+            "txn-release": lambda: term.posctl(terminal, "release_sale"),
+            "txn-pending": lambda: term.posctl(terminal, "make_pending", count=int(need(args, "N"))),
+        }[kind]()
+        if not answer.get("ok"):
+            raise SystemExit(f"poslab: {kind} on {terminal['serial']}: {answer.get('error')}")
+    log(f"{terminal['serial']}: {kind} {' '.join(args)}".rstrip())
+
+
+def need(args, what):
+    if not args:
+        raise SystemExit(f"poslab: this fault needs {what}")
+    return args[0]
+
+
+def acquirer(mode):
+    """Take the acquirer host down or bring it back (it answers 503 while down)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{config.ACQUIRER_URL}/v1/admin/mode", method="POST",
+                                     data=json.dumps({"mode": mode}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        log(f"acquirer: {response.read().decode().strip()}")
+
+

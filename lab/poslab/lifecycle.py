@@ -1,0 +1,218 @@
+"""`poslab up` and `poslab down`: bring the fleet to the wanted size, or remove every trace of it."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import config, fleet, image, net, packs, services, supervisor
+from .util import log, run
+
+
+def require_root():
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        raise SystemExit("poslab: the lab needs root on Linux (network namespaces, mounts); run it as root")
+
+
+# --- leftovers ------------------------------------------------------------------------------------
+
+def lab_mounts():
+    """Mount points under the lab's state directory, deepest first."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(config.STATE) or point.startswith(str(config.STATE) + "/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def lab_pids():
+    """PIDs of every process that lives in a lab network namespace or runs the lab's supervisor."""
+    inodes = set()
+    for name in net.existing_namespaces():
+        try:
+            inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+        except OSError:
+            pass
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino in inodes:
+                pids.append(int(entry.name))
+                continue
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"_supervise" in cmdline and any(b"poslab" in part for part in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+def down():
+    """Stop everything of the lab and remove its namespaces, links, mounts and state."""
+    require_root()
+    started = time.monotonic()
+    pid = services.alive(config.SUPERVISOR_PID)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(150):
+            if not services.alive(config.SUPERVISOR_PID):
+                break
+            time.sleep(0.1)
+    services.stop()
+    # Whatever is left (a supervisor killed with -9, a stray `poslab exec`): these PIDs are the lab's
+    # by construction, they live in its namespaces.
+    for _ in range(3):
+        pids = lab_pids()
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.3)
+    net.teardown()
+    for point in lab_mounts():
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if config.STATE.exists():
+        shutil.rmtree(config.STATE, ignore_errors=True)
+    left = net.existing_namespaces() or lab_mounts() or net.link_exists(config.BRIDGE)
+    if left:
+        raise SystemExit(f"poslab: could not remove everything; still there: {left}")
+    log(f"lab removed in {time.monotonic() - started:.1f}s")
+
+
+def stale():
+    """True when lab leftovers exist but no supervisor runs them (an earlier run was killed)."""
+    if services.alive(config.SUPERVISOR_PID):
+        return False
+    return bool(net.existing_namespaces() or net.link_exists(config.BRIDGE) or lab_mounts() or lab_pids())
+
+
+# --- up -------------------------------------------------------------------------------------------
+
+def ensure_ssh_key():
+    config.SSH_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not config.SSH_KEY.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "poslab-control", "-f", str(config.SSH_KEY)])
+
+
+def provision(terminal, models):
+    """Give a new terminal its flash (a tmpfs of the model's size), identity, host keys and merchant pack."""
+    tdir = supervisor.terminal_dir(terminal)
+    flash = tdir / "flash"
+    flash.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(flash):
+        size = models[terminal["model"]]["storage_mb"]
+        run(["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=755", f"poslab-flash-{terminal['serial']}",
+             str(flash)])
+    upper = flash / "upper"
+    if (upper / "etc" / "pos" / "terminal.json").exists():
+        return
+    (upper / "etc" / "pos").mkdir(parents=True, exist_ok=True)
+    identity = {k: terminal[k] for k in fleet.REGISTRY_COLUMNS if k != "ip"}
+    (upper / "etc" / "pos" / "terminal.json").write_text(json.dumps(identity, indent=1) + "\n")
+    ssh = upper / "etc" / "ssh"
+    ssh.mkdir(parents=True, exist_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{terminal['serial']}",
+         "-f", str(ssh / "ssh_host_ed25519_key")])
+    packs.write_pack(upper / "var" / "lib" / "pos" / "packs", "merchant", "1", packs.merchant_files(terminal))
+
+
+def write_known_hosts(terminals):
+    lines = []
+    for terminal in terminals:
+        key = supervisor.terminal_dir(terminal) / "flash" / "upper" / "etc" / "ssh" / "ssh_host_ed25519_key.pub"
+        keytype, blob = key.read_text().split()[:2]
+        lines.append(f"{terminal['ip']} {keytype} {blob}")
+        lines.append(f"{terminal['serial']} {keytype} {blob}")
+    tmp = config.KNOWN_HOSTS.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(config.KNOWN_HOSTS)
+
+
+def up(size, seed, wait=True):
+    require_root()
+    if stale():
+        log("found leftovers of an earlier lab that is not running; cleaning them up first")
+        down()
+    models = config.load_models()
+    regions = config.load_regions()
+    running = services.alive(config.SUPERVISOR_PID)
+    previous = fleet.load()
+    if previous and len(previous) != size:
+        log(f"resizing the fleet from {len(previous)} to {size} terminals")
+    terminals = fleet.build(size, seed)
+    if running and fleet.saved_seed() not in (None, seed):
+        raise SystemExit(f"poslab: the running lab was made with --seed {fleet.saved_seed()}; "
+                         "`poslab down` first to change it")
+    config.STATE.mkdir(parents=True, exist_ok=True)
+    ensure_ssh_key()
+    if not running:
+        image.base_image()
+        log("building the lab and model layers")
+        image.build_layers(models)
+    net.ensure_bridge(regions)
+    services.start(regions)
+    net.ensure_terminals(terminals)
+    for terminal in previous:
+        if terminal["serial"] not in {t["serial"] for t in terminals}:
+            net.remove_terminal(terminal)
+    log(f"provisioning {len(terminals)} terminals")
+    for terminal in terminals:
+        provision(terminal, models)
+    write_known_hosts(terminals)
+    fleet.save(terminals, seed)
+    if running:
+        os.kill(running, signal.SIGHUP)
+    else:
+        start_supervisor()
+    if wait:
+        wait_reachable(terminals)
+    log(f"lab up: {len(terminals)} terminals; registry at {config.REGISTRY_CSV}")
+
+
+def start_supervisor():
+    config.RUN.mkdir(parents=True, exist_ok=True)
+    with open(config.SUPERVISOR_LOG, "ab") as logfile:
+        subprocess.Popen([str(config.PROJECT / "bin" / "poslab"), "_supervise"],
+                         stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, start_new_session=True)
+    for _ in range(50):
+        if services.alive(config.SUPERVISOR_PID):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"poslab: the supervisor did not start; see {config.SUPERVISOR_LOG}")
+
+
+def wait_reachable(terminals, timeout=90):
+    """Wait until every terminal's sshd answers, printing progress."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    pending = {t["serial"]: t["ip"] for t in terminals}
+    last = -1
+    while pending and time.monotonic() < deadline:
+        for serial, address in list(pending.items()):
+            try:
+                with socket.create_connection((address, 22), timeout=0.3) as conn:
+                    if re.match(rb"SSH-", conn.recv(8)):
+                        del pending[serial]
+            except OSError:
+                pass
+        if len(pending) != last:
+            last = len(pending)
+            log(f"{len(terminals) - len(pending)}/{len(terminals)} terminals answer on ssh")
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise SystemExit(f"poslab: {len(pending)} terminals did not boot in {timeout}s: {sorted(pending)[:10]}; "
+                         f"see {config.TERMINALS}/<serial>/console.log")

@@ -1,0 +1,86 @@
+"""The lab network: one bridge, a hub namespace for the services, a namespace per terminal.
+
+Everything is on 10.231.0.0/16 behind bridge poslab0. Terminals get an address on that subnet and
+no default route, so there is no path from a terminal to anything but the lab. The host only gains
+the bridge and its connected route; no firewall rule, forwarding setting or other route changes.
+"""
+
+import subprocess
+
+from . import config
+from .util import run
+
+
+def ip_batch(commands):
+    """Run many `ip` commands in one process (`ip -batch`); 100 terminals in well under a second."""
+    if commands:
+        run(["ip", "-force", "-batch", "-"], input_text="\n".join(commands) + "\n")
+
+
+def existing_namespaces():
+    result = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return {line.split()[0] for line in result.stdout.splitlines() if line.startswith(config.NS_PREFIX)}
+
+
+def link_exists(name):
+    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
+
+
+def terminal_ns(terminal):
+    return f"{config.NS_PREFIX}t{terminal['index']}"
+
+
+def terminal_veth(terminal):
+    """The host end of the terminal's cable; the fault commands pull and throttle this one."""
+    return f"{config.VETH_PREFIX}{terminal['index']}"
+
+
+def ensure_bridge(regions):
+    """Bridge, control-node address and the hub namespace with the services' addresses."""
+    prefix = config.SUBNET.prefixlen
+    if not link_exists(config.BRIDGE):
+        ip_batch([
+            f"link add {config.BRIDGE} type bridge",
+            f"addr add {config.CONTROL_IP}/{prefix} dev {config.BRIDGE}",
+            f"link set {config.BRIDGE} up",
+        ])
+    if config.HUB_NS not in existing_namespaces():
+        run(["ip", "netns", "add", config.HUB_NS])
+        hub_ips = sorted({r["dp_ip"] for r in regions.values()} | {str(config.ACQUIRER_IP)})
+        ip_batch([f"link add {config.VETH_PREFIX}hub type veth peer name eth0 netns {config.HUB_NS}",
+                  f"link set {config.VETH_PREFIX}hub master {config.BRIDGE} up"])
+        run(["ip", "-n", config.HUB_NS, "-batch", "-"], input_text="\n".join(
+            [f"addr add {address}/{prefix} dev eth0" for address in hub_ips]
+            + ["link set eth0 up", "link set lo up"]) + "\n")
+
+
+def ensure_terminals(terminals):
+    """Create the namespace and cable of each terminal that does not have them yet."""
+    have = existing_namespaces()
+    missing = [t for t in terminals if terminal_ns(t) not in have]
+    for terminal in missing:
+        run(["ip", "netns", "add", terminal_ns(terminal)])
+    ip_batch([line for t in missing for line in (
+        f"link add {terminal_veth(t)} type veth peer name eth0 netns {terminal_ns(t)}",
+        f"link set {terminal_veth(t)} master {config.BRIDGE} up",
+    )])
+    for terminal in missing:
+        run(["ip", "-n", terminal_ns(terminal), "-batch", "-"], input_text=(
+            f"addr add {terminal['ip']}/{config.SUBNET.prefixlen} dev eth0\n"
+            "link set eth0 up\nlink set lo up\n"))
+
+
+def remove_terminal(terminal):
+    subprocess.run(["ip", "netns", "del", terminal_ns(terminal)], capture_output=True, check=False)
+
+
+def teardown():
+    """Remove every namespace, veth and the bridge of the lab, whatever state they are in."""
+    for name in existing_namespaces():
+        # Deleting a namespace deletes the veth ends inside it and so their host-side peers.
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    result = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(config.VETH_PREFIX) or name == config.BRIDGE:
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
