@@ -7,7 +7,8 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import faults, fleet, ledger, lifecycle, supervisor, terminal as term
+from . import faults, fleet, ledger, lifecycle, supervisor
+from . import terminal as term
 
 
 def status_of(terminal):
@@ -42,9 +43,10 @@ def cmd_status(args):
           f"{'PENDING':>7}  PACKS")
     for r in rows:
         packs = ",".join(f"{k}={v}" for k, v in sorted((r["packs"] or {}).items()))
-        print(f"{r['serial']:10} {r['model']:13} {r['region']:11} {r['ip']:12} {'yes' if r['reachable'] else 'NO':4} "
-              f"{r['state'] or '-':15} {r['app_version'] or '-':8} {str(r['pending'] if r['pending'] is not None else '-'):>7}"
-              f"  {packs or r.get('error', '')}")
+        pending = "-" if r["pending"] is None else str(r["pending"])
+        ssh = "yes" if r["reachable"] else "NO"
+        print(f"{r['serial']:10} {r['model']:13} {r['region']:11} {r['ip']:12} {ssh:4} "
+              f"{r['state'] or '-':15} {r['app_version'] or '-':8} {pending:>7}  {packs or r.get('error', '')}")
     return 0
 
 

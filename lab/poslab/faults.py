@@ -4,11 +4,14 @@ Each fault acts where the real one would: the cable (the host end of the termina
 power (its init, killed without a shutdown), its flash, its battery, or its sales.
 """
 
+import json
 import os
 import signal
 import time
+import urllib.request
 
-from . import config, net, supervisor, terminal as term
+from . import config, net, supervisor
+from . import terminal as term
 from .util import log, run
 
 KINDS = {
@@ -84,9 +87,6 @@ def need(args, what):
 
 def acquirer(mode):
     """Take the acquirer host down or bring it back (it answers 503 while down)."""
-    import json
-    import urllib.request
-
     request = urllib.request.Request(f"{config.ACQUIRER_URL}/v1/admin/mode", method="POST",
                                      data=json.dumps({"mode": mode}).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -11,7 +11,8 @@ import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
-from . import fleet, services, terminal as term
+from . import fleet, services
+from . import terminal as term
 
 DUMP = ("import json,sqlite3; c=sqlite3.connect('file:/var/lib/pos/journal.db?mode=ro', uri=True); "
         "print(json.dumps(c.execute('SELECT id, batch, stan, uploaded FROM txn').fetchall()))")

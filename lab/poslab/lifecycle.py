@@ -1,10 +1,12 @@
 """`poslab up` and `poslab down`: bring the fleet to the wanted size, or remove every trace of it."""
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,10 +38,8 @@ def lab_pids():
     """PIDs of every process that lives in a lab network namespace or runs the lab's supervisor."""
     inodes = set()
     for name in net.existing_namespaces():
-        try:
+        with contextlib.suppress(OSError):
             inodes.add(os.stat(f"/run/netns/{name}").st_ino)
-        except OSError:
-            pass
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -75,10 +75,8 @@ def down():
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.3)
     net.teardown()
     for point in lab_mounts():
@@ -195,8 +193,6 @@ def start_supervisor():
 
 def wait_reachable(terminals, timeout=90):
     """Wait until every terminal's sshd answers, printing progress."""
-    import socket
-
     deadline = time.monotonic() + timeout
     pending = {t["serial"]: t["ip"] for t in terminals}
     last = -1

@@ -14,7 +14,7 @@ def log(message):
 
 def run(argv, check=True, input_text=None):
     """Run a command; on failure exit with the command and its own error output, not a traceback."""
-    result = subprocess.run(argv, capture_output=True, text=True, input=input_text)
+    result = subprocess.run(argv, capture_output=True, text=True, input=input_text, check=False)
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip()[-2000:]
         raise SystemExit(f"poslab: `{' '.join(map(str, argv))}` failed (exit {result.returncode}): {detail}")

@@ -1,0 +1,451 @@
+# posfleet inventory plugin: the terminal fleet from the TMS registry export. Runs on the control node
+# only, so it may use ansible and PyYAML; everything else is the standard library.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: posfleet_registry
+author:
+  - posfleet maintainers
+short_description: POS terminal inventory from a TMS terminal registry export (CSV or JSON)
+description:
+  - Reads a terminal registry exported by the terminal management system (TMS), one terminal per row,
+    validates every row and builds the inventory from it.
+  - Uses a YAML configuration file whose name ends with C(.posfleet.yml) or C(.posfleet.yaml).
+  - Each terminal becomes a host named by its serial number, with C(ansible_host) set to its IP address.
+  - Hosts are put in C(model_<model>) and C(region_<region>) groups, children of the C(models) and C(regions)
+    groups. Every known model and region gets its group, even when no terminal of it is in the registry.
+  - The model profile from O(models_file) is attached to each C(model_<model>) group as C(pos_model_profile),
+    and the region settings from O(regions_file) to each C(region_<region>) group as C(pos_region_settings).
+    Both are inventory group variables, so an inventory's C(group_vars/) files override them.
+  - Rows are checked before anything is added to the inventory. See O(on_bad_row) for what a bad row does.
+  - The variables of the C(all) group are left alone; this plugin never sets anything secret.
+extends_documentation_fragment:
+  - ansible.builtin.constructed
+options:
+  plugin:
+    description: Marks this as an instance of the C(posfleet_registry) plugin.
+    type: str
+    required: true
+    choices: ['posfleet_registry']
+  registry:
+    description:
+      - Path to the registry export. A name ending in C(.csv) is read as CSV, one ending in C(.json) as JSON.
+      - A relative path is relative to the directory of the configuration file.
+      - May be a Jinja2 template (the configuration file is trusted), for example to let an environment
+        variable override the path with the P(ansible.builtin.env#lookup) lookup.
+      - "CSV: UTF-8 (a byte order mark is allowed), a header row is required, with the columns
+        C(serial), C(model), C(region), C(merchant_id), C(terminal_id), C(merchant_name), C(store) and C(ip)
+        in any order. Column names are matched case-insensitively. Any further column becomes a host variable
+        named C(pos_registry_<column>) holding the cell's text."
+      - "JSON: either a list of objects with the same keys, or an object with the list under C(terminals).
+        Further keys become C(pos_registry_<key>) host variables with their JSON values."
+    type: str
+    required: true
+  models_file:
+    description:
+      - Path to the shared model profiles (a YAML mapping under C(models)).
+      - A relative path is relative to the directory of the configuration file.
+    type: str
+    default: ../shared/models.yml
+  regions_file:
+    description:
+      - Path to the shared region settings (a YAML mapping under C(regions)).
+      - A relative path is relative to the directory of the configuration file.
+    type: str
+    default: ../shared/regions.yml
+  on_bad_row:
+    description:
+      - What a row that fails a check does.
+      - "V(fail) loads nothing and fails the inventory source with one line per bad row,
+        C(FILE:LINE: reason) for CSV and C(FILE:entry N: reason) for JSON (N counts from 1)."
+      - V(skip) drops each bad row with a warning in the same form and loads the good rows.
+      - "The checks: every required field present and not empty; the model and region known in O(models_file)
+        and O(regions_file); C(ip) a valid IPv4 or IPv6 address; C(serial) 1 to 64 letters, digits, C(.),
+        C(_) or C(-), starting with a letter or digit; no serial and no IP address used twice (the first row
+        wins, the later ones are bad)."
+      - Problems with the file as a whole (missing file, no header, a required column missing from the header,
+        an empty registry, unreadable model or region data) always fail, whatever this option says.
+    type: str
+    default: fail
+    choices: ['fail', 'skip']
+"""
+
+EXAMPLES = r"""
+---
+# inventories/production/registry.posfleet.yml: the TMS export next to the config file,
+# model and region data from inventories/shared/.
+plugin: posfleet_registry
+registry: registry.csv
+
+---
+# The lab: a fixed export path that an environment variable may override, and a group per merchant
+# and per store (merchant_M1001, store_S0001, ...).
+plugin: posfleet_registry
+registry: "{{ lookup('ansible.builtin.env', 'POSLAB_REGISTRY', default='/var/lib/poslab/registry.csv') }}"
+keyed_groups:
+  - key: pos_merchant_id
+    prefix: merchant
+  - key: pos_store
+    prefix: store
+
+---
+# Load what is good and warn about the rest; use a registry column for the SSH port and
+# group the terminals that run on battery.
+plugin: posfleet_registry
+registry: /srv/tms/export/terminals.json
+models_file: /srv/posfleet/shared/models.yml
+regions_file: /srv/posfleet/shared/regions.yml
+on_bad_row: skip
+strict: true
+compose:
+  ansible_port: pos_registry_ssh_port | default(22) | int
+groups:
+  on_battery: pos_model_profile.battery
+"""
+
+import csv
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleParserError
+from ansible.inventory.helpers import get_group_vars
+from ansible.module_utils.common.text.converters import to_native
+from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible.utils.vars import combine_vars
+
+REQUIRED_FIELDS = ("serial", "model", "region", "merchant_id", "terminal_id", "merchant_name", "store", "ip")
+SERIAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SERIAL_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Extra columns become `pos_registry_<name>` variables, so a name has to make a valid variable name.
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EXTRA_PREFIX = "pos_registry_"
+CONFIG_SUFFIXES = (".posfleet.yml", ".posfleet.yaml")
+PREFIX = "posfleet_registry:"
+
+
+class _Entry:
+    """One registry row as read, before the checks."""
+
+    __slots__ = ("extras", "fields", "problems", "where")
+
+    def __init__(self, where, fields, extras, problems=None):
+        self.where = where          # "FILE:LINE" or "FILE:entry N", the start of every message about it
+        self.fields = fields        # required field -> str, or None when absent; None: not a JSON object
+        self.extras = extras        # extra column or key -> value
+        self.problems = list(problems or [])
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable):
+    NAME = "posfleet_registry"
+
+    def verify_file(self, path):
+        return super().verify_file(path) and path.endswith(CONFIG_SUFFIXES)
+
+    def parse(self, inventory, loader, path, cache=True):
+        super().parse(inventory, loader, path, cache)
+        self._read_config_data(path)
+        self._config_path = path
+        config_dir = os.path.dirname(os.path.abspath(path))
+
+        models_file = self._path_option("models_file", config_dir)
+        regions_file = self._path_option("regions_file", config_dir)
+        models = self._load_shared(models_file, "models")
+        regions = self._load_shared(regions_file, "regions")
+        self._check_models(models, models_file)
+
+        registry = self._path_option("registry", config_dir)
+        entries = self._read_registry(registry)
+        good, bad = self._check_entries(entries, models, regions, models_file, regions_file)
+
+        if bad:
+            lines = [f"{entry.where}: {'; '.join(entry.problems)}" for entry in bad]
+            if self.get_option("on_bad_row") == "fail":
+                # Nothing has been added to the inventory yet: a half-loaded fleet is worse than none.
+                listing = "\n".join(lines)
+                raise AnsibleParserError(
+                    f"{PREFIX} {len(bad)} bad row(s) in {registry}, so nothing was loaded:\n{listing}\n"
+                    f"Fix these rows in the registry export, or set 'on_bad_row: skip' in {path} to load "
+                    "the good rows and get a warning for each bad one."
+                )
+            for line in lines:
+                self.display.warning(f"{PREFIX} skipped {line}")
+
+        self._populate(good, models, regions)
+
+    # -- options and shared data ------------------------------------------------------------------
+
+    def _path_option(self, name, config_dir):
+        value = self.get_option(name)
+        if self.templar.is_template(value):
+            try:
+                value = self.templar.template(value)
+            except Exception as e:
+                raise AnsibleParserError(
+                    f"{PREFIX} could not template option '{name}' in {self._config_path}: {to_native(e)}"
+                ) from e
+        if not isinstance(value, str) or not value.strip():
+            raise AnsibleParserError(f"{PREFIX} option '{name}' in {self._config_path} must be a non-empty path")
+        return os.path.normpath(os.path.join(config_dir, os.path.expanduser(value.strip())))
+
+    def _load_shared(self, path, key):
+        kind = key[:-1]
+        if not os.path.isfile(path):
+            raise AnsibleParserError(
+                f"{PREFIX} {key} file {path} not found; point option '{key}_file' in {self._config_path} "
+                f"at the shared {kind} data (inventories/shared/{key}.yml in the repository)"
+            )
+        try:
+            data = self.loader.load_from_file(path, cache="none")
+        except Exception as e:
+            raise AnsibleParserError(f"{PREFIX} cannot read {key} file {path}: {to_native(e)}") from e
+        if not isinstance(data, Mapping) or not isinstance(data.get(key), Mapping) or not data[key]:
+            raise AnsibleParserError(
+                f"{PREFIX} {path} must hold a mapping under '{key}:' with one entry per {kind} name"
+            )
+        for name, value in data[key].items():
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise AnsibleParserError(
+                    f"{PREFIX} {path}: {kind} name {name!r} may hold only letters, digits and '_' "
+                    "(it becomes part of a group name); rename it"
+                )
+            if not isinstance(value, Mapping):
+                raise AnsibleParserError(f"{PREFIX} {path}: {kind} '{name}' must be a mapping of settings")
+        return data[key]
+
+    def _check_models(self, models, models_file):
+        for name, profile in models.items():
+            python = profile.get("python")
+            if not isinstance(python, str) or not python.strip():
+                raise AnsibleParserError(
+                    f"{PREFIX} {models_file}: model '{name}' has no 'python'; add the path of the Python "
+                    "interpreter on that model's terminals"
+                )
+
+    # -- reading the registry ---------------------------------------------------------------------
+
+    def _read_registry(self, registry):
+        if not os.path.isfile(registry):
+            raise AnsibleParserError(
+                f"{PREFIX} registry file {registry} not found; write the TMS export there or point option "
+                f"'registry' in {self._config_path} at it"
+            )
+        ext = os.path.splitext(registry)[1].lower()
+        if ext not in (".csv", ".json"):
+            raise AnsibleParserError(
+                f"{PREFIX} registry file {registry} must end in .csv or .json so that its format is known"
+            )
+        try:
+            # utf-8-sig: spreadsheet tools put a byte order mark in front of the header.
+            with open(registry, encoding="utf-8-sig", newline="") as f:
+                entries = self._read_csv(registry, f) if ext == ".csv" else self._read_json(registry, f)
+        except UnicodeDecodeError as e:
+            raise AnsibleParserError(
+                f"{PREFIX} registry file {registry} is not UTF-8 text ({to_native(e)}); export it as UTF-8"
+            ) from e
+        except OSError as e:
+            raise AnsibleParserError(f"{PREFIX} cannot read registry file {registry}: {to_native(e)}") from e
+        if not entries:
+            raise AnsibleParserError(
+                f"{PREFIX} registry file {registry} holds no terminals; an empty export usually means the TMS "
+                "export failed, so check it rather than run against an empty fleet"
+            )
+        return entries
+
+    def _read_csv(self, registry, f):
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+            while header is not None and not any(cell.strip() for cell in header):
+                header = next(reader, None)
+            if header is None:
+                return []
+            columns = self._check_header(registry, reader.line_num, header)
+
+            entries = []
+            end_of_last = reader.line_num
+            for cells in reader:
+                # A quoted value may span lines; a row's line is the one it starts on.
+                where = f"{registry}:{end_of_last + 1}"
+                end_of_last = reader.line_num
+                if not any(cell.strip() for cell in cells):
+                    continue
+                problems = []
+                if len(cells) > len(columns):
+                    problems.append(
+                        f"{len(cells)} fields but the header has {len(columns)} (an unquoted comma in a value?)"
+                    )
+                values = dict(zip(columns, (cell.strip() for cell in cells)))
+                fields = {name: values.get(name) for name in REQUIRED_FIELDS}
+                extras = {name: value for name, value in values.items() if name not in REQUIRED_FIELDS}
+                entries.append(_Entry(where, fields, extras, problems))
+        except csv.Error as e:
+            raise AnsibleParserError(
+                f"{PREFIX} {registry}:{reader.line_num}: not valid CSV ({e}); fix the export"
+            ) from e
+        return entries
+
+    def _check_header(self, registry, line, header):
+        columns = [cell.strip().lower() for cell in header]
+        problems = []
+        missing = [name for name in REQUIRED_FIELDS if name not in columns]
+        if missing:
+            problems.append(f"required column(s) {', '.join(missing)} missing")
+        seen = set()
+        for column in columns:
+            if column in seen:
+                problems.append(f"column '{column}' appears twice")
+            seen.add(column)
+            if column not in REQUIRED_FIELDS and not NAME_RE.match(column):
+                problems.append(f"column name {column!r} cannot become a variable name (use letters, digits, '_')")
+        if problems:
+            raise AnsibleParserError(
+                f"{PREFIX} {registry}:{line}: bad header row: {'; '.join(problems)}. The first row must name "
+                f"the columns {','.join(REQUIRED_FIELDS)} (in any order), then any extra columns."
+            )
+        return columns
+
+    def _read_json(self, registry, f):
+        try:
+            data = json.load(f)
+        except ValueError as e:
+            raise AnsibleParserError(f"{PREFIX} {registry} is not valid JSON: {to_native(e)}") from e
+        if isinstance(data, Mapping) and "terminals" in data:
+            data = data["terminals"]
+        if not isinstance(data, list):
+            raise AnsibleParserError(
+                f"{PREFIX} {registry} must hold a list of terminal objects, or an object with that list under "
+                "'terminals'"
+            )
+        entries = []
+        for index, item in enumerate(data, start=1):
+            where = f"{registry}:entry {index}"
+            if not isinstance(item, Mapping):
+                problem = f"entry is a JSON {type(item).__name__}, expected an object with the keys " + (
+                    ", ".join(REQUIRED_FIELDS)
+                )
+                entries.append(_Entry(where, None, {}, [problem]))
+                continue
+            problems = []
+            fields = {}
+            for name in REQUIRED_FIELDS:
+                value = item.get(name)
+                # A TMS may write numeric ids as JSON numbers; anything else is not an id.
+                if isinstance(value, bool) or (value is not None and not isinstance(value, (str, int))):
+                    problems.append(f"field '{name}' must be a string, got a JSON {type(value).__name__}")
+                    value = ""
+                fields[name] = None if value is None else str(value).strip()
+            extras = {}
+            for key, value in item.items():
+                if key in REQUIRED_FIELDS:
+                    continue
+                if not NAME_RE.match(key):
+                    problems.append(f"key {key!r} cannot become a variable name (use letters, digits, '_')")
+                    continue
+                extras[key] = value
+            entries.append(_Entry(where, fields, extras, problems))
+        return entries
+
+    # -- checking ---------------------------------------------------------------------------------
+
+    def _check_entries(self, entries, models, regions, models_file, regions_file):
+        first_serial = {}
+        first_ip = {}
+        good, bad = [], []
+        for entry in entries:
+            fields = entry.fields
+            if fields is None:
+                bad.append(entry)
+                continue
+            problems = entry.problems
+            for name in REQUIRED_FIELDS:
+                if fields[name] is None:
+                    problems.append(f"required field '{name}' is missing")
+                elif fields[name] == "":
+                    problems.append(f"required field '{name}' is empty")
+
+            serial = fields["serial"]
+            if serial:
+                if not SERIAL_RE.match(serial):
+                    problems.append(f"serial {serial!r} is not allowed: {SERIAL_RULE}")
+                elif serial in first_serial:
+                    problems.append(f"duplicate serial '{serial}' (first at {first_serial[serial]})")
+                else:
+                    first_serial[serial] = entry.where
+
+            model = fields["model"]
+            if model and model not in models:
+                problems.append(
+                    f"unknown model '{model}' (known models: {', '.join(sorted(models))}); fix the row or add "
+                    f"a profile to {models_file}"
+                )
+            region = fields["region"]
+            if region and region not in regions:
+                problems.append(
+                    f"unknown region '{region}' (known regions: {', '.join(sorted(regions))}); fix the row or "
+                    f"add the region to {regions_file}"
+                )
+
+            ip = fields["ip"]
+            if ip:
+                try:
+                    # Compared as addresses, so that two spellings of one IPv6 address are caught too.
+                    address = ipaddress.ip_address(ip)
+                except ValueError:
+                    problems.append(f"ip '{ip}' is not a valid IPv4 or IPv6 address")
+                else:
+                    if address in first_ip:
+                        problems.append(f"duplicate ip '{ip}' (first at {first_ip[address]})")
+                    else:
+                        first_ip[address] = entry.where
+
+            (bad if problems else good).append(entry)
+        return good, bad
+
+    # -- building the inventory -------------------------------------------------------------------
+
+    def _populate(self, entries, models, regions):
+        inventory = self.inventory
+        inventory.add_group("models")
+        inventory.add_group("regions")
+        for name, profile in models.items():
+            group = inventory.add_group(f"model_{name}")
+            inventory.add_child("models", group)
+            inventory.set_variable(group, "pos_model_profile", dict(profile, name=name))
+        for name, settings in regions.items():
+            group = inventory.add_group(f"region_{name}")
+            inventory.add_child("regions", group)
+            inventory.set_variable(group, "pos_region_settings", dict(settings, name=name))
+
+        strict = self.get_option("strict")
+        for entry in entries:
+            fields = entry.fields
+            serial = fields["serial"]
+            inventory.add_host(serial, group=f"model_{fields['model']}")
+            inventory.add_child(f"region_{fields['region']}", serial)
+            hostvars = {
+                "ansible_host": fields["ip"],
+                "ansible_python_interpreter": models[fields["model"]]["python"],
+            }
+            for name in REQUIRED_FIELDS:
+                if name != "ip":    # ansible_host holds it
+                    hostvars[f"pos_{name}"] = fields[name]
+            for name, value in entry.extras.items():
+                hostvars[EXTRA_PREFIX + name] = value
+            for name, value in hostvars.items():
+                inventory.set_variable(serial, name, value)
+
+            # compose, groups and keyed_groups see the group vars too (pos_model_profile, ...).
+            host = inventory.get_host(serial)
+            variables = combine_vars(get_group_vars(host.get_groups()), host.get_vars())
+            self._set_composite_vars(self.get_option("compose"), variables, serial, strict=strict)
+            variables = combine_vars(get_group_vars(host.get_groups()), host.get_vars())
+            self._add_host_to_composed_groups(
+                self.get_option("groups"), variables, serial, strict=strict, fetch_hostvars=False
+            )
+            self._add_host_to_keyed_groups(
+                self.get_option("keyed_groups"), variables, serial, strict=strict, fetch_hostvars=False
+            )

@@ -1,0 +1,169 @@
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every posfleet module needs on a terminal: its paths, posd's control socket, versions.
+
+Runs on terminals: standard library only, Python 3.9 or newer. Every absolute terminal path goes
+through `terminal_path`, which honours POS_ROOT (as posd does) so that unit tests can run a module
+against a terminal laid out in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+JOURNAL = "/var/lib/pos/journal.db"
+PACKS_DIR = "/var/lib/pos/packs"
+APP_DIR = "/opt/pos/app"
+TERMINAL_JSON = "/etc/pos/terminal.json"
+POSD_SOCKET = "/run/pos/posd.sock"
+BOOT_ID = "/run/pos/boot_id"
+SIM_DIR = "/var/lib/possim"
+PACK_NAMES = ("params", "catalog", "merchant")
+
+
+class PosdError(Exception):
+    """posd did not answer, or answered ok: false; the message says which and why."""
+
+
+def terminal_path(path):
+    """The terminal path `path` (absolute), under POS_ROOT when a test sets it."""
+    return os.path.join(os.environ.get("POS_ROOT") or "/", path.lstrip("/"))
+
+
+def read_json(path, default=None):
+    try:
+        with open(terminal_path(path), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return default
+
+
+def read_text(path, default=None):
+    try:
+        with open(terminal_path(path), encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return default
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path, data, mode=0o644):
+    """Write bytes or text to `path` through a temp file in the same directory and one rename."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_symlink(target, link):
+    """Point `link` at `target` with one rename: readers see the old or the new target, never none."""
+    tmp = "%s.tmp-%d" % (link, os.getpid())
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+
+
+def posd(op, timeout=10.0, **args):
+    """Send one request to posd's control socket and return its answer (a dict with ok true)."""
+    request = dict(args, op=op)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The socket read waits for posd's own bounded wait (a sale finishing, an upload) plus margin.
+    sock.settimeout(float(args.get("timeout", 0)) + timeout)
+    try:
+        sock.connect(terminal_path(POSD_SOCKET))
+        sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            block = sock.recv(65536)
+            if not block:
+                break
+            data += block
+    except OSError as error:
+        raise PosdError("cannot talk to posd at %s: %s (is posd running?)" % (POSD_SOCKET, error)) from error
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(data.decode("utf-8"))
+    except ValueError:
+        raise PosdError("posd answered %s with something that is not JSON: %r" % (op, data[:200])) from None
+    if not answer.get("ok"):
+        raise PosdError("posd refused %s: %s" % (op, answer.get("error", "no reason given")))
+    return answer
+
+
+def wait_posd_ready(timeout=60.0, interval=0.5):
+    """Wait until posd answers `status` (after a restart or a reboot); return its status."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return posd("status", timeout=5.0)
+        except PosdError as error:
+            if time.time() > deadline:
+                raise PosdError("posd did not come up in %ds: %s" % (timeout, error)) from error
+            time.sleep(interval)
+
+
+def app_version(package_style, run_command=None):
+    """The installed payment app version, read the way the model's package style records it."""
+    if package_style == "bundle":
+        link = terminal_path(os.path.join(APP_DIR, "current"))
+        try:
+            return os.path.basename(os.readlink(link))
+        except OSError:
+            return None
+    if package_style == "dpkg":
+        if os.environ.get("POS_ROOT"):
+            return read_text("/usr/share/posd/VERSION")
+        proc = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "posd"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        out = proc.stdout.decode("utf-8", "replace").strip()
+        return out if proc.returncode == 0 and out else None
+    raise ValueError("unknown package style %r (expected dpkg or bundle)" % package_style)
+
+
+def pack_versions():
+    """{pack name: version of its `current`} for every pack the terminal holds (None if missing)."""
+    versions = {}
+    for name in PACK_NAMES:
+        manifest = read_json(os.path.join(PACKS_DIR, name, "current", "PACK.json"), {})
+        versions[name] = manifest.get("version")
+    return versions
+
+
+def storage_free_mb(path="/"):
+    stats = os.statvfs(terminal_path(path))
+    return stats.f_bavail * stats.f_frsize // (1024 * 1024)
+
+
+def battery():
+    """(percent, charging) from the terminal's power supply; (None, None) on mains-only models."""
+    pct = read_text(os.path.join(SIM_DIR, "battery"))
+    charging = read_text(os.path.join(SIM_DIR, "charging"))
+    try:
+        return int(pct), charging == "1"
+    except (TypeError, ValueError):
+        return None, None

@@ -1,0 +1,167 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_facts
+short_description: Gather what an update needs to know about a POS terminal, in one round trip
+description:
+  - Reads the terminal's identity, installed payment app version, data pack versions, free storage,
+    battery, the payment app's state (idle, in-transaction, maintenance), pending offline
+    transactions and health, and optionally probes the region's distribution point.
+  - Returns them as the fact C(pos_terminal). Read-only; never reports a change.
+  - When O(release) is given, also says whether the terminal already runs that release, so that an
+    up-to-date terminal costs one module call and nothing more.
+version_added: "0.1.0"
+author: posfleet contributors
+options:
+  package_style:
+    description:
+      - How the model installs its payment app, from the model profile (C(pos_model_profile.package_style)).
+      - V(dpkg) reads the version of the C(posd) package; V(bundle) reads the C(current) link in C(/opt/pos/app).
+    type: str
+    required: true
+    choices: [dpkg, bundle]
+  probe_url:
+    description:
+      - A small file on the region's distribution point; it is downloaded once to check that the terminal
+        reaches the distribution point and to measure the link.
+      - Omit it to skip the probe.
+    type: str
+  probe_timeout:
+    description: Seconds the probe may take before the distribution point counts as unreachable.
+    type: float
+    default: 10
+  release:
+    description:
+      - What this model should run, from the release manifest, as C(app_version) and C(packs) (a dict of
+        pack name to version). When given, C(pos_terminal.current) says whether the terminal runs it.
+    type: dict
+notes:
+  - Supports check mode; the module changes nothing in any mode.
+  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+"""
+
+EXAMPLES = r"""
+- name: Gather terminal facts
+  pos_facts:
+    package_style: "{{ pos_model_profile.package_style }}"
+
+- name: Gather terminal facts and probe the distribution point
+  pos_facts:
+    package_style: "{{ pos_model_profile.package_style }}"
+    probe_url: "{{ pos_region_settings.distribution_point }}/probe"
+    release: "{{ pos_release.models[pos_model] }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts about the terminal.
+  returned: always
+  type: complex
+  contains:
+    pos_terminal:
+      description: Everything an update decides on.
+      returned: always
+      type: dict
+      sample:
+        serial: KST00002
+        model: kestrel_k200
+        region: eu_west
+        app_version: 1.0.0
+        packs: {params: 2026.01.0, catalog: 2026.01.0, merchant: "1"}
+        storage_free_mb: 80
+        battery_pct: null
+        charging: null
+        posd: {state: idle, pending: 3, healthy: true, health_detail: ok, counters: {stan: 41, batch: 1, invoice: 41}}
+        boot_id: 0b0f6f5e-2d3c-4a8f-9d65-4f8b8a2b6c1e
+        python: 3.11.2
+        probe: {reachable: true, bytes: 4096, seconds: 0.01, kbps: 3200}
+        current: false
+"""
+
+import platform
+import time
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_terminal import (
+    BOOT_ID,
+    TERMINAL_JSON,
+    PosdError,
+    app_version,
+    battery,
+    pack_versions,
+    posd,
+    read_json,
+    read_text,
+    storage_free_mb,
+)
+
+
+def probe(url, timeout):
+    """Download a small file from the distribution point; say whether it worked and how fast."""
+    started = time.time()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            size = len(response.read(1 << 20))
+    except Exception as error:  # any failure means: this terminal cannot download now
+        return {"reachable": False, "error": "%s: %s" % (url, error)}
+    seconds = max(time.time() - started, 1e-6)
+    return {"reachable": True, "bytes": size, "seconds": round(seconds, 3),
+            "kbps": int(size * 8 / 1000 / seconds)}
+
+
+def runs_release(facts, release):
+    if facts["app_version"] != release.get("app_version"):
+        return False
+    wanted = release.get("packs") or {}
+    return all(facts["packs"].get(name) == version for name, version in wanted.items())
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
+            probe_url=dict(type="str"),
+            probe_timeout=dict(type="float", default=10.0),
+            release=dict(type="dict"),
+        ),
+        supports_check_mode=True,
+    )
+    identity = read_json(TERMINAL_JSON)
+    if not identity:
+        module.fail_json(msg="%s is missing or unreadable: this does not look like a provisioned POS terminal"
+                         % TERMINAL_JSON)
+    pct, charging = battery()
+    facts = {
+        "serial": identity.get("serial"),
+        "model": identity.get("model"),
+        "region": identity.get("region"),
+        "app_version": app_version(module.params["package_style"]),
+        "packs": pack_versions(),
+        "storage_free_mb": storage_free_mb(),
+        "battery_pct": pct,
+        "charging": charging,
+        "boot_id": read_text(BOOT_ID),
+        "python": platform.python_version(),
+    }
+    try:
+        status = posd("status")
+        facts["posd"] = {k: status.get(k) for k in ("state", "pending", "healthy", "health_detail", "counters",
+                                                    "maintenance", "app_version", "generated")}
+    except PosdError as error:
+        facts["posd"] = {"state": "down", "pending": None, "healthy": False, "health_detail": str(error)}
+    if module.params["probe_url"]:
+        facts["probe"] = probe(module.params["probe_url"], module.params["probe_timeout"])
+    if module.params["release"] is not None:
+        facts["current"] = runs_release(facts, module.params["release"])
+    module.exit_json(changed=False, ansible_facts={"pos_terminal": facts})
+
+
+if __name__ == "__main__":
+    main()
