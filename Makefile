@@ -74,7 +74,7 @@ integration: deps
 	pytest -q tests/integration
 
 molecule: deps
-	cd molecule/.. && molecule test -s default
+	molecule test -s default
 
 bench: deps
 	$(VBIN)/python bench/lab_scale.py

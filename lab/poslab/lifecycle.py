@@ -124,6 +124,12 @@ def provision(terminal, models):
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{terminal['serial']}",
          "-f", str(ssh / "ssh_host_ed25519_key")])
     packs.write_pack(upper / "var" / "lib" / "pos" / "packs", "merchant", "1", packs.merchant_files(terminal))
+    if models[terminal["model"]]["battery"]:
+        # A mobile terminal leaves the shelf partly charged and off the charger.
+        sim = upper / "var" / "lib" / "possim"
+        sim.mkdir(parents=True, exist_ok=True)
+        (sim / "battery").write_text("85\n")
+        (sim / "charging").write_text("0\n")
 
 
 def write_known_hosts(terminals):

@@ -115,6 +115,7 @@ from ansible.errors import AnsibleParserError
 from ansible.inventory.helpers import get_group_vars
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible.template import trust_as_template
 from ansible.utils.vars import combine_vars
 
 REQUIRED_FIELDS = ("serial", "model", "region", "merchant_id", "terminal_id", "merchant_name", "store", "ip")
@@ -139,8 +140,30 @@ class _Entry:
         self.problems = list(problems or [])
 
 
+def _trusted(value):
+    """Mark validated registry data as trusted, explicitly.
+
+    `trusted_by_default` alone is not enough: when another inventory source is parsed first in the same
+    run (molecule puts its own file beside ours), ansible-core reuses that source's trust setting.
+    """
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, Mapping):
+        return {key: _trusted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_trusted(item) for item in value]
+    return value
+
+
+TEMPLATE_MARKERS = re.compile(r"\{\{|\{%|\{#")
+
+
 class InventoryModule(BaseInventoryPlugin, Constructable):
     NAME = "posfleet_registry"
+    # Registry values are plain data: rows carrying template markers are refused below, so the values
+    # can be trusted as they are. Untrusted values would reach `ansible-inventory --list` (which AWX
+    # and testinfra read) wrapped as {"__ansible_unsafe": ...}.
+    trusted_by_default = True
 
     def verify_file(self, path):
         return super().verify_file(path) and path.endswith(CONFIG_SUFFIXES)
@@ -149,7 +172,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         self._config_path = path
-        config_dir = os.path.dirname(os.path.abspath(path))
+        config_dir = os.path.dirname(os.path.realpath(path))
 
         models_file = self._path_option("models_file", config_dir)
         regions_file = self._path_option("regions_file", config_dir)
@@ -361,6 +384,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 bad.append(entry)
                 continue
             problems = entry.problems
+            for name, value in fields.items():
+                if isinstance(value, str) and TEMPLATE_MARKERS.search(value):
+                    problems.append(f"field '{name}' contains a template marker ({{{{, {{% or {{#): a registry "
+                                    "holds data, never templates; fix the export")
             for name in REQUIRED_FIELDS:
                 if fields[name] is None:
                     problems.append(f"required field '{name}' is missing")
@@ -414,11 +441,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         for name, profile in models.items():
             group = inventory.add_group(f"model_{name}")
             inventory.add_child("models", group)
-            inventory.set_variable(group, "pos_model_profile", dict(profile, name=name))
+            inventory.set_variable(group, "pos_model_profile", _trusted(dict(profile, name=name)))
         for name, settings in regions.items():
             group = inventory.add_group(f"region_{name}")
             inventory.add_child("regions", group)
-            inventory.set_variable(group, "pos_region_settings", dict(settings, name=name))
+            inventory.set_variable(group, "pos_region_settings", _trusted(dict(settings, name=name)))
 
         strict = self.get_option("strict")
         for entry in entries:
@@ -436,7 +463,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             for name, value in entry.extras.items():
                 hostvars[EXTRA_PREFIX + name] = value
             for name, value in hostvars.items():
-                inventory.set_variable(serial, name, value)
+                inventory.set_variable(serial, name, _trusted(value))
 
             # compose, groups and keyed_groups see the group vars too (pos_model_profile, ...).
             host = inventory.get_host(serial)

@@ -176,17 +176,13 @@ def test_extra_columns_compose_and_groups(tmp_path):
     assert hosts_of(data, "on_battery") == {"HRN00002"}
 
 
-def test_registry_text_is_never_templated(tmp_path):
+def test_registry_text_with_template_markers_is_refused(tmp_path):
     write_csv(tmp_path, ["KST00001,kestrel_k200,eu_west,M001,T0001,{{ 6 * 7 }} Deli,M001-S01,192.0.2.1"])
-    # debug runs on the control node: no connection to the (fictional) terminal is made.
-    proc = run_inventory(
-        write_config(tmp_path, "registry.csv"), "KST00001", "-m", "ansible.builtin.debug",
-        "-a", "var=pos_merchant_name", tool="ansible",
-    )
+    proc = run_inventory(write_config(tmp_path, "registry.csv"), "--list")
 
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "{{ 6 * 7 }} Deli" in proc.stdout
-    assert "42 Deli" not in proc.stdout
+    assert proc.returncode != 0
+    assert "field 'merchant_name' contains a template marker" in proc.stderr
+    assert "42 Deli" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["list", "terminals-object"])

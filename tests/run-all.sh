@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every quality gate and test, in the order that fails fastest: lint, unit tests, then the lab
+# (integration over real SSH, then the molecule scenario). Prints one closing line for CI.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+terminals=${1:-6}
+failed=()
+step() {
+    local name=$1; shift
+    echo "==> $name"
+    local started=$SECONDS
+    if "$@"; then echo "<== $name ok ($((SECONDS - started))s)"; else echo "<== $name FAILED ($((SECONDS - started))s)"; failed+=("$name"); fi
+}
+
+step yamllint yamllint --strict .
+step ruff ruff check .
+step ansible-lint ansible-lint --offline --profile production
+step unit pytest -q -p no:cacheprovider tests/unit
+# The lab steps need root; each starts from a clean lab and leaves none behind.
+step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider tests/integration
+step molecule molecule test -s default
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "make test: FAILED steps: ${failed[*]}"
+    exit 1
+fi
+echo "make test: all steps passed"
