@@ -51,7 +51,9 @@ def lab_pids():
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"_supervise" in cmdline and any(b"poslab" in part for part in cmdline):
+        # The supervisor, and a terminal's unshare process even when its namespace is already gone.
+        if (b"_supervise" in cmdline and any(b"poslab" in part for part in cmdline)) or \
+                any(part.endswith(b"/boot-terminal.sh") for part in cmdline):
             pids.append(int(entry.name))
     return pids
 
@@ -168,9 +170,6 @@ def up(size, seed, wait=True):
     net.ensure_bridge(regions)
     services.start(regions)
     net.ensure_terminals(terminals)
-    for terminal in previous:
-        if terminal["serial"] not in {t["serial"] for t in terminals}:
-            net.remove_terminal(terminal)
     log(f"provisioning {len(terminals)} terminals")
     for terminal in terminals:
         provision(terminal, models)
@@ -180,9 +179,25 @@ def up(size, seed, wait=True):
         os.kill(running, signal.SIGHUP)
     else:
         start_supervisor()
+    wanted = {t["serial"] for t in terminals}
+    retire([t for t in previous if t["serial"] not in wanted])
     if wait:
         wait_reachable(terminals)
     log(f"lab up: {len(terminals)} terminals; registry at {config.REGISTRY_CSV}")
+
+
+def retire(terminals):
+    """Remove terminals the fleet no longer has, once the supervisor has powered them off."""
+    deadline = time.monotonic() + 15
+    while any(supervisor.init_pid(t) for t in terminals) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for terminal in terminals:
+        net.remove_terminal(terminal)
+        tdir = supervisor.terminal_dir(terminal)
+        for point in lab_mounts():
+            if point.startswith(str(tdir) + "/"):
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(tdir, ignore_errors=True)
 
 
 def start_supervisor():

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 from . import config
-from .util import log, run
+from .util import log, pid_running, run
 
 NGINX_DIR = config.STATE / "nginx"
 ACQUIRER_DIR = config.STATE / "acquirer"
@@ -59,12 +59,12 @@ http {{
 
 
 def alive(pidfile):
+    """The PID in `pidfile` if that process is running; a zombie (killed, not yet reaped) is not."""
     try:
         pid = int(pidfile.read_text())
-        os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return pid if pid_running(pid) else None
 
 
 def start(regions):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import config, fleet, image, net
-from .util import log
+from .util import log, pid_running
 
 POLL_S = 0.2
 
@@ -28,10 +28,9 @@ def init_pid(terminal):
     """The host PID of the terminal's init (PID 1 inside), or None when it is powered off."""
     try:
         pid = int((terminal_dir(terminal) / "init.pid").read_text())
-        os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return pid if pid_running(pid) else None
 
 
 class Supervisor:

@@ -7,6 +7,16 @@ import time
 _START = time.monotonic()
 
 
+def pid_running(pid):
+    """True if the process runs; a zombie (dead, not yet reaped by its parent) does not count."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="utf-8") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def log(message):
     """One progress line on stderr, with the seconds since the command started."""
     print(f"poslab [{time.monotonic() - _START:5.1f}s] {message}", file=sys.stderr, flush=True)
