@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make demo`: boot the lab fleet and run the main job against it, then show what happened.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+terminals=${1:-12}
+export PATH="$PWD/.venv/bin:$PWD/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
+
+echo "==> Booting a lab fleet of $terminals simulated terminals (namespaces, real sshd, posd, nginx)"
+poslab up --terminals "$terminals"
+
+echo "==> The fleet as the inventory plugin sees it"
+ansible-inventory --graph models
+
+echo "==> Gathering terminal facts over SSH (playbooks/facts.yml)"
+ansible-playbook playbooks/facts.yml
+
+echo "==> Lab status"
+poslab status
+
+echo "==> Reconciling every terminal journal with the acquirer ledger"
+poslab ledger || true
+echo
+echo "The lab stays up for you to explore: 'poslab status', 'poslab exec SERIAL -- posctl status',"
+echo "'ansible-playbook playbooks/facts.yml'. Remove it with 'make lab-down' (or 'poslab down')."
