@@ -77,7 +77,7 @@ molecule: deps
 	molecule test -s default
 
 bench: deps
-	$(VBIN)/python bench/lab_scale.py
+	$(VBIN)/python bench/lab_scale.py --terminals 100
 
 lab-up: deps
 	poslab up --terminals $(DEMO_TERMINALS)
