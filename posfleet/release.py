@@ -1,0 +1,826 @@
+"""Releases on the control node: build, sign, verify and publish (docs/releases.md).
+
+    posfleet-release keygen  --out DIR
+    posfleet-release build   --spec SPEC.yml --out DIR [--dry-run]
+    posfleet-release sign    --release DIR/releases/ID --key release.key [--dry-run]
+    posfleet-release verify  --release DIR/releases/ID --pubkey release.pub [--root DIR]
+    posfleet-release publish --root DIR --repo BASE (--region NAME... | --all-regions) [--release ID...]
+                             [--pubkey release.pub] [--dry-run]
+
+Every subcommand prints one JSON object (with `changed` where it writes) and exits 0, or prints
+`posfleet-release: <what is wrong>` on stderr and exits 1. The functions below are the library the
+pos_release action plugin uses too; the manifest format is the contract in docs/update-pipeline.md.
+"""
+
+import argparse
+import base64
+import binascii
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from jsonschema import Draft202012Validator
+
+from posfleet import packs
+
+PROJECT = Path(__file__).resolve().parents[1]
+MODELS_FILE = PROJECT / "inventories" / "shared" / "models.yml"
+REGIONS_FILE = PROJECT / "inventories" / "shared" / "regions.yml"
+APP_BUILDER = PROJECT / "lab" / "posd" / "build.py"
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.yml"
+SIGNATURE = "manifest.yml.sig"
+PRIVATE_KEY = "release.key"
+PUBLIC_KEY = "release.pub"
+PACK_NAMES = ("params", "catalog")  # the merchant pack is rendered per terminal, never in a manifest
+APP_FILES = {"dpkg": "deb", "bundle": "bundle"}  # package_style -> the artifact lab/posd/build.py makes
+APP_SUFFIX = {"dpkg": ".deb", "bundle": ".tar.gz"}
+PROBE_SIZE = 4096
+MIB = 1 << 20
+# Free flash an update needs = (downloads + unpacked trees + the previous .deb that dpkg models keep
+# for rollback) x margin + floor. The margin covers filesystem blocks and dpkg's temporary copies; the
+# floor covers the journal growing while the terminal is in maintenance.
+STORAGE_MARGIN = 1.5
+STORAGE_FLOOR_MB = 1
+
+# --- the manifest and spec schemas ---------------------------------------------------------------
+# JSON Schema (jsonschema is a control-node requirement); "x-expected" is ours: the words an error
+# message uses for a value that does not match a pattern.
+
+VERSION_PATTERN = r"^[0-9][A-Za-z0-9.+~-]{0,63}$"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+VERSION = {"type": "string", "pattern": VERSION_PATTERN,
+           "x-expected": "a version like 1.2.0 (a digit first, then letters, digits, . + ~ -)"}
+MODEL_NAME = {"type": "string", "pattern": NAME_PATTERN,
+              "x-expected": "a model name (lower case letters, digits and _)"}
+RELEASE_ID = {"type": "string", "pattern": r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$",
+              "x-expected": "a release id like 2026.11.0 (letters, digits, . _ + -)"}
+CREATED = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
+           "x-expected": "a UTC time like 2026-11-24T01:00:00Z"}
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "x-expected": "64 hex characters"}
+URL = {"type": "string", "pattern": r"^pool/[0-9a-f]{64}/[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$",
+       "x-expected": "pool/<sha256>/<file name>, relative to the distribution point root"}
+SIZE = {"type": "integer", "minimum": 1}
+
+
+def _artifact(**fields):
+    properties = dict(fields, url=URL, sha256=SHA256, size=SIZE)
+    return {"type": "object", "additionalProperties": False, "required": list(properties),
+            "properties": properties}
+
+
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema", "release", "created", "description", "models"],
+    "properties": {
+        "schema": {"const": SCHEMA_VERSION,
+                   "x-expected": f"{SCHEMA_VERSION} (the manifest schema this posfleet reads)"},
+        "release": RELEASE_ID,
+        "created": CREATED,
+        "description": {"type": "string"},
+        "models": {
+            "type": "object", "minProperties": 1, "propertyNames": MODEL_NAME,
+            "additionalProperties": {
+                "type": "object", "additionalProperties": False,
+                "required": ["app", "packs", "reboot", "storage_mb"],
+                "properties": {
+                    "app": _artifact(version=VERSION, style={"enum": sorted(APP_FILES)}),
+                    "packs": {"type": "object", "additionalProperties": False, "required": list(PACK_NAMES),
+                              "properties": {name: _artifact(version=VERSION) for name in PACK_NAMES}},
+                    "reboot": {"type": "boolean"},
+                    "storage_mb": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+    },
+}
+
+SPEC_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["release", "app", "packs"],
+    "properties": {
+        "release": RELEASE_ID,
+        "description": {"type": "string"},
+        "created": CREATED,
+        "models": {"type": "array", "items": MODEL_NAME, "minItems": 1, "uniqueItems": True},
+        "app": {
+            "type": "object", "additionalProperties": False, "required": ["version"],
+            "properties": {
+                "version": VERSION,
+                "versions": {"type": "object", "propertyNames": MODEL_NAME, "additionalProperties": VERSION},
+                "broken": {"type": "boolean"},
+            },
+        },
+        "packs": {
+            "type": "object", "additionalProperties": False, "required": list(PACK_NAMES),
+            "properties": {
+                "params": {
+                    "type": "object", "additionalProperties": False, "required": ["version", "acquirer_url"],
+                    "properties": {
+                        "version": VERSION,
+                        "fee_bps": {"type": "integer", "minimum": 10, "maximum": 10000},
+                        "acquirer_url": {"type": "string", "pattern": r"^https?://[^\s/]+",
+                                         "x-expected": "an http(s) URL"},
+                    },
+                },
+                "catalog": {
+                    "type": "object", "additionalProperties": False, "required": ["version"],
+                    "properties": {
+                        "version": VERSION,
+                        "records": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                        "changed_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+            },
+        },
+        "reboot": {"type": ["boolean", "object"], "propertyNames": MODEL_NAME,
+                   "additionalProperties": {"type": "boolean"}},
+    },
+}
+
+TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+              "number": "a number", "boolean": "true or false"}
+
+
+class ReleaseError(Exception):
+    """A release cannot be built, signed, verified or published; the message says what and why."""
+
+
+def _join(path, key):
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(error):
+    """Operator-facing lines for one jsonschema error: `field.path: what was expected`."""
+    path = ".".join(str(part) for part in error.absolute_path)
+    schema, kind, value = error.schema, error.validator, error.validator_value
+    if "propertyNames" in error.absolute_schema_path:
+        return [f"{_join(path, error.instance)}: bad name: expected {schema.get('x-expected', value)}"]
+    where = path or "(top level)"
+    if kind == "additionalProperties":
+        known = schema.get("properties", {})
+        return [f"{_join(path, key)}: unknown field" for key in error.instance if key not in known]
+    if kind == "required":
+        return [f"{_join(path, key)}: missing" for key in value if key not in error.instance]
+    if kind == "type":
+        wanted = " or ".join(TYPE_WORDS[name] for name in ([value] if isinstance(value, str) else value))
+        hint = " (quote it in YAML)" if value == "string" and error.instance is not None else ""
+        return [f"{where}: expected {wanted}, got {type(error.instance).__name__}{hint}"]
+    if kind in ("pattern", "const"):
+        return [f"{where}: expected {schema.get('x-expected', value)}"]
+    if kind == "enum":
+        return [f"{where}: expected one of {', '.join(map(str, value))}"]
+    if kind in ("minimum", "maximum"):
+        return [f"{where}: expected a number {'>=' if kind == 'minimum' else '<='} {value}"]
+    if kind in ("minProperties", "minItems"):
+        return [f"{where}: must not be empty"]
+    return [f"{where}: {error.message}"]
+
+
+def schema_errors(schema, instance):
+    """Every way `instance` breaks `schema`, one line each, sorted by field path."""
+    lines = set()
+    for error in Draft202012Validator(schema).iter_errors(instance):
+        lines.update(_describe(error))
+    return sorted(lines)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: a signed document must mean one thing only."""
+
+
+def _mapping(loader, node, deep=False):
+    keys = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in keys:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        keys.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_yaml(data, what):
+    try:
+        return yaml.load(data, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ReleaseError(f"{what}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def load_profiles(models_file=MODELS_FILE):
+    """{model name: profile} from inventories/shared/models.yml."""
+    try:
+        with open(models_file, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)["models"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ReleaseError(f"cannot read the model profiles from {models_file}: {exc}") from None
+
+
+def load_regions(regions_file=REGIONS_FILE):
+    try:
+        with open(regions_file, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)["regions"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ReleaseError(f"cannot read the regions from {regions_file}: {exc}") from None
+
+
+# --- small file helpers ----------------------------------------------------------------------------
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_file(path, sha256, size):
+    """True when `path` is a regular file with exactly this size and sha256."""
+    path = Path(path)
+    return (path.is_file() and not path.is_symlink() and path.stat().st_size == size
+            and sha256_file(path) == sha256)
+
+
+def atomic_write(dest, data=None, source=None, mode=0o644):
+    """Write `data` (or copy the file `source`) to `dest` through a temporary file and one rename.
+
+    A reader (nginx, a terminal, the control node) sees the old file or the complete new one, never a
+    part. The temporary name starts with a dot, in the same directory, so the rename never crosses a
+    file system.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if source is not None:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, handle, 1 << 20)
+            else:
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def probe_bytes():
+    """The 4 KiB probe: fixed pseudo-random bytes, so that no link compression flatters the measurement."""
+    out = bytearray()
+    counter = 0
+    while len(out) < PROBE_SIZE:
+        out += hashlib.sha256(b"posfleet-probe-%d" % counter).digest()
+        counter += 1
+    return bytes(out[:PROBE_SIZE])
+
+
+def _tar_payload(fileobj):
+    with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+        return sum(member.size for member in tar.getmembers() if member.isfile())
+
+
+def unpacked_size(path):
+    """Bytes the artifact's files take once unpacked: a tar.gz's members, or a .deb's data.tar."""
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        return _tar_payload(io.BytesIO(data))
+    offset = 8
+    while offset + 60 <= len(data):  # ar: 60-byte headers, bodies padded to an even length
+        header = data[offset:offset + 60]
+        name, size = header[:16].decode("ascii").strip().rstrip("/"), int(header[48:58])
+        if name.startswith("data.tar"):
+            return _tar_payload(io.BytesIO(data[offset + 60:offset + 60 + size]))
+        offset += 60 + size + size % 2
+    raise ReleaseError(f"{path}: a .deb without a data.tar member")
+
+
+# --- keys and signatures ---------------------------------------------------------------------------
+
+def keygen(out_dir):
+    """Make an ed25519 key pair: release.key (PKCS8 PEM, mode 0600) and release.pub; never overwrite."""
+    out = Path(out_dir)
+    private, public = out / PRIVATE_KEY, out / PUBLIC_KEY
+    for path in (private, public):
+        if os.path.lexists(path):
+            raise ReleaseError(f"{path} exists; keygen never overwrites a key (every control node and "
+                               f"terminal trusts the public key it has). Remove it first if you mean it")
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    for path, data, mode in ((private, pem, 0o600), (public, pub_pem, 0o644)):
+        # O_EXCL: a key that appeared since the check above is not overwritten either.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return {"changed": True, "private_key": str(private), "public_key": str(public),
+            "public_key_sha256": public_key_fingerprint(pub_pem)}
+
+
+def public_key_fingerprint(pub_pem):
+    """sha256 of the raw 32-byte public key: what operators compare when they install a public key."""
+    key = load_public_key_bytes(pub_pem, "public key")
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_private_key(path):
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ReleaseError(f"cannot read the signing key {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ReleaseError(f"signing key {path} is readable by others (mode {mode:04o}); chmod 600 it")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ReleaseError(f"signing key {path} is encrypted; posfleet-release needs it decrypted "
+                           "(see docs/releases.md, Keys)") from None
+    except ValueError:
+        raise ReleaseError(f"{path} is not a PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ReleaseError(f"signing key {path} is not an ed25519 key")
+    return key
+
+
+def load_public_key_bytes(data, what):
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise ReleaseError(f"{what} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ReleaseError(f"{what} is not an ed25519 public key")
+    return key
+
+
+def load_public_key(path):
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ReleaseError(f"cannot read the public key {path}: {exc.strerror}") from None
+    return load_public_key_bytes(data, f"public key {path}")
+
+
+def signature_text(key, manifest_bytes):
+    """The .sig file: base64 of the raw 64-byte ed25519 signature, one line."""
+    return base64.b64encode(key.sign(manifest_bytes)).decode("ascii") + "\n"
+
+
+def check_signature(manifest_bytes, sig_text, public_key, what):
+    """Raise unless `sig_text` is a valid signature of exactly `manifest_bytes`."""
+    try:
+        signature = base64.b64decode("".join(sig_text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ReleaseError(f"{what}: the signature file is not base64") from None
+    if len(signature) != 64:
+        raise ReleaseError(f"{what}: the signature file does not hold an ed25519 signature (64 bytes)")
+    try:
+        public_key.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise ReleaseError(f"{what}: bad signature: the manifest was changed after it was signed, or it was "
+                           "signed with another key than the one given") from None
+
+
+# --- the manifest ----------------------------------------------------------------------------------
+
+def validate_manifest(manifest, profiles=None, what=MANIFEST):
+    """Raise ReleaseError naming every field that breaks the schema or the model profiles."""
+    errors = schema_errors(MANIFEST_SCHEMA, manifest)
+    if not errors:
+        for model, entry in manifest["models"].items():
+            for path, item in [(f"models.{model}.app", entry["app"])] + [
+                    (f"models.{model}.packs.{name}", item) for name, item in entry["packs"].items()]:
+                if item["url"].split("/")[1] != item["sha256"]:
+                    errors.append(f"{path}.url: the pool directory must be the entry's sha256")
+            style = entry["app"]["style"]
+            if not entry["app"]["url"].endswith(APP_SUFFIX[style]):
+                errors.append(f"models.{model}.app.url: a {style} app must be a {APP_SUFFIX[style]} file")
+            if profiles is not None:
+                if model not in profiles:
+                    errors.append(f"models.{model}: not a model in inventories/shared/models.yml")
+                elif profiles[model].get("package_style") != style:
+                    errors.append(f"models.{model}.app.style: {style}, but the model profile's package_style "
+                                  f"is {profiles[model].get('package_style')}")
+    if errors:
+        raise ReleaseError(f"{what}: " + "; ".join(errors))
+    return manifest
+
+
+def parse_manifest(manifest_bytes, profiles=None, what=MANIFEST):
+    return validate_manifest(load_yaml(manifest_bytes, what), profiles, what)
+
+
+def unsigned(what):
+    return f"no signature file {what}.sig: releases must be signed; run `posfleet-release sign`"
+
+
+def check_release(manifest_bytes, sig_text, public_key, profiles=None, what=MANIFEST):
+    """The one check everything trusts: the signature first, then the schema. Returns the manifest."""
+    if sig_text is None:
+        raise ReleaseError(unsigned(what))
+    check_signature(manifest_bytes, sig_text, public_key, what)
+    return parse_manifest(manifest_bytes, profiles, what)
+
+
+def check_location(manifest, location, what=MANIFEST):
+    """Refuse a manifest outside releases/<its release id>/ (a path or a URL).
+
+    The signature says who made a manifest, not which release directory it belongs in: without this,
+    an old signed manifest served at a new release's path would pass, and terminals would downgrade.
+    """
+    directory = posixpath.basename(posixpath.dirname(urlsplit(str(location)).path))
+    if directory != manifest["release"]:
+        raise ReleaseError(f"{what}: release {manifest['release']!r} is in directory {directory!r}; "
+                           "a release lives in releases/<release id>/")
+    return manifest
+
+
+def artifacts(manifest):
+    """{url: (sha256, size)} of every artifact the manifest names."""
+    found = {}
+    for entry in manifest["models"].values():
+        for item in [entry["app"], *entry["packs"].values()]:
+            found[item["url"]] = (item["sha256"], item["size"])
+    return found
+
+
+def check_artifacts(manifest, root):
+    """Raise unless every artifact exists under `root` with the manifest's size and sha256."""
+    errors = []
+    for url, (sha256, size) in sorted(artifacts(manifest).items()):
+        path = Path(root) / url
+        if not path.is_file():
+            errors.append(f"{path}: missing")
+        elif path.stat().st_size != size:
+            errors.append(f"{path}: {path.stat().st_size} bytes, the manifest says {size}")
+        elif sha256_file(path) != sha256:
+            errors.append(f"{path}: sha256 does not match the manifest")
+    if errors:
+        raise ReleaseError("; ".join(errors))
+    return sorted(artifacts(manifest))
+
+
+def read_release(release_dir):
+    """(manifest bytes, signature text or None) of a release directory."""
+    release_dir = Path(release_dir)
+    try:
+        manifest_bytes = (release_dir / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise ReleaseError(f"cannot read {release_dir / MANIFEST}: {exc.strerror}") from None
+    sig_path = release_dir / SIGNATURE
+    try:
+        sig_text = sig_path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        sig_text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"cannot read {sig_path}: {exc}") from None
+    return manifest_bytes, sig_text
+
+
+def verify(release_dir, pubkey, root=None, models_file=MODELS_FILE):
+    """Signature, schema, the directory name and, with `root`, every artifact. Returns a summary."""
+    release_dir = Path(release_dir)
+    manifest_bytes, sig_text = read_release(release_dir)
+    what = str(release_dir / MANIFEST)
+    manifest = check_release(manifest_bytes, sig_text, load_public_key(pubkey), load_profiles(models_file),
+                             what)
+    check_location(manifest, what, what)
+    checked = check_artifacts(manifest, root) if root is not None else []
+    return {"changed": False, "verified": True, "release": manifest["release"], "manifest": what,
+            "models": sorted(manifest["models"]), "artifacts_checked": checked}
+
+
+def render_manifest(manifest):
+    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False, width=120).encode()
+
+
+# --- build -----------------------------------------------------------------------------------------
+
+def load_spec(path, profiles):
+    """The release spec, checked against SPEC_SCHEMA and the model profiles."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ReleaseError(f"cannot read the release spec {path}: {exc.strerror}") from None
+    spec = load_yaml(data, str(path))
+    errors = schema_errors(SPEC_SCHEMA, spec)
+    if not errors:
+        models = spec.get("models") or list(profiles)
+        named = [("models", m) for m in spec.get("models", [])]
+        named += [("app.versions", m) for m in spec["app"].get("versions", {})]
+        named += [("reboot", m) for m in spec["reboot"]] if isinstance(spec.get("reboot"), dict) else []
+        for field, model in named:
+            if model not in profiles:
+                errors.append(f"{field}.{model}: not a model in inventories/shared/models.yml")
+            elif model not in models:
+                errors.append(f"{field}.{model}: not one of the release's models")
+    if errors:
+        raise ReleaseError(f"{path}: " + "; ".join(errors))
+    return spec
+
+
+def _build_app(version, broken, out_dir):
+    """Run lab/posd/build.py; {package style: artifact} for both styles of this version."""
+    command = [sys.executable, str(APP_BUILDER), "--version", version, "--out", str(out_dir)]
+    if broken:
+        command.append("--broken")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ReleaseError(f"building posd {version} failed: {(result.stderr or result.stdout).strip()}")
+    built = json.loads(result.stdout)["artifacts"]
+    return {style: _describe_file(built[kind]["path"]) for style, kind in APP_FILES.items()}
+
+
+def _describe_file(path, unpacked=None):
+    path = Path(path)
+    return {"path": path, "name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size,
+            "unpacked": unpacked_size(path) if unpacked is None else unpacked}
+
+
+def _build_pack(name, version, files, out_dir):
+    data = packs.pack_archive(name, version, files)
+    path = Path(out_dir) / packs.archive_name(name, version)
+    path.write_bytes(data)
+    unpacked = sum(len(content) for content in packs.pack_contents(name, version, files).values())
+    return _describe_file(path, unpacked)
+
+
+def _entry(artifact, **fields):
+    return dict(fields, url=f"pool/{artifact['sha256']}/{artifact['name']}", sha256=artifact["sha256"],
+                size=artifact["size"])
+
+
+def storage_needed(style, app, pack_artifacts):
+    download = app["size"] + sum(item["size"] for item in pack_artifacts)
+    unpacked = app["unpacked"] + sum(item["unpacked"] for item in pack_artifacts)
+    kept = app["size"] if style == "dpkg" else 0
+    return math.ceil((download + unpacked + kept) * STORAGE_MARGIN / MIB) + STORAGE_FLOOR_MB
+
+
+def _created(spec):
+    if "created" in spec:
+        return spec["created"]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch \
+        else datetime.datetime.now(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
+    """Build the release a spec describes into out_dir (pool/, releases/<id>/manifest.yml, probe).
+
+    Only what differs is written; a manifest that changes loses its old signature, which no longer
+    matches it. With dry_run, everything is built in a temporary directory and nothing in out_dir
+    changes; the result says what would be written.
+    """
+    profiles = load_profiles(models_file)
+    spec = load_spec(spec_path, profiles)
+    models = spec.get("models") or list(profiles)
+    app_spec, pack_spec = spec["app"], spec["packs"]
+    broken = app_spec.get("broken", False)
+    reboot = spec.get("reboot", False)
+    out = Path(out_dir)
+    release_dir = out / "releases" / spec["release"]
+    with tempfile.TemporaryDirectory(prefix="posfleet-build-") as tmp:
+        versions = {model: app_spec.get("versions", {}).get(model, app_spec["version"]) for model in models}
+        apps = {version: _build_app(version, broken, Path(tmp) / "app" / version)
+                for version in sorted(set(versions.values()))}
+        params, catalog = pack_spec["params"], pack_spec["catalog"]
+        pack_files = {
+            "params": packs.params_files(params["version"], params["acquirer_url"],
+                                         params.get("fee_bps", 150)),
+            "catalog": {"catalog.csv": packs.catalog_csv(catalog["version"], catalog.get("records", 2000),
+                                                         catalog.get("changed_ratio", 0.0))},
+        }
+        pack_artifacts = {name: _build_pack(name, pack_spec[name]["version"], pack_files[name], tmp)
+                          for name in PACK_NAMES}
+        entries, used = {}, []
+        for model in models:
+            style = profiles[model]["package_style"]
+            app = apps[versions[model]][style]
+            asks = reboot.get(model, False) if isinstance(reboot, dict) else reboot
+            entries[model] = {
+                "app": _entry(app, version=versions[model], style=style),
+                "packs": {name: _entry(item, version=pack_spec[name]["version"])
+                          for name, item in pack_artifacts.items()},
+                # A release may ask for a reboot; it cannot waive one the model's profile requires.
+                "reboot": bool(asks or profiles[model].get("reboot_required", False)),
+                "storage_mb": storage_needed(style, app, list(pack_artifacts.values())),
+            }
+            used += [app, *pack_artifacts.values()]
+        manifest = {"schema": SCHEMA_VERSION, "release": spec["release"], "created": _created(spec),
+                    "description": spec.get("description", f"posd {app_spec['version']}"), "models": entries}
+        manifest_bytes = render_manifest(manifest)
+        # Never write a manifest that verify (and so every control node) would refuse.
+        parse_manifest(manifest_bytes, profiles, f"built manifest of {spec['release']}")
+
+        written, removed = [], []
+        for artifact in {item["sha256"]: item for item in used}.values():
+            rel = f"pool/{artifact['sha256']}/{artifact['name']}"
+            if not same_file(out / rel, artifact["sha256"], artifact["size"]):
+                written.append(rel)
+                if not dry_run:
+                    atomic_write(out / rel, source=artifact["path"])
+        probe = probe_bytes()
+        if not (out / "probe").is_file() or (out / "probe").read_bytes() != probe:
+            written.append("probe")
+            if not dry_run:
+                atomic_write(out / "probe", probe)
+        manifest_path = release_dir / MANIFEST
+        if not manifest_path.is_file() or manifest_path.read_bytes() != manifest_bytes:
+            written.append(str(manifest_path.relative_to(out)))
+            if os.path.lexists(release_dir / SIGNATURE):
+                removed.append(str((release_dir / SIGNATURE).relative_to(out)))
+            if not dry_run:
+                for rel in removed:
+                    os.unlink(out / rel)
+                atomic_write(manifest_path, manifest_bytes)
+    return {"changed": bool(written or removed), "dry_run": dry_run, "release": spec["release"],
+            "release_dir": str(release_dir), "written": sorted(written), "removed": removed,
+            "models": {model: {"app": entry["app"]["version"], "style": entry["app"]["style"],
+                               "reboot": entry["reboot"], "storage_mb": entry["storage_mb"]}
+                       for model, entry in entries.items()}}
+
+
+def sign(release_dir, key_path, dry_run=False, models_file=MODELS_FILE):
+    """Write manifest.yml.sig. The manifest is validated first: terminals would refuse a bad one."""
+    release_dir = Path(release_dir)
+    manifest_bytes, old = read_release(release_dir)
+    manifest = parse_manifest(manifest_bytes, load_profiles(models_file), str(release_dir / MANIFEST))
+    signature = signature_text(load_private_key(key_path), manifest_bytes)
+    changed = old != signature
+    if changed and not dry_run:
+        atomic_write(release_dir / SIGNATURE, signature.encode("ascii"))
+    return {"changed": changed, "dry_run": dry_run, "release": manifest["release"],
+            "signature": str(release_dir / SIGNATURE)}
+
+
+# --- publish ---------------------------------------------------------------------------------------
+
+def publish(root, repo_base, *, regions=(), all_regions=False, releases=(), pubkey=None, dry_run=False,
+            models_file=MODELS_FILE, regions_file=REGIONS_FILE):
+    """Copy releases from a build directory to each region's distribution point root.
+
+    Order per region: pool artifacts, the probe, then each release's signature and last its manifest,
+    each by temporary file and rename, so a terminal never sees a manifest whose artifacts are
+    missing. Files already there and identical are skipped. A release already published with other
+    bytes is refused before anything is copied: a release id names one content forever.
+    """
+    root = Path(root)
+    known = load_regions(regions_file)
+    targets = list(known) if all_regions else list(dict.fromkeys(regions))
+    if not targets:
+        raise ReleaseError("no region: name them with --region, or use --all-regions")
+    unknown = [name for name in targets if name not in known]
+    if unknown:
+        raise ReleaseError(f"unknown region(s) {', '.join(unknown)}; {regions_file} has {', '.join(known)}")
+    if not releases:
+        releases = sorted(p.name for p in (root / "releases").glob("*") if (p / MANIFEST).is_file())
+        if not releases:
+            raise ReleaseError(f"no release in {root / 'releases'}: build one first")
+    profiles = load_profiles(models_file)
+    plan = {}  # relpath -> (source, sha256, size), in copy order
+    finals = []  # (relpath, source): each release's signature, then its manifest
+    for release in dict.fromkeys(releases):
+        release_dir = root / "releases" / release
+        if pubkey:
+            verify(release_dir, pubkey, root, models_file)
+        manifest_bytes, sig_text = read_release(release_dir)
+        what = str(release_dir / MANIFEST)
+        if sig_text is None:
+            raise ReleaseError(unsigned(what))
+        manifest = check_location(parse_manifest(manifest_bytes, profiles, what), what, what)
+        check_artifacts(manifest, root)
+        for url, (sha256, size) in sorted(artifacts(manifest).items()):
+            plan[url] = (root / url, sha256, size)
+        finals.append((f"releases/{release}/{SIGNATURE}", release_dir / SIGNATURE))
+        finals.append((f"releases/{release}/{MANIFEST}", release_dir / MANIFEST))
+    probe = probe_bytes()
+    plan["probe"] = (None, hashlib.sha256(probe).hexdigest(), len(probe))
+    for rel, source in finals:
+        data = source.read_bytes()
+        plan[rel] = (source, hashlib.sha256(data).hexdigest(), len(data))
+
+    conflicts = []
+    for region in targets:
+        for rel, source in finals:
+            dest = Path(repo_base) / region / rel
+            published = dest.parent / MANIFEST
+            # Only a manifest makes a release published: a signature alone is a publish cut short.
+            if published.is_file() and (not dest.is_file() or dest.read_bytes() != source.read_bytes()):
+                conflicts.append(str(dest))
+    if conflicts:
+        raise ReleaseError("already published with different content (a release id is immutable; build a new "
+                           f"release id): {', '.join(conflicts)}")
+
+    report = {}
+    for region in targets:
+        base = Path(repo_base) / region
+        copied, unchanged = [], 0
+        for rel, (source, sha256, size) in plan.items():
+            if same_file(base / rel, sha256, size):
+                unchanged += 1
+                continue
+            copied.append(rel)
+            if not dry_run:
+                if source is None:
+                    atomic_write(base / rel, probe)
+                else:
+                    atomic_write(base / rel, source=source)
+        report[region] = {"path": str(base), "copied": copied, "unchanged": unchanged}
+    return {"changed": any(item["copied"] for item in report.values()), "dry_run": dry_run,
+            "releases": list(dict.fromkeys(releases)), "regions": report}
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="posfleet-release", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("keygen", help="make an ed25519 signing key pair (release.key, release.pub)")
+    cmd.add_argument("--out", required=True,
+                     help="directory for the key pair; existing keys are never overwritten")
+    cmd = sub.add_parser("build", help="build a release from a spec into DIR/pool and DIR/releases/<id>")
+    cmd.add_argument("--spec", required=True, help="release spec (YAML, see docs/releases.md)")
+    cmd.add_argument("--out", required=True, help="build directory")
+    cmd.add_argument("--dry-run", action="store_true", help="build in a temporary directory, change nothing")
+    cmd = sub.add_parser("sign", help="sign a release's manifest.yml")
+    cmd.add_argument("--release", required=True, help="the release directory, DIR/releases/<id>")
+    cmd.add_argument("--key", required=True, help="the ed25519 private key (PEM)")
+    cmd.add_argument("--dry-run", action="store_true",
+                     help="say whether the signature would change, write nothing")
+    cmd = sub.add_parser("verify", help="check a release's signature, schema and (with --root) artifacts")
+    cmd.add_argument("--release", required=True, help="the release directory, DIR/releases/<id>")
+    cmd.add_argument("--pubkey", required=True, help="the ed25519 public key (PEM) to check against")
+    cmd.add_argument("--root",
+                     help="the directory holding pool/ (build directory or distribution point root)")
+    cmd = sub.add_parser("publish", help="copy releases to the regions' distribution points")
+    cmd.add_argument("--root", required=True, help="build directory")
+    cmd.add_argument("--repo", default="/var/lib/poslab/repo",
+                     help="base directory of the distribution points, one directory per region (%(default)s)")
+    which = cmd.add_mutually_exclusive_group(required=True)
+    which.add_argument("--region", nargs="+", action="extend", default=[], help="region names")
+    which.add_argument("--all-regions", action="store_true",
+                       help="every region in inventories/shared/regions.yml")
+    cmd.add_argument("--release", nargs="+", action="extend", default=[], dest="releases",
+                     help="release ids (default: every release in the build directory)")
+    cmd.add_argument("--pubkey", help="also verify each release's signature against this public key")
+    cmd.add_argument("--dry-run", action="store_true", help="say what would be copied, copy nothing")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "keygen":
+            result = keygen(args.out)
+        elif args.command == "build":
+            result = build(args.spec, args.out, args.dry_run)
+        elif args.command == "sign":
+            result = sign(args.release, args.key, args.dry_run)
+        elif args.command == "verify":
+            result = verify(args.release, args.pubkey, args.root)
+        else:
+            result = publish(args.root, args.repo, regions=args.region, all_regions=args.all_regions,
+                             releases=args.releases, pubkey=args.pubkey, dry_run=args.dry_run)
+    except (ReleaseError, OSError) as exc:
+        print(f"posfleet-release: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
