@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -106,6 +107,28 @@ def ensure_ssh_key():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "poslab-control", "-f", str(config.SSH_KEY)])
 
 
+def ensure_secrets():
+    """The lab's release signing key and its vault of secrets, made fresh for every lab.
+
+    Nothing secret is in the repository: the key pair and the backup encryption key are generated
+    here, and the backup key is stored only inside an Ansible Vault file.
+    """
+    if not (config.RELEASE_KEY_DIR / "release.key").exists():
+        run([str(config.PROJECT / "bin" / "posfleet-release"), "keygen", "--out", str(config.RELEASE_KEY_DIR)])
+    if config.VAULT_SECRETS.exists():
+        return
+    config.VAULT_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(config.VAULT_PASSWORD, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    vault = shutil.which("ansible-vault", path=str(config.PROJECT / ".venv" / "bin")) or "ansible-vault"
+    encrypted = run([vault, "encrypt_string", "--vault-password-file", str(config.VAULT_PASSWORD),
+                     "--stdin-name", "pos_backup_key"], input_text=secrets.token_hex(32)).stdout
+    fd = os.open(config.VAULT_SECRETS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("---\n# The lab's backup encryption key, vault-encrypted; made by `poslab up`.\n" + encrypted)
+
+
 def provision(terminal, models):
     """Give a new terminal its flash (a tmpfs of the model's size), identity, host keys and merchant pack."""
     tdir = supervisor.terminal_dir(terminal)
@@ -163,6 +186,7 @@ def up(size, seed, wait=True):
                          "`poslab down` first to change it")
     config.STATE.mkdir(parents=True, exist_ok=True)
     ensure_ssh_key()
+    ensure_secrets()
     if not running:
         image.base_image()
         log("building the lab and model layers")

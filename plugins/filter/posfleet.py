@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 
 
 def _terminal(hostvars, host):
@@ -53,8 +55,89 @@ def pos_table(rows, columns):
     return ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in cells]
 
 
+def pos_merchant_version(profile):
+    """The version of a rendered merchant pack: what pos_data_sync computes on the terminal."""
+    canonical = json.dumps(profile, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def pos_release_target(release, model, merchant_profile=None):
+    """What a terminal of `model` runs once on `release`: app version and every pack's version."""
+    try:
+        entry = release["models"][model]
+    except KeyError:
+        raise ValueError("release %s has no entry for model %s" % (release.get("release"), model)) from None
+    packs = {name: pack["version"] for name, pack in entry["packs"].items()}
+    if merchant_profile is not None:
+        packs["merchant"] = pos_merchant_version(merchant_profile)
+    return {"app_version": entry["app"]["version"], "packs": packs}
+
+
+def pos_pack_urls(packs, base):
+    """The manifest's packs with each relative artifact URL made absolute against a distribution point."""
+    return {name: dict(pack, url="%s/%s" % (base.rstrip("/"), pack["url"].lstrip("/"))) for name, pack in packs.items()}
+
+
+def pos_preflight_verdict(facts, profile, entry, min_kbps=0, margin_mb=0):
+    """Decide from pos_facts whether a terminal is current, must be deferred, or can be updated.
+
+    Returns {"status": "current" | "deferred" | "go", "reason": text}. Deferral is not failure: the
+    terminal is fine, only not ready now (low battery, a full disk, a poor link); a re-run picks it up.
+    """
+    if facts.get("current"):
+        return {"status": "current", "reason": "already on the release"}
+    posd = facts.get("posd") or {}
+    if posd.get("state") == "down":
+        return {"status": "deferred", "reason": "payment app not answering: %s" % posd.get("health_detail")}
+    need = int(entry.get("storage_mb", 0)) + int(margin_mb)
+    if facts.get("storage_free_mb") is not None and facts["storage_free_mb"] < need:
+        return {"status": "deferred", "reason": "needs %d MB free flash, has %d MB" % (need, facts["storage_free_mb"])}
+    if profile.get("battery") and not facts.get("charging"):
+        pct = facts.get("battery_pct")
+        if pct is not None and pct < int(profile.get("battery_min_pct", 0)):
+            return {"status": "deferred", "reason": "battery at %d%%, below the model's %d%% and not charging"
+                    % (pct, profile["battery_min_pct"])}
+    probe = facts.get("probe")
+    if probe is not None:
+        if not probe.get("reachable"):
+            return {"status": "deferred", "reason": "distribution point unreachable: %s" % probe.get("error")}
+        if probe.get("kbps", 0) < int(min_kbps):
+            return {"status": "deferred", "reason": "link too slow: %s kbit/s, the floor is %s"
+                    % (probe.get("kbps"), min_kbps)}
+    return {"status": "go", "reason": ""}
+
+
+def pos_update_summary(hostvars, hosts):
+    """Counts of update outcomes by model and region; a terminal with no outcome was unreachable."""
+    statuses = ("updated", "current", "deferred", "failed", "rolled_back", "unreachable")
+    groups = {}
+    for host in sorted(hosts):
+        variables = hostvars.get(host) or {}
+        key = (variables.get("pos_model", "?"), variables.get("pos_region", "?"))
+        row = groups.setdefault(key, dict({"model": key[0], "region": key[1]}, **{s: 0 for s in statuses}))
+        status = variables.get("pos_update_status")
+        row[status if status in statuses else ("failed" if status == "go" else "unreachable")] += 1
+    rows = [groups[k] for k in sorted(groups)]
+    total = dict({"model": "TOTAL", "region": ""}, **{s: sum(r[s] for r in rows) for s in statuses})
+    return [*rows, total]
+
+
+def pos_update_problems(hostvars, hosts):
+    """One line per terminal that did not end current or updated: serial, status and the reason."""
+    lines = []
+    for host in sorted(hosts):
+        variables = hostvars.get(host) or {}
+        status = variables.get("pos_update_status", "unreachable")
+        if status not in ("current", "updated"):
+            lines.append("%s %s: %s" % (host, status, variables.get("pos_update_reason") or "no answer"))
+    return lines
+
+
 class FilterModule:
     """posfleet filters."""
 
     def filters(self):
-        return {"pos_fleet_summary": pos_fleet_summary, "pos_table": pos_table}
+        return {"pos_fleet_summary": pos_fleet_summary, "pos_table": pos_table,
+                "pos_merchant_version": pos_merchant_version, "pos_release_target": pos_release_target,
+                "pos_pack_urls": pos_pack_urls, "pos_preflight_verdict": pos_preflight_verdict,
+                "pos_update_summary": pos_update_summary, "pos_update_problems": pos_update_problems}
