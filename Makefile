@@ -14,7 +14,6 @@ DEMO_TERMINALS ?= 12
 TEST_TERMINALS ?= 6
 export PATH := $(CURDIR)/$(VBIN):$(CURDIR)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-export PYTHONDONTWRITEBYTECODE := 1
 
 # ansible-core 2.21 needs Python 3.12 or newer on the control node: take the newest we can find,
 # on PATH or under pyenv.
@@ -65,7 +64,7 @@ test: deps
 lint: venv
 	yamllint --strict .
 	ruff check .
-	ansible-lint --offline --profile production
+	ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
 
 unit: venv
 	pytest -q tests/unit
