@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -26,10 +27,23 @@ POSD_SOCKET = "/run/pos/posd.sock"
 BOOT_ID = "/run/pos/boot_id"
 SIM_DIR = "/var/lib/possim"
 PACK_NAMES = ("params", "catalog", "merchant")
+STAGING_DIR = "/var/lib/pos/staging"
+ROLLBACK_DIR = "/var/lib/pos/rollback"
+BACKUP_DIR = "/var/lib/pos/backup"
+POSD_PID = "/run/pos/posd.pid"
+STAN_MAX = 999999  # posd's STAN wraps to 1 after this (ISO 8583 field 11 has six digits)
 
 
 class PosdError(Exception):
-    """posd did not answer, or answered ok: false; the message says which and why."""
+    """posd did not answer, or answered ok: false; the message says which and why.
+
+    `answer` is posd's whole answer when it refused (ok: false), so that a caller can read fields
+    such as `pending` that come with the refusal; it is {} when posd did not answer at all.
+    """
+
+    def __init__(self, message, answer=None):
+        super().__init__(message)
+        self.answer = answer or {}
 
 
 def terminal_path(path):
@@ -89,10 +103,22 @@ def atomic_symlink(target, link):
 
 def posd(op, timeout=10.0, **args):
     """Send one request to posd's control socket and return its answer (a dict with ok true)."""
-    request = dict(args, op=op)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The socket read waits for posd's own bounded wait (a sale finishing, an upload) plus margin.
-    sock.settimeout(float(args.get("timeout", 0)) + timeout)
+    return _posd_exchange(op, dict(args, op=op), float(args.get("timeout", 0)) + timeout)
+
+
+def posd_wait(op, wait, slack=10.0, **args):
+    """Like posd() for the ops that take a `timeout` argument (maintenance_enter, upload).
+
+    posd() cannot send one: its own `timeout` keyword is the client's socket timeout. Here `wait` is
+    sent as the request's `timeout` and the socket waits `wait` + `slack` seconds for the answer.
+    """
+    return _posd_exchange(op, dict(args, op=op, timeout=wait), float(wait) + slack)
+
+
+def _posd_exchange(op, request, socket_timeout):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(socket_timeout)
     try:
         sock.connect(terminal_path(POSD_SOCKET))
         sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
@@ -111,7 +137,7 @@ def posd(op, timeout=10.0, **args):
     except ValueError:
         raise PosdError("posd answered %s with something that is not JSON: %r" % (op, data[:200])) from None
     if not answer.get("ok"):
-        raise PosdError("posd refused %s: %s" % (op, answer.get("error", "no reason given")))
+        raise PosdError("posd refused %s: %s" % (op, answer.get("error", "no reason given")), answer)
     return answer
 
 
@@ -167,3 +193,97 @@ def battery():
         return int(pct), charging == "1"
     except (TypeError, ValueError):
         return None, None
+
+
+def free_bytes(path):
+    """Bytes free for an unprivileged writer on the filesystem that holds (or will hold) `path`."""
+    probe = terminal_path(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    stats = os.statvfs(probe)
+    return stats.f_bavail * stats.f_frsize
+
+
+def dpkg_argv(command, *args):
+    """argv for dpkg or dpkg-query acting on the terminal's package database (under POS_ROOT in tests)."""
+    root = os.environ.get("POS_ROOT")
+    return [command] + (["--root=%s" % root] if root and root != "/" else []) + list(args)
+
+
+def installed_style():
+    """How the payment app is installed now: bundle, dpkg, or None when no app is installed."""
+    if os.path.islink(terminal_path(os.path.join(APP_DIR, "current"))):
+        return "bundle"
+    if app_version("dpkg"):
+        return "dpkg"
+    return None
+
+
+def posd_pid():
+    """The pid the terminal's init wrote for posd, or None."""
+    try:
+        return int(read_text(POSD_PID, ""))
+    except ValueError:
+        return None
+
+
+def _process_alive(pid):
+    """True while `pid` runs; a zombie (exited, not yet reaped by init) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % pid, encoding="utf-8", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _is_posd(pid):
+    """Whether `pid` is a posd process (a stale pid file may name a process that reused the pid)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return b"posd" in handle.read()
+    except OSError:
+        return not os.path.isdir("/proc")  # no procfs: trust the pid file
+
+
+def stop_posd(timeout=20.0):
+    """SIGTERM posd (pid from the pid file) and wait until it has exited; SIGKILL after `timeout`.
+
+    The terminal's init starts posd again on its own (it polls about once a second). Returns the pid
+    that was stopped, or None when no posd was running.
+    """
+    pid = posd_pid()
+    if pid is None or not _process_alive(pid):
+        return None
+    if not _is_posd(pid):
+        raise PosdError("%s names pid %d, which is not posd: the pid file is stale; is init running posd?"
+                        % (POSD_PID, pid))
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while _process_alive(pid):
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.time() + 5
+            timeout = -1
+        elif timeout < 0 and time.time() > deadline:
+            raise PosdError("posd (pid %d) did not exit even after SIGKILL" % pid)
+        time.sleep(0.05)
+    return pid
+
+
+def restart_posd(timeout=60.0):
+    """Restart posd so that it runs the installed app, and return its first status.
+
+    posd is supervised by the terminal's init, which starts it again when it exits: stopping it is
+    enough. Raises PosdError when there is no pid file or posd does not come back within `timeout`.
+    """
+    if posd_pid() is None:
+        raise PosdError("cannot restart posd: %s is missing; is the terminal's init running posd?" % POSD_PID)
+    started = time.time()
+    stop_posd(timeout=min(20.0, timeout))
+    return wait_posd_ready(max(timeout - (time.time() - started), 1.0))

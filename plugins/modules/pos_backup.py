@@ -1,0 +1,287 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_backup
+short_description: Take a consistent snapshot of a POS terminal before it is updated
+description:
+  - Writes C(snapshot.tar) (an uncompressed tar, members sorted) and C(MANIFEST.json) into O(dest), that is
+    everything M(pos_restore) needs to put the terminal back as it was.
+  - "The snapshot holds: C(journal.db), a copy of posd's SQLite journal made with SQLite's online backup API
+    (consistent even while posd runs); C(etc/pos/terminal.json); the tree of every data pack's C(current)
+    version as C(packs/<name>/<version>/...) and C(packs.json) naming the current version of each pack;
+    C(app.json) with the app version, package style and O(release); for C(dpkg) models the installed
+    version's C(.deb) as C(rollback/posd_<version>_all.deb) when M(pos_package) kept it in
+    C(/var/lib/pos/rollback/); and C(MANIFEST.json), the sha256 of every other member."
+  - The tar is built in a temporary file in O(dest), read back and checked member by member against
+    C(MANIFEST.json), and only then renamed to C(snapshot.tar), so O(dest) always holds one whole snapshot.
+  - Take it with the terminal in maintenance and its sales uploaded (M(pos_maintenance), M(pos_txn_upload)).
+  - A new snapshot is always a change.
+version_added: "0.1.0"
+author: posfleet contributors
+options:
+  dest:
+    description: Directory on the terminal for C(snapshot.tar) and C(MANIFEST.json).
+    type: str
+    default: /var/lib/pos/backup
+  package_style:
+    description: How the model installs its payment app (C(pos_model_profile.package_style)).
+    type: str
+    required: true
+    choices: [dpkg, bundle]
+  release:
+    description: The release the terminal runs now, recorded in C(app.json) as a label.
+    type: str
+    default: ""
+notes:
+  - Supports check mode; in check mode nothing is written and the result says what would be backed up.
+  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the terminal before the update
+  pos_backup:
+    package_style: "{{ pos_model_profile.package_style }}"
+    release: "{{ pos_terminal.release | default('') }}"
+  register: pos_backup_snapshot
+
+- name: Fetch the snapshot to the control node
+  ansible.builtin.fetch:
+    src: "{{ pos_backup_snapshot.path }}"
+    dest: "{{ pos_backup_fetch_dir }}/{{ inventory_hostname }}.tar"
+    flat: true
+"""
+
+RETURN = r"""
+path:
+  description: The snapshot on the terminal.
+  returned: always
+  type: str
+  sample: /var/lib/pos/backup/snapshot.tar
+sha256:
+  description: sha256 of the snapshot tar.
+  returned: success, not in check mode
+  type: str
+  sample: 0d6e4079e36703ebd37c00722f5891d28b0e2811dc114b129215123adcce3605
+size:
+  description: Bytes of the snapshot tar (an estimate in check mode).
+  returned: always
+  type: int
+  sample: 483328
+manifest:
+  description: The snapshot's C(MANIFEST.json), {member path, sha256}; in check mode the files with their sizes.
+  returned: always
+  type: dict
+journal_rows:
+  description: Sales in the journal copy.
+  returned: always
+  type: int
+  sample: 118
+counters:
+  description: The sequence counters in the journal copy.
+  returned: always
+  type: dict
+  sample: {stan: 118, batch: 7, invoice: 118}
+app_version:
+  description: The app version recorded.
+  returned: always
+  type: str
+  sample: 1.0.0
+packs:
+  description: The pack versions recorded (C(null) for a pack the terminal does not have).
+  returned: always
+  type: dict
+  sample: {params: 2026.01.0, catalog: 2026.01.0, merchant: null}
+"""
+
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_archive import (
+    ArchiveError,
+    digest_tar_stream,
+    manifest_problems,
+    tree_files,
+    verify_files,
+)
+from ansible.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
+from ansible.module_utils.pos_terminal import (
+    JOURNAL,
+    PACK_NAMES,
+    PACKS_DIR,
+    ROLLBACK_DIR,
+    TERMINAL_JSON,
+    app_version,
+    atomic_write,
+    free_bytes,
+    installed_style,
+    read_json,
+    sha256_file,
+    terminal_path,
+)
+
+
+def pack_sources(module):
+    """{snapshot path: terminal file} of every pack's current tree, and {pack: version or None}."""
+    sources, versions = {}, {}
+    for name in PACK_NAMES:
+        link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
+        if not os.path.lexists(link):
+            versions[name] = None
+            continue
+        base = os.path.realpath(link)
+        version = os.path.basename(base)
+        manifest = read_json(os.path.join(PACKS_DIR, name, "current", "PACK.json"), {}) or {}
+        if not os.path.isdir(base):
+            module.fail_json(msg="pack %s: %s/%s/current points to %s, which does not exist; fix or remove the link "
+                             "before backing up" % (name, PACKS_DIR, name, version))
+        problems = verify_files(base, manifest.get("files") or {})
+        if problems or str(manifest.get("version")) != version:
+            module.warn("pack %s %s does not match its PACK.json (%s); it is backed up as it is"
+                        % (name, version, "; ".join(problems) or "version differs from the directory name"))
+        versions[name] = version
+        for rel in tree_files(base):
+            sources["packs/%s/%s/%s" % (name, version, rel)] = os.path.join(base, rel)
+    return sources, versions
+
+
+def tar_info(name, size, mtime):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o600
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def write_tar(path, sources, manifest_bytes, mtime):
+    """The snapshot tar: MANIFEST.json and every source, sorted by member name."""
+    members = dict(sources)
+    members["MANIFEST.json"] = None
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(members):
+            if members[name] is None:
+                data = manifest_bytes
+                tar.addfile(tar_info(name, len(data), mtime), io.BytesIO(data))
+                continue
+            with open(members[name], "rb") as handle:
+                tar.addfile(tar_info(name, os.fstat(handle.fileno()).st_size, mtime), handle)
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dest=dict(type="str", default="/var/lib/pos/backup"),
+            package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
+            release=dict(type="str", default=""),
+        ),
+        supports_check_mode=True,
+    )
+    style, dest_param = module.params["package_style"], module.params["dest"]
+    if not dest_param.startswith("/"):
+        module.fail_json(msg="dest must be an absolute path on the terminal, not %r" % dest_param)
+    identity = read_json(TERMINAL_JSON)
+    if not identity:
+        module.fail_json(msg="%s is missing or unreadable: this does not look like a provisioned POS terminal"
+                         % TERMINAL_JSON)
+    found_style = installed_style()
+    if found_style not in (None, style):
+        module.fail_json(msg="the terminal has a %s app but package_style is %s; fix the model profile"
+                         % (found_style, style))
+    version = app_version(style)
+    if not version:
+        module.fail_json(msg="no %s payment app is installed, so there is no app version to back up; "
+                         "install posd first" % style)
+    journal = terminal_path(JOURNAL)
+    if not os.path.isfile(journal):
+        module.fail_json(msg="there is no journal at %s: has posd ever run on this terminal?" % JOURNAL)
+
+    sources, packs = pack_sources(module)
+    sources["etc/pos/terminal.json"] = terminal_path(TERMINAL_JSON)
+    deb = None
+    if style == "dpkg":
+        kept = terminal_path(os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version))
+        if os.path.isfile(kept):
+            deb = "rollback/posd_%s_all.deb" % version
+            sources[deb] = kept
+    app = {"version": version, "style": style, "release": module.params["release"], "deb": deb,
+           "serial": identity.get("serial"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    dest = terminal_path(dest_param)
+    path = os.path.join(dest_param, "snapshot.tar")
+    estimate = sum(os.path.getsize(p) for p in sources.values()) + os.path.getsize(journal)
+    if os.path.exists(journal + "-wal"):
+        estimate += os.path.getsize(journal + "-wal")
+    result = dict(path=path, app_version=version, packs=packs)
+
+    if module.check_mode:
+        try:
+            conn = connect_ro(journal)
+            try:
+                rows, found = row_count(conn), counters(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as error:
+            module.fail_json(msg="cannot read the journal %s: %s" % (JOURNAL, error))
+        files = {name: os.path.getsize(p) for name, p in sources.items()}
+        files["journal.db"] = os.path.getsize(journal)
+        module.exit_json(changed=True, size=estimate, manifest=files, journal_rows=rows, counters=found, **result)
+
+    # Room for the journal copy and the tar that holds everything once more.
+    need = 2 * estimate + (1 << 20)
+    free = free_bytes(dest_param)
+    if free < need:
+        module.fail_json(msg="not enough free space for the backup in %s: it needs %d MB, %d MB are free; "
+                         "free some space on the terminal" % (dest_param, need // (1 << 20) + 1, free // (1 << 20)))
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".snapshot-", dir=dest)
+    tmp_tar = os.path.join(work, "snapshot.tar")
+    try:
+        try:
+            copied = copy_to(journal, os.path.join(work, "journal.db"))
+        except sqlite3.Error as error:
+            module.fail_json(msg="cannot copy the journal %s: %s; the terminal needs attention before it is "
+                             "updated" % (JOURNAL, error))
+        sources["journal.db"] = os.path.join(work, "journal.db")
+        for name, data in (("app.json", app), ("packs.json", packs)):
+            with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            sources[name] = os.path.join(work, name)
+        manifest = {name: sha256_file(source) for name, source in sorted(sources.items())}
+        manifest_bytes = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        write_tar(tmp_tar, sources, manifest_bytes, int(time.time()))
+        # Read back what was written: a snapshot is only as good as the copy on the flash.
+        with open(tmp_tar, "rb") as handle:
+            embedded, digests = digest_tar_stream(handle, "snapshot")
+        problems = manifest_problems(embedded, digests)
+        if embedded != manifest:
+            problems.append("the MANIFEST.json read back differs from the one written")
+        if problems:
+            module.fail_json(msg="the snapshot failed its check after writing (a file changed while it was "
+                             "copied, or the flash is failing): %s" % "; ".join(problems[:5]))
+        digest, size = sha256_file(tmp_tar), os.path.getsize(tmp_tar)
+        os.chmod(tmp_tar, 0o600)
+        os.rename(tmp_tar, os.path.join(dest, "snapshot.tar"))
+        atomic_write(os.path.join(dest, "MANIFEST.json"), manifest_bytes, mode=0o600)
+    except (OSError, ArchiveError) as error:
+        module.fail_json(msg="cannot write the snapshot in %s: %s" % (dest_param, error))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    module.exit_json(changed=True, sha256=digest, size=size, manifest=manifest, journal_rows=copied["rows"],
+                     counters=copied["counters"], **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_data_sync
+short_description: Bring a POS terminal's data packs (params, catalog, merchant) to a release's versions
+description:
+  - For every pack that is not already current at the wanted version, downloads its archive (resuming an
+    interrupted download with HTTP C(Range), like M(pos_package)), checks O(packs[].size) and O(packs[].sha256),
+    unpacks it safely into C(/var/lib/pos/packs/<name>/<version>.staging) and checks every file against the
+    pack's C(PACK.json) before renaming the directory to C(<version>).
+  - "An archive is refused when a member has an absolute path or C(..), is a link, a directory or a device,
+    is not listed in its C(PACK.json), or when the members add up to more than four times the archive's size."
+  - "The C(merchant) pack is built here from O(merchant), the merchant profile rendered on the control node:
+    C(profile.json) holds its canonical JSON (keys sorted, no spaces) and the pack's version is the first 12 hex
+    digits of that JSON's sha256."
+  - Only when every pack is staged and verified are the C(current) links switched, one rename each, so a
+    failure half-way switches nothing. Then posd is asked to C(reload) (O(reload)) and the module checks that
+    posd loaded the new versions and that its sequence counters did not go backwards. posd itself applies a
+    params pack's C(counters.json) C(batch_floor); this module never writes counters.
+  - The previous version of each pack is kept for a rollback; older versions are removed.
+version_added: "0.1.0"
+author: posfleet contributors
+options:
+  packs:
+    description:
+      - The release's packs for this model, C(name) to a dict with C(version), C(url) (full URL), C(sha256) and
+        C(size). Known names are C(params) and C(catalog); C(merchant) comes from O(merchant).
+    type: dict
+    default: {}
+  merchant:
+    description: The merchant profile (the content of C(profile.json)) rendered for this terminal.
+    type: dict
+  staging_dir:
+    description: Where downloads are kept until installed.
+    type: str
+    default: /var/lib/pos/staging
+  timeout:
+    description: Seconds a download request may wait for data.
+    type: float
+    default: 60
+  retries:
+    description: How many times a broken download is resumed within this run.
+    type: int
+    default: 3
+  retry_delay:
+    description: Seconds before the first retry; each further retry waits that much longer.
+    type: float
+    default: 2
+  reload:
+    description: Ask posd to reload its packs after the switch.
+    type: bool
+    default: true
+notes:
+  - Supports check mode; in check mode nothing is downloaded or switched.
+  - Supports diff mode (pack versions before and after).
+  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+"""
+
+EXAMPLES = r"""
+- name: Sync the release's data packs
+  pos_data_sync:
+    packs: "{{ pos_release_model.packs | pos_pack_urls(pos_region_settings.distribution_point) }}"
+    merchant: "{{ pos_merchant_profile }}"
+  register: pos_data_sync_result
+"""
+
+RETURN = r"""
+switched:
+  description: The packs whose C(current) link was switched (would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [params, merchant]
+versions_before:
+  description: Pack versions before the module ran.
+  returned: always
+  type: dict
+  sample: {params: 2026.01.0, catalog: 2026.01.0, merchant: null}
+versions_after:
+  description: Pack versions afterwards (wanted, in check mode).
+  returned: always
+  type: dict
+  sample: {params: 2026.11.0, catalog: 2026.01.0, merchant: 5d1c0e2a9f3b}
+bytes_downloaded:
+  description: Bytes received in this run.
+  returned: always
+  type: int
+  sample: 47112
+resumed:
+  description: Whether any download continued a partial one.
+  returned: always
+  type: bool
+counters_before:
+  description: posd's sequence counters before the switch (C(null) when posd did not answer).
+  returned: changed
+  type: dict
+  sample: {stan: 118, batch: 1, invoice: 118}
+counters_after:
+  description: posd's sequence counters after the reload.
+  returned: changed and reload
+  type: dict
+  sample: {stan: 118, batch: 7, invoice: 118}
+merchant_version:
+  description: The version of the merchant pack built from O(merchant).
+  returned: when merchant is given
+  type: str
+  sample: 5d1c0e2a9f3b
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_archive import (
+    ArchiveError,
+    check_pack_manifest,
+    read_member_json,
+    read_pack_manifest,
+    safe_extract,
+    verify_files,
+)
+from ansible.module_utils.pos_download import DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_terminal import (
+    PACK_NAMES,
+    PACKS_DIR,
+    PosdError,
+    atomic_symlink,
+    free_bytes,
+    pack_versions,
+    posd,
+    terminal_path,
+)
+
+RELEASE_PACKS = ("params", "catalog")
+VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+~_-")
+
+
+def canonical(profile):
+    return json.dumps(profile, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def pack_base(name):
+    return terminal_path(os.path.join(PACKS_DIR, name))
+
+
+def intact(name, version):
+    """Whether packs/<name>/<version> is there and matches its PACK.json."""
+    base = os.path.join(pack_base(name), version)
+    if not os.path.isdir(base) or os.path.islink(base):
+        return False
+    try:
+        manifest = read_pack_manifest(base, name)
+    except ArchiveError:
+        return False
+    return str(manifest["version"]) == version and not verify_files(base, manifest["files"])
+
+
+def current_target(name):
+    try:
+        return os.readlink(os.path.join(pack_base(name), "current"))
+    except OSError:
+        return None
+
+
+def check_specs(module, packs):
+    for name, spec in packs.items():
+        if name not in RELEASE_PACKS:
+            hint = " (the merchant pack is built from the merchant option)" if name == "merchant" else ""
+            module.fail_json(msg="unknown pack %r in packs: a release ships %s%s" % (name, ", ".join(RELEASE_PACKS),
+                                                                                     hint))
+        if not isinstance(spec, dict):
+            module.fail_json(msg="packs.%s must be a dict with version, url, sha256 and size" % name)
+        missing = [key for key in ("version", "url", "sha256", "size") if spec.get(key) in (None, "")]
+        if missing:
+            module.fail_json(msg="packs.%s lacks %s; check the release manifest" % (name, ", ".join(missing)))
+        version = str(spec["version"])
+        if not set(version) <= VERSION_CHARS or version.startswith("."):
+            module.fail_json(msg="packs.%s.version %r is not a plain version" % (name, version))
+        try:
+            spec["size"] = int(spec["size"])
+        except (TypeError, ValueError):
+            module.fail_json(msg="packs.%s.size must be a number of bytes, not %r" % (name, spec["size"]))
+        spec["version"] = version
+
+
+def stage_download(module, name, spec, staging, result):
+    """Download, unpack and verify one release pack into packs/<name>/<version>.staging; return that path."""
+    version = spec["version"]
+    label = "pack %s %s (%s)" % (name, version, spec["url"])
+    download = fetch(spec["url"], staging, spec["sha256"], spec["size"], timeout=module.params["timeout"],
+                     retries=module.params["retries"], retry_delay=module.params["retry_delay"])
+    result["bytes_downloaded"] += download["bytes_downloaded"]
+    result["resumed"] = result["resumed"] or download["resumed"]
+    manifest = check_pack_manifest(read_member_json(download["path"], "PACK.json", label), name, label + " PACK.json",
+                                   version=version)
+    target = os.path.join(pack_base(name), version + ".staging")
+    if os.path.lexists(target):
+        shutil.rmtree(target)  # left by an interrupted run; never in use
+    safe_extract(download["path"], target, label, allow_dirs=False, allow_links=False,
+                 allowed=set(manifest["files"]) | {"PACK.json"}, max_bytes=4 * spec["size"])
+    problems = verify_files(target, manifest["files"])
+    if problems:
+        raise ArchiveError("%s does not match its PACK.json: %s" % (label, "; ".join(problems[:3])))
+    return target, download["path"]
+
+
+def stage_merchant(profile_bytes, version):
+    target = os.path.join(pack_base("merchant"), version + ".staging")
+    if os.path.lexists(target):
+        shutil.rmtree(target)
+    os.makedirs(target, mode=0o755)
+    with open(os.path.join(target, "profile.json"), "wb") as handle:
+        handle.write(profile_bytes)
+    manifest = {"name": "merchant", "version": version,
+                "files": {"profile.json": hashlib.sha256(profile_bytes).hexdigest()}}
+    with open(os.path.join(target, "PACK.json"), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1, sort_keys=True)
+    return target
+
+
+def move_into_place(name, version, staged):
+    """Rename <version>.staging to <version>, replacing a damaged directory of the same version."""
+    final = os.path.join(pack_base(name), version)
+    if os.path.lexists(final):
+        aside = final + ".old"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(final, aside)
+        os.rename(staged, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(staged, final)
+
+
+def prune(name, keep):
+    """Remove every version of a pack except those in `keep` (current and previous)."""
+    base = pack_base(name)
+    for entry in os.listdir(base):
+        path = os.path.join(base, entry)
+        if entry == "current" or entry in keep or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def counters_now():
+    try:
+        return posd("status").get("counters")
+    except PosdError:
+        return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            packs=dict(type="dict", default={}),
+            merchant=dict(type="dict"),
+            staging_dir=dict(type="str", default="/var/lib/pos/staging"),
+            timeout=dict(type="float", default=60.0),
+            retries=dict(type="int", default=3),
+            retry_delay=dict(type="float", default=2.0),
+            reload=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    packs = {name: dict(spec) if isinstance(spec, dict) else spec for name, spec in module.params["packs"].items()}
+    check_specs(module, packs)
+    wanted = {name: spec["version"] for name, spec in packs.items()}
+    result = dict(bytes_downloaded=0, resumed=False)
+    profile_bytes = None
+    if module.params["merchant"] is not None:
+        if not isinstance(module.params["merchant"].get("currency"), str):
+            module.fail_json(msg="merchant profile has no currency; posd refuses a merchant pack without one")
+        profile_bytes = canonical(module.params["merchant"])
+        wanted["merchant"] = hashlib.sha256(profile_bytes).hexdigest()[:12]
+        result["merchant_version"] = wanted["merchant"]
+
+    before = pack_versions()
+    todo = [name for name in PACK_NAMES
+            if name in wanted and not (current_target(name) == wanted[name] and intact(name, wanted[name]))]
+    after = dict(before, **wanted)
+    result.update(versions_before=before, switched=todo)
+    diff = {"before": {"packs": before}, "after": {"packs": after}}
+    if not todo:
+        module.exit_json(changed=False, versions_after=before, **result)
+    downloads = [name for name in todo if name != "merchant" and not intact(name, wanted[name])]
+    staging = terminal_path(module.params["staging_dir"])
+    need = sum(5 * packs[name]["size"] - partial_bytes(staging, str(packs[name]["sha256"]).lower())
+               for name in downloads)
+    free = free_bytes(module.params["staging_dir"])
+    if free < need:
+        module.fail_json(msg="not enough free space for the data packs %s: they need %d MB, %d MB are free; free some "
+                         "space on the terminal" % (", ".join(downloads), need // (1 << 20) + 1, free // (1 << 20)),
+                         **result)
+    if module.check_mode:
+        module.exit_json(changed=True, versions_after=after, diff=diff, **result)
+
+    staged, fetched = {}, []
+    try:
+        for name in todo:
+            if name == "merchant":
+                if not intact(name, wanted[name]):
+                    os.makedirs(pack_base(name), mode=0o755, exist_ok=True)
+                    staged[name] = stage_merchant(profile_bytes, wanted[name])
+            elif name in downloads:
+                os.makedirs(pack_base(name), mode=0o755, exist_ok=True)
+                staged[name], path = stage_download(module, name, packs[name], staging, result)
+                fetched.append(path)
+    except (DownloadError, ArchiveError) as error:
+        for path in staged.values():
+            shutil.rmtree(path, ignore_errors=True)
+        module.fail_json(msg="%s; no pack was switched" % error, **result)
+    except OSError as error:
+        for path in staged.values():
+            shutil.rmtree(path, ignore_errors=True)
+        module.fail_json(msg="cannot stage the data packs: %s; no pack was switched" % error, **result)
+
+    counters_before = counters_now()
+    try:
+        for name, path in staged.items():
+            move_into_place(name, wanted[name], path)
+        # Every pack is in place and verified: only now switch, one rename per pack.
+        for name in todo:
+            atomic_symlink(wanted[name], os.path.join(pack_base(name), "current"))
+    except OSError as error:
+        module.fail_json(msg="switching the data packs failed: %s" % error, changed=True, **result)
+    for name in todo:
+        prune(name, {wanted[name], before.get(name)})
+    for path in fetched:
+        if os.path.exists(path):
+            os.unlink(path)
+    result.update(versions_after=pack_versions(), counters_before=counters_before)
+
+    if module.params["reload"]:
+        try:
+            answer = posd("reload")
+        except PosdError as error:
+            module.fail_json(msg="the packs are switched but posd did not reload them: %s" % error, changed=True,
+                             **result)
+        loaded = answer.get("packs") or {}
+        wrong = ["%s (posd has %s)" % (name, loaded.get(name)) for name in todo if loaded.get(name) != wanted[name]]
+        if wrong:
+            module.fail_json(msg="posd did not load the new packs: %s: %s" % (", ".join(wrong),
+                                                                              answer.get("health_detail")),
+                             changed=True, **result)
+        counters_after = counters_now()
+        result["counters_after"] = counters_after
+        if counters_before and counters_after:
+            back = ["%s %s -> %s" % (name, counters_before[name], counters_after.get(name))
+                    for name in sorted(counters_before) if (counters_after.get(name) or 0) < counters_before[name]]
+            if back:
+                module.fail_json(msg="posd's sequence counters went backwards after the reload: %s" % ", ".join(back),
+                                 changed=True, **result)
+    module.exit_json(changed=True, diff=diff, **result)
+
+
+if __name__ == "__main__":
+    main()

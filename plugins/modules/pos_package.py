@@ -1,0 +1,447 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_package
+short_description: Install a release of the payment app on a POS terminal, keeping what rollback needs
+description:
+  - Downloads the app artifact of a release from the region's distribution point, verifies it and installs it
+    the way the model does (O(style)).
+  - The download goes to C(<staging_dir>/<sha256>.part) and is resumed with an HTTP C(Range) request after a
+    dropped connection, in this run (O(retries)) or the next one. O(size) is enforced while downloading and
+    O(sha256) is checked before anything is installed; a mismatching download is deleted.
+  - Free space is checked before the download (O(size) times three for bundles, twice for Debian packages).
+  - "V(bundle): the archive (top directory C(<version>/)) is unpacked safely (no absolute paths, no C(..), no
+    links leading outside, no devices) into C(/opt/pos/app/<version>.staging), checked against its
+    C(MANIFEST.json), renamed to C(/opt/pos/app/<version>) and C(/opt/pos/app/current) is switched to it with one
+    rename. The previous version's directory is kept, older ones are removed."
+  - "V(dpkg): the C(.deb) of the installed version is kept in C(/var/lib/pos/rollback/) for a rollback. When no
+    earlier run of this module left it there (or in O(staging_dir)), it is rebuilt from the installed files
+    with C(dpkg-deb) after C(dpkg --verify) found them intact. Then C(dpkg -i) installs the new one, whose
+    C(.deb) is kept in C(/var/lib/pos/rollback/) as well, for the next update."
+  - C(/var/lib/pos/rollback/app.json) records the previous version and the style for M(pos_restore).
+  - With O(restart), posd is restarted (its pid from C(/run/pos/posd.pid); the terminal's init starts it again)
+    and the module waits until it answers with the new version.
+  - When the installed version already is O(version), nothing is downloaded and nothing changes.
+version_added: "0.1.0"
+author: posfleet contributors
+options:
+  url:
+    description: Full URL of the artifact (the distribution point plus the C(url) of the release manifest).
+    type: str
+    required: true
+  sha256:
+    description: sha256 of the artifact, from the release manifest.
+    type: str
+    required: true
+  size:
+    description: Size of the artifact in bytes, from the release manifest.
+    type: int
+    required: true
+  version:
+    description: The app version the artifact installs.
+    type: str
+    required: true
+  style:
+    description:
+      - How the model installs its app (C(pos_model_profile.package_style)). The module fails when the terminal
+        has an app installed the other way.
+    type: str
+    required: true
+    choices: [dpkg, bundle]
+  staging_dir:
+    description: Where downloads are kept until installed.
+    type: str
+    default: /var/lib/pos/staging
+  timeout:
+    description: Seconds a download request may wait for data; also how long to wait for posd after a restart.
+    type: float
+    default: 60
+  retries:
+    description: How many times a broken download is resumed within this run.
+    type: int
+    default: 3
+  retry_delay:
+    description: Seconds before the first retry; each further retry waits that much longer.
+    type: float
+    default: 2
+  restart:
+    description: Restart posd after installing. Set to V(false) when a reboot follows.
+    type: bool
+    default: true
+notes:
+  - Supports check mode; in check mode nothing is downloaded or installed.
+  - Supports diff mode (the app version before and after).
+  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+"""
+
+EXAMPLES = r"""
+- name: Install the release's payment app
+  pos_package:
+    url: "{{ pos_region_settings.distribution_point }}/{{ pos_release_model.app.url }}"
+    sha256: "{{ pos_release_model.app.sha256 }}"
+    size: "{{ pos_release_model.app.size }}"
+    version: "{{ pos_release_model.app.version }}"
+    style: "{{ pos_model_profile.package_style }}"
+    restart: "{{ not (pos_release_model.reboot or pos_model_profile.reboot_required) }}"
+  register: pos_package_result
+"""
+
+RETURN = r"""
+previous_version:
+  description: The app version before the module ran.
+  returned: always
+  type: str
+  sample: 1.0.0
+version:
+  description: The app version installed now (the one that would be, in check mode).
+  returned: always
+  type: str
+  sample: 1.1.0
+bytes_downloaded:
+  description: Bytes received in this run (less than the size when an earlier run left part of the download).
+  returned: always
+  type: int
+  sample: 13432
+resumed:
+  description: Whether the download continued a partial one with an HTTP Range request.
+  returned: always
+  type: bool
+  sample: false
+seconds:
+  description: How long the module took.
+  returned: always
+  type: float
+  sample: 2.4
+rollback:
+  description: What rollback will use, C(/var/lib/pos/rollback/app.json) plus, for dpkg, the previous C(.deb).
+  returned: changed
+  type: dict
+  sample: {previous_version: 1.0.0, style: dpkg, deb: /var/lib/pos/rollback/posd_1.0.0_all.deb, deb_source: repacked}
+status:
+  description: posd's status after the restart.
+  returned: when restarted
+  type: dict
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_archive import ArchiveError, safe_extract, tree_files, verify_files
+from ansible.module_utils.pos_download import DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_terminal import (
+    APP_DIR,
+    ROLLBACK_DIR,
+    PosdError,
+    app_version,
+    atomic_symlink,
+    atomic_write,
+    dpkg_argv,
+    free_bytes,
+    installed_style,
+    restart_posd,
+    sha256_file,
+    terminal_path,
+)
+
+MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~-]*$")
+# Fields of the installed package's status that make a valid control file again.
+CONTROL_FIELDS = ("Package", "Version", "Architecture", "Maintainer", "Section", "Priority", "Depends",
+                  "Pre-Depends", "Recommends", "Description")
+
+
+def deb_name(version):
+    return "posd_%s_all.deb" % version
+
+
+def bundle_dirs():
+    """Version directories in /opt/pos/app (not `current`, not leftovers of an interrupted install)."""
+    base = terminal_path(APP_DIR)
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return sorted(n for n in names if VERSION_RE.match(n) and not n.endswith((".staging", ".old"))
+                  and os.path.isdir(os.path.join(base, n)) and not os.path.islink(os.path.join(base, n)))
+
+
+def install_bundle(module, artifact, version, previous):
+    """Unpack, verify, move into place and switch `current`; returns nothing, fails the module on error."""
+    base = terminal_path(APP_DIR)
+    final = os.path.join(base, version)
+    staging = final + ".staging"
+    os.makedirs(base, mode=0o755, exist_ok=True)
+    if os.path.lexists(staging):
+        shutil.rmtree(staging)  # a leftover of an interrupted run; never in use
+    try:
+        safe_extract(artifact, staging, "bundle %s" % version, strip=version, allow_links=True)
+    except ArchiveError as error:
+        module.fail_json(msg="refusing the app bundle: %s" % error)
+    problem = bundle_problems(staging, version)
+    if problem:
+        shutil.rmtree(staging, ignore_errors=True)
+        module.fail_json(msg="the app bundle %s does not match its MANIFEST.json: %s; the release is damaged, "
+                         "republish it" % (version, problem))
+    if os.path.lexists(final):
+        if not bundle_problems(final, version):
+            shutil.rmtree(staging)  # the same version is already unpacked and intact (an earlier rollback)
+        else:
+            aside = final + ".old"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(final, aside)
+            os.rename(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(staging, final)
+    write_rollback_record({"previous_version": previous, "style": "bundle", "version": version})
+    atomic_symlink(version, os.path.join(base, "current"))
+    for name in bundle_dirs():
+        if name not in (version, previous):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def bundle_problems(base, version):
+    """None when the unpacked bundle in `base` matches its MANIFEST.json, else what is wrong."""
+    try:
+        with open(os.path.join(base, "MANIFEST.json"), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as error:
+        return "cannot read MANIFEST.json: %s" % error
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("name") != "posd":
+        return "MANIFEST.json needs name posd and a files map"
+    if str(manifest.get("version")) != version:
+        return "MANIFEST.json says version %s, not %s" % (manifest.get("version"), version)
+    problems = verify_files(base, files)
+    extra = sorted(set(tree_files(base)) - set(files) - {"MANIFEST.json"})
+    if extra:
+        problems.append("files not in MANIFEST.json: %s" % ", ".join(extra[:5]))
+    return "; ".join(problems[:5]) or None
+
+
+def write_rollback_record(record):
+    directory = terminal_path(ROLLBACK_DIR)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    atomic_write(os.path.join(directory, "app.json"), json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def run(module, argv, what, changed=True):
+    rc, out, err = module.run_command(argv)
+    if rc != 0:
+        module.fail_json(msg="%s failed (%s, exit %d): %s" % (what, " ".join(argv), rc, (err or out).strip()[-800:]),
+                         changed=changed)
+    return out
+
+
+def repack_installed(module, version, dest):
+    """Rebuild the installed posd's .deb from its files, as dpkg-repack would, into `dest`.
+
+    Only after `dpkg --verify posd` found every file as the package shipped it: a rollback must not
+    bring back a tampered app.
+    """
+    rc, out, err = module.run_command(dpkg_argv("dpkg", "--verify", "posd"))
+    if rc != 0 or out.strip():
+        module.fail_json(msg="cannot keep a rollback copy of posd %s: its installed files differ from the package "
+                         "(dpkg --verify posd: %s); reinstall posd %s or put %s in %s first"
+                         % (version, (out or err).strip()[:400], version, deb_name(version), ROLLBACK_DIR))
+    rc, status, err = module.run_command(dpkg_argv("dpkg-query", "-s", "posd"))
+    if rc != 0:
+        module.fail_json(msg="cannot read the installed posd package: %s" % err.strip())
+    control, keep = [], False
+    for line in status.splitlines():
+        if line[:1] in (" ", "\t"):
+            if keep:
+                control.append(line)
+            continue
+        field = line.split(":", 1)[0]
+        keep = field in CONTROL_FIELDS
+        if keep:
+            control.append(line)
+    rc, listing, err = module.run_command(dpkg_argv("dpkg-query", "-L", "posd"))
+    if rc != 0:
+        module.fail_json(msg="cannot list the installed posd files: %s" % err.strip())
+    work = tempfile.mkdtemp(prefix=".repack-", dir=os.path.dirname(dest))
+    try:
+        tree = os.path.join(work, "root")
+        os.makedirs(os.path.join(tree, "DEBIAN"))
+        with open(os.path.join(tree, "DEBIAN", "control"), "w", encoding="utf-8") as handle:
+            handle.write("\n".join(control) + "\n")
+        for script in MAINTAINER_SCRIPTS:
+            source = terminal_path("/var/lib/dpkg/info/posd.%s" % script)
+            if os.path.isfile(source):
+                shutil.copy2(source, os.path.join(tree, "DEBIAN", script))
+                os.chmod(os.path.join(tree, "DEBIAN", script), 0o755)
+        for path in listing.splitlines():
+            path = path.strip()
+            if not path.startswith("/") or path == "/.":
+                continue
+            source = terminal_path(path)
+            target = os.path.join(tree, path.lstrip("/"))
+            if os.path.islink(source):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.symlink(os.readlink(source), target)
+            elif os.path.isdir(source):
+                os.makedirs(target, exist_ok=True)
+                os.chmod(target, os.stat(source).st_mode & 0o7777)
+            elif os.path.isfile(source):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(source, target)
+        run(module, ["dpkg-deb", "--build", "--root-owner-group", tree, dest + ".tmp"],
+            "rebuilding the installed posd %s for rollback" % version)
+        os.rename(dest + ".tmp", dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_previous_deb(module, previous, staging):
+    """Make sure rollback/posd_<previous>_all.deb exists; returns (path, how it got there)."""
+    rollback = terminal_path(ROLLBACK_DIR)
+    os.makedirs(rollback, mode=0o755, exist_ok=True)
+    kept = os.path.join(rollback, deb_name(previous))
+    if os.path.isfile(kept):
+        return kept, "kept"
+    staged = os.path.join(staging, deb_name(previous))
+    if os.path.isfile(staged):
+        shutil.copy2(staged, kept + ".tmp")
+        os.rename(kept + ".tmp", kept)
+        return kept, "staging"
+    repack_installed(module, previous, kept)
+    return kept, "repacked"
+
+
+def install_deb(module, artifact, version, previous, staging):
+    rollback = terminal_path(ROLLBACK_DIR)
+    deb_info = {}
+    if previous:
+        path, source = keep_previous_deb(module, previous, staging)
+        deb_info = {"deb": path, "deb_source": source}
+    out = run(module, ["dpkg-deb", "--field", artifact, "Package", "Version"], "reading the downloaded package",
+              changed=bool(deb_info.get("deb_source") not in (None, "kept")))
+    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    if fields.get("Package") != "posd" or fields.get("Version") != version:
+        module.fail_json(msg="the downloaded package is %s %s, not posd %s: the release manifest is wrong"
+                         % (fields.get("Package"), fields.get("Version"), version))
+    # The new .deb is kept too: it is what the next update keeps as its rollback copy.
+    new_deb = os.path.join(rollback, deb_name(version))
+    os.makedirs(rollback, mode=0o755, exist_ok=True)
+    if artifact != new_deb:
+        os.replace(artifact, new_deb)
+    record = {"previous_version": previous, "style": "dpkg", "version": version}
+    if previous:
+        record["previous_deb"] = os.path.join(ROLLBACK_DIR, deb_name(previous))
+    write_rollback_record(record)
+    run(module, dpkg_argv("dpkg", "-i", new_deb), "installing posd %s" % version)
+    for name in os.listdir(rollback):
+        if name.startswith("posd_") and name.endswith("_all.deb") and name not in (deb_name(version),
+                                                                                   deb_name(previous)):
+            os.unlink(os.path.join(rollback, name))
+    return deb_info
+
+
+def kept_deb(style, version, sha256, size):
+    """The .deb an interrupted earlier run already moved into the rollback directory, if it is intact."""
+    if style != "dpkg":
+        return None
+    path = terminal_path(os.path.join(ROLLBACK_DIR, deb_name(version)))
+    if os.path.isfile(path) and os.path.getsize(path) == size and sha256_file(path) == sha256:
+        return {"path": path, "bytes_downloaded": 0, "resumed": False}
+    return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            sha256=dict(type="str", required=True),
+            size=dict(type="int", required=True),
+            version=dict(type="str", required=True),
+            style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
+            staging_dir=dict(type="str", default="/var/lib/pos/staging"),
+            timeout=dict(type="float", default=60.0),
+            retries=dict(type="int", default=3),
+            retry_delay=dict(type="float", default=2.0),
+            restart=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    started = time.time()
+    params = module.params
+    version, style, size = params["version"], params["style"], params["size"]
+    if not VERSION_RE.match(version):
+        module.fail_json(msg="version %r is not a plain package version like 1.2.0" % version)
+    if size <= 0:
+        module.fail_json(msg="size must be the artifact's size in bytes, not %d" % size)
+    found = installed_style()
+    if found is not None and found != style:
+        module.fail_json(msg="the terminal has a %s app installed but the release ships a %s artifact for it; fix the "
+                         "model profile's package_style or the release manifest" % (found, style))
+    previous = app_version(style)
+    result = dict(previous_version=previous, version=version, bytes_downloaded=0, resumed=False)
+    if previous == version:
+        module.exit_json(changed=False, seconds=round(time.time() - started, 3), **result)
+    diff = {"before": {"app_version": previous}, "after": {"app_version": version}}
+
+    staging = terminal_path(params["staging_dir"])
+    factor = 3 if style == "bundle" else 2
+    need = factor * size - partial_bytes(staging, params["sha256"].lower())
+    free = free_bytes(params["staging_dir"])
+    if free < need:
+        module.fail_json(msg="not enough free space for posd %s: it needs %d MB (%d x the %d-byte artifact), %d MB "
+                         "are free in %s; free some space on the terminal" % (
+                             version, need // (1 << 20) + 1, factor, size, free // (1 << 20), params["staging_dir"]),
+                         need_bytes=need, free_bytes=free, **result)
+    if module.check_mode:
+        module.exit_json(changed=True, diff=diff, seconds=round(time.time() - started, 3), **result)
+
+    try:
+        download = kept_deb(style, version, params["sha256"].lower(), size) or fetch(
+            params["url"], staging, params["sha256"], size, timeout=params["timeout"], retries=params["retries"],
+            retry_delay=params["retry_delay"])
+    except DownloadError as error:
+        module.fail_json(msg=str(error), **result)
+    except OSError as error:
+        module.fail_json(msg="cannot write the download into %s: %s" % (params["staging_dir"], error), **result)
+    result.update(bytes_downloaded=download["bytes_downloaded"], resumed=download["resumed"])
+
+    rollback = {"previous_version": previous, "style": style}
+    try:
+        if style == "bundle":
+            install_bundle(module, download["path"], version, previous)
+            os.unlink(download["path"])
+        else:
+            rollback.update(install_deb(module, download["path"], version, previous, staging))
+    except OSError as error:
+        module.fail_json(msg="installing posd %s failed: %s" % (version, error), changed=True, **result)
+    installed = app_version(style)
+    if installed != version:
+        module.fail_json(msg="after installing, the terminal reports app version %s instead of %s"
+                         % (installed, version), changed=True, **result)
+    extra = {}
+    if params["restart"]:
+        try:
+            status = restart_posd(timeout=params["timeout"])
+        except PosdError as error:
+            module.fail_json(msg="posd %s is installed but did not come back after the restart: %s" % (version, error),
+                             changed=True, rollback=rollback, **result)
+        if status.get("app_version") != version:
+            module.fail_json(msg="posd restarted but runs version %s instead of %s" % (status.get("app_version"),
+                                                                                         version),
+                             changed=True, rollback=rollback, **result)
+        extra["status"] = {k: v for k, v in status.items() if k != "ok"}
+    module.exit_json(changed=True, diff=diff, rollback=rollback, seconds=round(time.time() - started, 3),
+                     **dict(result, **extra))
+
+
+if __name__ == "__main__":
+    main()

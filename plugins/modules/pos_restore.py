@@ -1,0 +1,493 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_restore
+short_description: Put a POS terminal back to a snapshot taken by pos_backup (the rollback of an update)
+description:
+  - Checks the snapshot (O(src)) member by member against its C(MANIFEST.json) before using any of it.
+  - "App: V(bundle) switches C(/opt/pos/app/current) back to the snapshot's version directory (kept by
+    M(pos_package)); V(dpkg) installs C(/var/lib/pos/rollback/posd_<version>_all.deb) (or the copy inside the
+    snapshot) with C(dpkg -i). Nothing happens when the installed version already is the snapshot's."
+  - "Data packs: each pack's C(current) goes back to the snapshot's version; a version directory that is gone or
+    damaged is re-created from the snapshot. All packs are staged and verified before any link is switched.
+    A pack the snapshot did not have is left as it is (with a warning)."
+  - "Journal: restored only when needed. When the live journal is intact and holds every sale of the snapshot
+    unchanged, it is kept (it may hold more: nothing is lost). When it lacks or changed snapshot sales and has
+    none of its own, the snapshot's journal is written into it with SQLite's online backup API: one write
+    transaction, taken while posd keeps the journal open, which posd sees at its next read. When the live
+    journal is damaged beyond opening, posd is stopped, the file is replaced by one rename and posd is started
+    again (see the notes for the race this involves). When both have sales the other lacks, the module fails
+    rather than lose sales."
+  - The sequence counters never go backwards; see RV(counters_after).
+  - posd is restarted when the app changed (O(restart)), otherwise asked to C(reload) when packs changed.
+  - Afterwards it verifies the app version, every restored pack against its C(PACK.json), the journal's
+    C(integrity_check) and that it holds every snapshot sale.
+version_added: "0.1.0"
+author: posfleet contributors
+options:
+  src:
+    description: The snapshot tar on the terminal.
+    type: str
+    default: /var/lib/pos/backup/snapshot.tar
+  package_style:
+    description: How the model installs its payment app (C(pos_model_profile.package_style)).
+    type: str
+    required: true
+    choices: [dpkg, bundle]
+  restart:
+    description: Restart posd after the app was changed back. Set to V(false) when a reboot follows.
+    type: bool
+    default: true
+  timeout:
+    description: Seconds to wait for posd to stop or to answer again.
+    type: float
+    default: 60
+notes:
+  - Supports check mode; in check mode the differences are reported and nothing on the terminal changes (the
+    snapshot's journal is read from a temporary copy that is removed).
+  - Supports diff mode (app and pack versions before and after).
+  - "Replacing a damaged journal file races with the terminal's init, which starts posd again about a second
+    after it exits: posd may start between the stop and the rename and open the old file. The module therefore
+    restarts posd once more after the rename whenever a posd is running. A terminal init with a hold switch
+    (for example C(systemctl stop posd)) would remove the race."
+  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+"""
+
+EXAMPLES = r"""
+- name: Roll the terminal back to its pre-update snapshot
+  pos_restore:
+    src: /var/lib/pos/backup/snapshot.tar
+    package_style: "{{ pos_model_profile.package_style }}"
+    restart: false   # a reboot follows
+  register: pos_rollback_restore
+"""
+
+RETURN = r"""
+restored:
+  description: What was (or, in check mode, would be) put back, among C(app), C(journal) and C(pack:<name>).
+  returned: always
+  type: list
+  elements: str
+  sample: [app, "pack:params"]
+versions_before:
+  description: App and pack versions before the module ran.
+  returned: always
+  type: dict
+  sample: {app_version: 1.1.0, packs: {params: 2026.11.0, catalog: 2026.11.0, merchant: 5d1c0e2a9f3b}}
+versions_after:
+  description: App and pack versions afterwards (the snapshot's, in check mode).
+  returned: always
+  type: dict
+journal:
+  description: What happened to the journal, V(kept), V(restored) or V(replaced), with the reason.
+  returned: always
+  type: dict
+  sample: {action: kept, reason: "the live journal holds all 118 snapshot sales unchanged"}
+counters_before:
+  description: The highest sequence counters seen before the restore (posd's and the live journal's).
+  returned: always
+  type: dict
+counters_after:
+  description: The counters of the restored journal; never below RV(counters_before).
+  returned: when the journal was restored
+  type: dict
+"""
+
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_archive import (
+    ArchiveError,
+    digest_tar_stream,
+    manifest_problems,
+    member_path,
+    read_pack_manifest,
+    verify_files,
+)
+from ansible.module_utils.pos_journal import (
+    COUNTERS,
+    connect_ro,
+    counters,
+    integrity,
+    raise_counters,
+    write_into,
+)
+from ansible.module_utils.pos_terminal import (
+    APP_DIR,
+    JOURNAL,
+    PACKS_DIR,
+    ROLLBACK_DIR,
+    PosdError,
+    app_version,
+    atomic_symlink,
+    dpkg_argv,
+    installed_style,
+    pack_versions,
+    posd,
+    posd_pid,
+    restart_posd,
+    stop_posd,
+    terminal_path,
+    wait_posd_ready,
+)
+
+ROW_COLUMNS = "id, stan, batch, invoice, amount_cents, currency, pan, sku, created_at, offline"
+
+
+def rows(conn):
+    """{id: the sale's fields} (its upload state excluded: that may move on after a backup)."""
+    return {row[0]: row for row in conn.execute("SELECT %s FROM txn" % ROW_COLUMNS)}
+
+
+def extract_members(tar, prefix, dest):
+    """Write the regular members under `prefix/` into the new directory `dest`; returns their relpaths."""
+    os.makedirs(dest, mode=0o755)
+    written = []
+    for member in tar.getmembers():
+        name = member_path(member.name, "snapshot")
+        if not name.startswith(prefix + "/") or not member.isreg():
+            continue
+        rel = name[len(prefix) + 1:]
+        target = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        source = tar.extractfile(member)
+        with open(target, "wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(target, 0o644)
+        written.append(rel)
+    return written
+
+
+def extract_one(tar, name, dest):
+    member = tar.getmember(name)
+    with tar.extractfile(member) as source, open(dest, "wb") as handle:
+        shutil.copyfileobj(source, handle, 1 << 20)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class Restore:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.src = terminal_path(self.params["src"])
+        self.work = None
+
+    def fail(self, msg, **extra):
+        if self.work:
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.module.fail_json(msg=msg, **extra)
+
+    # --- the snapshot ----------------------------------------------------------------------------
+
+    def load_snapshot(self):
+        if not os.path.isfile(self.src):
+            self.fail("there is no snapshot at %s: was pos_backup run before the update?" % self.params["src"])
+        try:
+            with open(self.src, "rb") as handle:
+                manifest, digests = digest_tar_stream(handle, "snapshot %s" % self.params["src"])
+        except (ArchiveError, OSError) as error:
+            self.fail("cannot read the snapshot: %s" % error)
+        problems = manifest_problems(manifest, digests)
+        if problems:
+            self.fail("the snapshot %s is damaged, refusing to restore from it: %s"
+                      % (self.params["src"], "; ".join(problems[:5])))
+        self.members = set(digests)
+        with tarfile.open(self.src, "r:") as tar:
+            try:
+                self.app = json.loads(tar.extractfile("app.json").read().decode("utf-8"))
+                self.packs = json.loads(tar.extractfile("packs.json").read().decode("utf-8"))
+            except (KeyError, ValueError, AttributeError) as error:
+                self.fail("the snapshot %s lacks a readable app.json or packs.json: %s" % (self.params["src"], error))
+        if self.app.get("style") != self.params["package_style"]:
+            self.fail("the snapshot is of a %s terminal but package_style is %s" % (self.app.get("style"),
+                                                                                     self.params["package_style"]))
+        for required in ("journal.db", "etc/pos/terminal.json"):
+            if required not in self.members:
+                self.fail("the snapshot %s has no %s" % (self.params["src"], required))
+
+    # --- planning ----------------------------------------------------------------------------------
+
+    def plan_app(self, installed):
+        version, style = self.app.get("version"), self.params["package_style"]
+        if installed == version:
+            return None
+        if style == "bundle":
+            path = os.path.join(APP_DIR, version)
+            if not os.path.isdir(terminal_path(path)):
+                self.fail("cannot restore the app to %s: %s is gone (pos_package keeps the previous version; was it "
+                          "removed by hand?). Reinstall posd %s with pos_package" % (version, path, version))
+            return {"dir": path}
+        kept = os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version)
+        if os.path.isfile(terminal_path(kept)):
+            return {"deb": kept}
+        inside = self.app.get("deb")
+        if inside and inside in self.members:
+            return {"deb": kept, "from_snapshot": inside}
+        self.fail("cannot restore the app to %s: neither %s nor the snapshot holds its .deb; install posd %s with "
+                  "pos_package" % (version, kept, version))
+        return None
+
+    def plan_packs(self):
+        plan = {}
+        for name, version in sorted(self.packs.items()):
+            if version is None:
+                continue
+            link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
+            base = terminal_path(os.path.join(PACKS_DIR, name, version))
+            good = self.pack_intact(name, version, base)
+            current = os.readlink(link) if os.path.islink(link) else None
+            if current == version and good:
+                continue
+            if not good and not any(m.startswith("packs/%s/%s/" % (name, version)) for m in self.members):
+                self.fail("cannot restore pack %s %s: it is not in the snapshot and %s/%s/%s is missing or damaged"
+                          % (name, version, PACKS_DIR, name, version))
+            plan[name] = {"version": version, "rebuild": not good}
+        for name, version in sorted(pack_versions().items()):
+            if version is not None and self.packs.get(name) is None:
+                self.module.warn("pack %s %s was not on the terminal when the snapshot was taken; it is left as it is"
+                                 % (name, version))
+        return plan
+
+    @staticmethod
+    def pack_intact(name, version, base):
+        if not os.path.isdir(base) or os.path.islink(base):
+            return False
+        try:
+            manifest = read_pack_manifest(base, name)
+        except ArchiveError:
+            return False
+        return str(manifest["version"]) == version and not verify_files(base, manifest["files"])
+
+    def plan_journal(self, snapshot_db):
+        """(action, reason, observed counters) for the journal; fails when restoring would lose sales."""
+        observed = {}
+        try:
+            observed = dict(posd("status").get("counters") or {})
+        except PosdError:
+            pass
+        snap = sqlite3.connect(snapshot_db)
+        try:
+            snap_rows, snap_counters = rows(snap), counters(snap)
+            snap_check = integrity(snap)
+        finally:
+            snap.close()
+        if snap_check != "ok":
+            self.fail("the snapshot's journal fails integrity_check (%s); it cannot be restored" % snap_check)
+        self.snap_ids = set(snap_rows)
+        live_path = terminal_path(JOURNAL)
+        try:
+            live = connect_ro(live_path)
+            try:
+                live_check = integrity(live)
+                if live_check == "ok":
+                    live_rows, live_counters = rows(live), counters(live)
+            finally:
+                live.close()
+        except sqlite3.Error as error:
+            return "replace", "the live journal cannot be read: %s" % error, observed, snap_counters
+        if live_check != "ok":
+            return "replace", "the live journal fails integrity_check: %s" % live_check, observed, snap_counters
+        for name, value in live_counters.items():
+            observed[name] = max(int(observed.get(name, 0) or 0), value)
+        changed = [txn for txn, row in snap_rows.items() if live_rows.get(txn) != row]
+        extra = set(live_rows) - set(snap_rows)
+        if not changed:
+            return "kept", "the live journal holds all %d snapshot sales unchanged" % len(snap_rows), observed, None
+        if extra:
+            self.fail("the live journal and the snapshot have diverged: %d snapshot sales are missing or changed and "
+                      "%d live sales are not in the snapshot; restoring would lose sales. Upload the live sales "
+                      "(pos_txn_upload) and have an operator look at %s" % (len(changed), len(extra), JOURNAL))
+        return "restore", "%d snapshot sales are missing or changed in the live journal" % len(changed), observed, \
+            snap_counters
+
+    # --- doing -------------------------------------------------------------------------------------
+
+    def stage_packs(self, tar, plan):
+        staged = {}
+        for name, item in plan.items():
+            if not item["rebuild"]:
+                continue
+            version = item["version"]
+            target = terminal_path(os.path.join(PACKS_DIR, name, version + ".staging"))
+            if os.path.lexists(target):
+                shutil.rmtree(target)
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            extract_members(tar, "packs/%s/%s" % (name, version), target)
+            if not self.pack_intact(name, version, target):
+                shutil.rmtree(target, ignore_errors=True)
+                self.fail("pack %s %s in the snapshot does not match its PACK.json; nothing was switched"
+                          % (name, version))
+            staged[name] = target
+        return staged
+
+    def restore_journal(self, prepared, action):
+        live = terminal_path(JOURNAL)
+        if action == "restore":
+            try:
+                write_into(prepared, live)
+                return "restored"
+            except sqlite3.Error as error:
+                self.module.warn("writing into the live journal failed (%s); replacing the file instead" % error)
+        # posd holds the journal open: a file renamed over it would go unseen by the running posd (it keeps the
+        # old inode), and a -wal left by the old file would be applied to the new one. So: stop posd, drop the
+        # old file's -wal/-shm, rename, and restart posd once more if init already started it again.
+        timeout = self.params["timeout"]
+        try:
+            stopped = stop_posd(timeout=min(timeout, 20.0))
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(live + suffix):
+                    os.unlink(live + suffix)
+            os.replace(prepared, live)
+            pid = posd_pid()
+            if pid is not None and pid != stopped:
+                stop_posd(timeout=min(timeout, 20.0))
+            if stopped is not None or pid is not None:
+                wait_posd_ready(timeout)
+        except (PosdError, OSError) as error:
+            self.fail("replacing the journal %s failed: %s" % (JOURNAL, error), changed=True)
+        return "replaced"
+
+    def install_app(self, tar, plan, version):
+        if "dir" in plan:
+            atomic_symlink(version, terminal_path(os.path.join(APP_DIR, "current")))
+            return
+        deb = terminal_path(plan["deb"])
+        if "from_snapshot" in plan:
+            os.makedirs(os.path.dirname(deb), mode=0o755, exist_ok=True)
+            extract_one(tar, plan["from_snapshot"], deb + ".tmp")
+            os.rename(deb + ".tmp", deb)
+        rc, out, err = self.module.run_command(dpkg_argv("dpkg", "-i", deb))
+        if rc != 0:
+            self.fail("dpkg -i %s failed (exit %d): %s" % (plan["deb"], rc, (err or out).strip()[-800:]), changed=True)
+
+    def run(self):
+        module, style = self.module, self.params["package_style"]
+        found = installed_style()
+        if found not in (None, style):
+            self.fail("the terminal has a %s app but package_style is %s" % (found, style))
+        self.load_snapshot()
+        version = self.app["version"]
+        installed = app_version(style)
+        before = {"app_version": installed, "packs": pack_versions()}
+        app_plan = self.plan_app(installed)
+        pack_plan = self.plan_packs()
+        # A scratch directory beside the journal (same filesystem: a rename into place stays atomic); in check
+        # mode one outside the terminal's state, removed again.
+        scratch = tempfile.gettempdir() if module.check_mode else os.path.dirname(terminal_path(JOURNAL))
+        self.work = tempfile.mkdtemp(prefix=".pos-restore-", dir=scratch)
+        prepared = os.path.join(self.work, "journal.db")
+        with tarfile.open(self.src, "r:") as tar:
+            extract_one(tar, "journal.db", prepared)
+            action, reason, observed, snap_counters = self.plan_journal(prepared)
+            restored = (["app"] if app_plan else []) + (["journal"] if action != "kept" else []) + \
+                ["pack:%s" % name for name in sorted(pack_plan)]
+            after = {"app_version": version, "packs": dict(before["packs"], **{n: p["version"]
+                                                                              for n, p in pack_plan.items()})}
+            result = dict(restored=restored, versions_before=before, counters_before=observed,
+                          journal={"action": action, "reason": reason})
+            diff = {"before": before, "after": after}
+            if module.check_mode or not restored:
+                shutil.rmtree(self.work, ignore_errors=True)
+                module.exit_json(changed=bool(restored), versions_after=after if restored else before,
+                                 diff=diff if restored else None, **result)
+            try:
+                staged = self.stage_packs(tar, pack_plan)
+                if app_plan:
+                    self.install_app(tar, app_plan, version)
+            except (OSError, ArchiveError, KeyError, tarfile.TarError) as error:
+                self.fail("restoring from the snapshot failed: %s" % error, changed=True, **result)
+        if action != "kept":
+            # The counters only guarantee that a STAN/invoice number is never issued twice. Every sale was
+            # uploaded before the backup, so the restored journal holds every sale the acquirer knows; but
+            # numbers the terminal handed out after the backup (sales lost with a damaged journal) must not be
+            # handed out again, so the restored counters start at the highest value seen before the restore.
+            result["counters_after"] = raise_counters(prepared, {name: max(int(observed.get(name, 0) or 0),
+                                                                           int(snap_counters.get(name, 0)))
+                                                                 for name in COUNTERS})
+            result["journal"]["action"] = self.restore_journal(prepared, action)
+        try:
+            for name, target in staged.items():
+                final = terminal_path(os.path.join(PACKS_DIR, name, pack_plan[name]["version"]))
+                if os.path.lexists(final):
+                    shutil.rmtree(final)
+                os.rename(target, final)
+            for name, item in sorted(pack_plan.items()):
+                atomic_symlink(item["version"], terminal_path(os.path.join(PACKS_DIR, name, "current")))
+        except OSError as error:
+            self.fail("switching the packs back failed: %s" % error, changed=True, **result)
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work = None
+        try:
+            if app_plan and self.params["restart"]:
+                status = restart_posd(timeout=self.params["timeout"])
+                if status.get("app_version") != version:
+                    self.fail("posd restarted but runs %s instead of %s" % (status.get("app_version"), version),
+                              changed=True, **result)
+            elif pack_plan and result["journal"]["action"] != "replaced":
+                try:
+                    posd("reload")
+                except PosdError as error:
+                    module.warn("posd did not reload the restored packs (%s); it reads them when it starts" % error)
+        except PosdError as error:
+            self.fail("the terminal is restored but posd did not come back: %s" % error, changed=True, **result)
+        self.verify(version, pack_plan, result)
+        result["versions_after"] = {"app_version": app_version(style), "packs": pack_versions()}
+        module.exit_json(changed=True, diff=diff, **result)
+
+    def verify(self, version, pack_plan, result):
+        problems = []
+        installed = app_version(self.params["package_style"])
+        if installed != version:
+            problems.append("app version is %s, not %s" % (installed, version))
+        for name, item in pack_plan.items():
+            base = terminal_path(os.path.join(PACKS_DIR, name, "current"))
+            if os.path.basename(os.path.realpath(base)) != item["version"] or \
+                    not self.pack_intact(name, item["version"], os.path.realpath(base)):
+                problems.append("pack %s is not %s intact" % (name, item["version"]))
+        try:
+            conn = connect_ro(terminal_path(JOURNAL))
+            try:
+                check = integrity(conn)
+                if check != "ok":
+                    problems.append("journal integrity_check: %s" % check)
+                else:
+                    missing = self.snap_ids - set(rows(conn))
+                    if missing:
+                        problems.append("the journal lacks %d sales of the snapshot" % len(missing))
+            finally:
+                conn.close()
+        except sqlite3.Error as error:
+            problems.append("journal cannot be read: %s" % error)
+        if problems:
+            self.fail("the restore did not verify: %s" % "; ".join(problems), changed=True, **result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="str", default="/var/lib/pos/backup/snapshot.tar"),
+            package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
+            restart=dict(type="bool", default=True),
+            timeout=dict(type="float", default=60.0),
+        ),
+        supports_check_mode=True,
+    )
+    Restore(module).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_verify
+short_description: Check that a POS terminal runs a release completely and intact, then put it back in service
+description:
+  - "Runs every check and reports each as C({name, ok, detail}):"
+  - "C(app_version): the installed app version is O(release.app_version)."
+  - "C(app_running): the posd process answers with that version (it was restarted or the terminal rebooted)."
+  - "C(app_files): every installed app file is as shipped: for V(bundle) the C(MANIFEST.json) of
+    C(/opt/pos/app/current); for V(dpkg) C(dpkg --verify posd) prints nothing."
+  - "C(pack:<name>): the pack's C(current) is the wanted version (O(release.packs), and O(merchant_version) for
+    the merchant pack) and every file matches its C(PACK.json)."
+  - "C(journal): SQLite C(PRAGMA integrity_check) of the journal, opened read-only, is C(ok)."
+  - "C(health): posd reports itself healthy."
+  - "C(sequence): in created order every sale has the next invoice number and the next STAN (wrapping from
+    999999 to 1), batches never go down, and the counters are not below the highest numbers in the journal."
+  - When a check fails the module fails with a message listing the failed checks, and returns RV(checks) and
+    RV(drift).
+  - When every check passes and O(leave_maintenance) is set, the terminal goes back in service (the only change
+    this module makes).
+version_added: "0.1.0"
+author: posfleet contributors
+options:
+  release:
+    description: What the terminal should run, C(app_version) and C(packs) (pack name to version).
+    type: dict
+    required: true
+  package_style:
+    description: How the model installs its payment app (C(pos_model_profile.package_style)).
+    type: str
+    required: true
+    choices: [dpkg, bundle]
+  merchant_version:
+    description: The merchant pack version the terminal should hold (from M(pos_data_sync)).
+    type: str
+  leave_maintenance:
+    description: When everything checks out, leave maintenance so that the terminal sells again.
+    type: bool
+    default: false
+notes:
+  - Supports check mode; in check mode the checks run but the terminal never leaves maintenance.
+  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+"""
+
+EXAMPLES = r"""
+- name: Verify the update and put the terminal back in service
+  pos_verify:
+    release:
+      app_version: "{{ pos_release_model.app.version }}"
+      packs: "{{ pos_release_model.packs | dict2items | items2dict(value_name='value') | pos_pack_versions }}"
+    package_style: "{{ pos_model_profile.package_style }}"
+    merchant_version: "{{ pos_data_sync_result.merchant_version }}"
+    leave_maintenance: true
+"""
+
+RETURN = r"""
+checks:
+  description: Every check with its outcome.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {name: app_version, ok: true, detail: "1.1.0"}
+    - {name: "pack:catalog", ok: false, detail: "current is 2026.01.0, wanted 2026.11.0"}
+drift:
+  description: One line per failed check, for a report.
+  returned: always
+  type: list
+  elements: str
+  sample: ["pack:catalog: current is 2026.01.0, wanted 2026.11.0"]
+left_maintenance:
+  description: Whether the module put the terminal back in service.
+  returned: success
+  type: bool
+"""
+
+import json
+import os
+import sqlite3
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_archive import ArchiveError, read_pack_manifest, tree_files, verify_files
+from ansible.module_utils.pos_journal import connect_ro, integrity, sequence_problems
+from ansible.module_utils.pos_terminal import (
+    APP_DIR,
+    JOURNAL,
+    PACKS_DIR,
+    PosdError,
+    app_version,
+    dpkg_argv,
+    posd,
+    terminal_path,
+)
+
+
+def check_app_files(module, style):
+    if style == "bundle":
+        base = os.path.realpath(terminal_path(os.path.join(APP_DIR, "current")))
+        try:
+            with open(os.path.join(base, "MANIFEST.json"), encoding="utf-8") as handle:
+                files = json.load(handle)["files"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return False, "cannot read %s/current/MANIFEST.json: %s" % (APP_DIR, error)
+        problems = verify_files(base, files)
+        # Python's bytecode cache is derived from the shipped sources at run time, not part of the bundle.
+        extra = sorted(path for path in set(tree_files(base)) - set(files) - {"MANIFEST.json"}
+                       if "__pycache__/" not in path)
+        if extra:
+            problems.append("not in MANIFEST.json: %s" % ", ".join(extra[:5]))
+        if problems:
+            return False, "; ".join(problems[:5])
+        return True, "%d files match MANIFEST.json" % len(files)
+    rc, out, err = module.run_command(dpkg_argv("dpkg", "--verify", "posd"))
+    if rc != 0 or out.strip():
+        return False, "dpkg --verify posd: %s" % ((out or err).strip()[:600] or "exit %d" % rc)
+    return True, "dpkg --verify posd found no difference"
+
+
+def check_pack(name, version):
+    link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
+    try:
+        current = os.readlink(link)
+    except OSError:
+        return False, "%s/%s/current is missing, wanted %s" % (PACKS_DIR, name, version)
+    if current != version:
+        return False, "current is %s, wanted %s" % (current, version)
+    try:
+        manifest = read_pack_manifest(os.path.realpath(link), name)
+    except ArchiveError as error:
+        return False, str(error)
+    if str(manifest["version"]) != version:
+        return False, "PACK.json of %s says version %s" % (current, manifest["version"])
+    problems = verify_files(os.path.realpath(link), manifest["files"])
+    if problems:
+        return False, "; ".join(problems[:3])
+    return True, "%s, %d files match PACK.json" % (version, len(manifest["files"]))
+
+
+def check_journal():
+    """(integrity check, sequence check) of the journal."""
+    path = terminal_path(JOURNAL)
+    try:
+        conn = connect_ro(path)
+    except sqlite3.Error as error:
+        failed = (False, "cannot open %s read-only: %s" % (JOURNAL, error))
+        return failed, failed
+    try:
+        found = integrity(conn)
+        journal = (found == "ok", "integrity_check: %s" % found)
+        if found != "ok":
+            return journal, (False, "not checked: the journal is damaged")
+        problems = sequence_problems(conn)
+        rows = conn.execute("SELECT COUNT(*) FROM txn").fetchone()[0]
+        return journal, (not problems, "; ".join(problems) or "%d sales, numbers continuous" % rows)
+    except sqlite3.Error as error:
+        failed = (False, "cannot read %s: %s" % (JOURNAL, error))
+        return failed, failed
+    finally:
+        conn.close()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            release=dict(type="dict", required=True),
+            package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
+            merchant_version=dict(type="str"),
+            leave_maintenance=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    release, style = module.params["release"], module.params["package_style"]
+    wanted_app = release.get("app_version")
+    wanted_packs = dict(release.get("packs") or {})
+    if not wanted_app or not isinstance(wanted_packs, dict):
+        module.fail_json(msg="release needs app_version and a packs dict (pack name to version)")
+    if module.params["merchant_version"]:
+        wanted_packs["merchant"] = module.params["merchant_version"]
+
+    checks = []
+
+    def add(name, outcome):
+        checks.append({"name": name, "ok": bool(outcome[0]), "detail": outcome[1]})
+
+    installed = app_version(style)
+    add("app_version", (installed == wanted_app, "installed %s, wanted %s" % (installed, wanted_app)))
+    try:
+        status = posd("status")
+    except PosdError as error:
+        status = None
+        down = (False, str(error))
+    running = status.get("app_version") if status else None
+    add("app_running", (running == wanted_app, "posd runs %s, wanted %s" % (running, wanted_app))
+        if status else down)
+    add("app_files", check_app_files(module, style))
+    for name in sorted(wanted_packs):
+        add("pack:%s" % name, check_pack(name, str(wanted_packs[name])))
+    journal, sequence = check_journal()
+    add("journal", journal)
+    add("health", (bool(status.get("healthy")), status.get("health_detail") or "no detail") if status else down)
+    add("sequence", sequence)
+
+    drift = ["%s: %s" % (check["name"], check["detail"]) for check in checks if not check["ok"]]
+    if drift:
+        module.fail_json(msg="the terminal does not run the release intact: %s" % "; ".join(drift),
+                         checks=checks, drift=drift)
+    left = False
+    if module.params["leave_maintenance"] and status.get("maintenance"):
+        left = True
+        if not module.check_mode:
+            try:
+                posd("maintenance_leave")
+            except PosdError as error:
+                module.fail_json(msg="every check passed but the terminal could not leave maintenance: %s" % error,
+                                 checks=checks, drift=drift)
+    module.exit_json(changed=left, checks=checks, drift=drift, left_maintenance=left and not module.check_mode)
+
+
+if __name__ == "__main__":
+    main()
