@@ -1,0 +1,69 @@
+"""The rolling update on the lab, as an operator runs it: baseline, upgrade, no-op re-run, broken release."""
+
+import json
+
+from conftest import poslab, run
+
+VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
+
+
+def publish(spec):
+    run(["ansible-playbook", "playbooks/publish.yml", "-e", f"release_spec=releases/lab/{spec}.yml"])
+
+
+def update(release, check=True):
+    return run(["ansible-playbook", "playbooks/update.yml", "-e", f"update_release={release}", *VAULT],
+               check=check, timeout=900)
+
+
+def fleet_versions():
+    rows = json.loads(poslab("status", "--json").stdout)
+    return {r["serial"]: (r["app_version"], r["packs"]["params"], r["packs"]["catalog"], r["state"]) for r in rows}
+
+
+def summary_totals(stdout):
+    """The TOTAL row of update.yml's outcome table, as {column: count}."""
+    lines = [line.strip().strip('",') for line in stdout.splitlines()]
+    header = next(line for line in lines if line.startswith("model ")).split()
+    total = next(line for line in lines if line.startswith("TOTAL")).split()
+    return dict(zip(header[2:], map(int, total[1:])))
+
+
+def ledger_totals():
+    return json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
+
+
+def test_baseline_then_upgrade_across_all_models_and_regions(lab):
+    for spec in ("baseline", "upgrade", "broken"):
+        publish(spec)
+    update("2026.11.0")
+    assert {v[:3] for v in fleet_versions().values()} == {("1.0.0", "2026.11.0", "2026.11.0")}
+    result = update("2026.12.0")
+    assert summary_totals(result.stdout)["updated"] == len(lab)
+    versions = fleet_versions()
+    assert {v[:3] for v in versions.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, versions
+    assert all(v[3] in ("idle", "in-transaction") for v in versions.values()), "every terminal sells again"
+    totals = ledger_totals()
+    assert totals["missing"] == 0 and totals["duplicated"] == 0 and totals["generated"] > 0
+
+
+def test_rerun_is_a_noop(lab):
+    result = update("2026.12.0")
+    recap = [line for line in result.stdout.splitlines() if line.startswith(tuple(lab)) and "changed=" in line]
+    assert len(recap) == len(lab)
+    assert all("changed=0" in line for line in recap), recap
+    assert summary_totals(result.stdout)["current"] == len(lab)
+
+
+def test_broken_release_rolls_back_and_stops_the_rollout(lab):
+    before = fleet_versions()
+    result = update("2026.12.1-broken", check=False)
+    assert result.returncode != 0
+    assert "rolled_back" in result.stdout
+    after = fleet_versions()
+    # The canary rolled back to the release it ran; no other terminal was touched.
+    assert {v[:3] for v in after.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, after
+    assert all(v[3] in ("idle", "in-transaction") for v in after.values())
+    assert before.keys() == after.keys()
+    totals = ledger_totals()
+    assert totals["missing"] == 0 and totals["duplicated"] == 0
