@@ -14,6 +14,17 @@ ansible-inventory --graph models
 echo "==> Gathering terminal facts over SSH (playbooks/facts.yml)"
 ansible-playbook playbooks/facts.yml
 
+vault=(-e @/var/lib/poslab/vault/secrets.yml --vault-password-file /var/lib/poslab/vault/password)
+echo "==> Building, signing and publishing the baseline and the upgrade release (playbooks/publish.yml)"
+ansible-playbook playbooks/publish.yml -e release_spec=releases/lab/baseline.yml
+ansible-playbook playbooks/publish.yml -e release_spec=releases/lab/upgrade.yml
+
+echo "==> Bringing the fleet to the baseline release 2026.11.0 (playbooks/update.yml)"
+ansible-playbook playbooks/update.yml -e update_release=2026.11.0 "${vault[@]}"
+
+echo "==> Rolling out the upgrade 2026.12.0 while the terminals keep selling"
+ansible-playbook playbooks/update.yml -e update_release=2026.12.0 "${vault[@]}"
+
 echo "==> Lab status"
 poslab status
 

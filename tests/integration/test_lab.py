@@ -1,13 +1,10 @@
 """The lab fleet as a user sees it: booted over real SSH, isolated, and its faults do what they say."""
 
 import json
-import os
-import signal
 import socket
 import time
-from pathlib import Path
 
-from conftest import TERMINALS, host_snapshot, poslab, run, status, wait_for
+from conftest import TERMINALS, poslab, run, status, wait_for
 
 
 def ssh_open(ip):
