@@ -331,3 +331,28 @@ def manifest_problems(manifest, digests, manifest_name="MANIFEST.json"):
         if manifest[rel] != members[rel]:
             problems.append("%s does not match its sha256 in %s" % (rel, manifest_name))
     return problems
+
+
+def bundle_problems(base, version):
+    """None when the unpacked app bundle in `base` matches its MANIFEST.json, else what is wrong.
+
+    MANIFEST.json is {"name": "posd", "version", "files": {relpath: sha256}} (lab/posd/build.py); a file
+    the manifest does not list is a problem too, except Python's bytecode cache, which the interpreter
+    derives from the shipped sources at run time.
+    """
+    try:
+        with open(os.path.join(base, "MANIFEST.json"), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as error:
+        return "cannot read MANIFEST.json: %s" % error
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("name") != "posd":
+        return "MANIFEST.json needs name posd and a files map"
+    if str(manifest.get("version")) != version:
+        return "MANIFEST.json says version %s, not %s" % (manifest.get("version"), version)
+    problems = verify_files(base, files)
+    extra = sorted(path for path in set(tree_files(base)) - set(files) - {"MANIFEST.json"}
+                   if "__pycache__/" not in path)
+    if extra:
+        problems.append("files not in MANIFEST.json: %s" % ", ".join(extra[:5]))
+    return "; ".join(problems[:5]) or None

@@ -73,7 +73,8 @@ def _attempt(url, part, size, timeout, state):
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:
             os.unlink(part)  # the server has fewer bytes than we kept: our .part is not its file
-            raise DownloadError("%s answered 416 to a resume from byte %d; starting again" % (url, have)) from error
+            raise DownloadError("%s answered 416 to a resume from byte %d; starting again"
+                                % (url, have)) from error
         if error.code in RETRYABLE_HTTP:
             raise DownloadError("%s answered HTTP %d %s" % (url, error.code, error.reason)) from error
         raise _Fatal("%s answered HTTP %d %s; is the release published on this distribution point?"

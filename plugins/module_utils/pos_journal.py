@@ -13,6 +13,7 @@ Runs on terminals: standard library only, Python 3.9 or newer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from urllib.parse import quote
@@ -62,13 +63,19 @@ def summary(path):
         conn.close()
 
 
-def sequence_problems(conn, limit=5):
+def sequence_problems(conn, gaps=(), limit=5):
     """Breaks in the sale numbering, in created order, as human lines; [] when continuous.
 
     Each sale takes the next invoice and the next STAN (which wraps from 999999 to 1); a batch never
     goes down. The counters must be at least the highest numbers in the journal, or the next sale would
-    reuse one.
+    reuse one. `gaps` are the jumps a restore made on purpose (gap_record), which are accepted.
     """
+    allowed = set()
+    for gap in gaps:
+        if isinstance(gap, dict):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                allowed.add(("invoice", int(gap["after_invoice"]), int(gap["invoice"]) + 1))
+                allowed.add(("stan", int(gap["after_stan"]), int(gap["stan"]) % STAN_MAX + 1))
     problems = []
     prev = None
     last = None
@@ -76,9 +83,9 @@ def sequence_problems(conn, limit=5):
     ordered = conn.execute("SELECT stan, invoice, batch FROM txn ORDER BY created_at, invoice")
     for stan, invoice, batch in ordered:
         if prev is not None:
-            if invoice != prev[1] + 1:
+            if invoice != prev[1] + 1 and ("invoice", prev[1], invoice) not in allowed:
                 problems.append("invoice jumps from %d to %d" % (prev[1], invoice))
-            if stan != prev[0] % STAN_MAX + 1:
+            if stan != prev[0] % STAN_MAX + 1 and ("stan", prev[0], stan) not in allowed:
                 problems.append("STAN jumps from %d to %d at invoice %d" % (prev[0], stan, invoice))
             if batch < prev[2]:
                 problems.append("batch goes back from %d to %d at invoice %d" % (prev[2], batch, invoice))
@@ -121,9 +128,25 @@ def copy_to(src_path, dest_path):
     return found
 
 
+def gap_record(path, reason, when):
+    """When the counters of the journal file `path` are ahead of its last sale, the jump the next sale
+    will make, as a record for SEQUENCE_GAPS; None when the next sale simply continues."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        found = counters(conn)
+        last = conn.execute("SELECT stan, invoice FROM txn ORDER BY invoice DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    last_stan, last_invoice = last if last else (0, 0)
+    if found.get("invoice", 0) <= last_invoice:
+        return None
+    return {"after_invoice": last_invoice, "invoice": found["invoice"], "after_stan": last_stan,
+            "stan": found.get("stan", 0), "reason": reason, "at": when}
+
+
 def raise_counters(path, floor):
-    """Raise the counters of the journal file `path` to at least `floor` ({name: value})."""
-    conn = sqlite3.connect(path)
+    """Raise the counters of the journal file `path` to at least `floor` ({name: value}); one transaction."""
+    conn = sqlite3.connect(path, timeout=30)
     try:
         with conn:
             for name in COUNTERS:

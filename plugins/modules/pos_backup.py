@@ -47,13 +47,13 @@ EXAMPLES = r"""
 - name: Snapshot the terminal before the update
   pos_backup:
     package_style: "{{ pos_model_profile.package_style }}"
-    release: "{{ pos_terminal.release | default('') }}"
+    release: "{{ pos_update_before.app_version }}"
   register: pos_backup_snapshot
 
 - name: Fetch the snapshot to the control node
   ansible.builtin.fetch:
     src: "{{ pos_backup_snapshot.path }}"
-    dest: "{{ pos_backup_fetch_dir }}/{{ inventory_hostname }}.tar"
+    dest: "{{ pos_backup_store_dir }}/.incoming/{{ inventory_hostname }}.tar"
     flat: true
 """
 
@@ -74,7 +74,9 @@ size:
   type: int
   sample: 483328
 manifest:
-  description: The snapshot's C(MANIFEST.json), {member path, sha256}; in check mode the files with their sizes.
+  description:
+    - The snapshot's C(MANIFEST.json), {member path, sha256}.
+    - In check mode the files that would be backed up, with their sizes.
   returned: always
   type: dict
 journal_rows:
@@ -145,8 +147,8 @@ def pack_sources(module):
         version = os.path.basename(base)
         manifest = read_json(os.path.join(PACKS_DIR, name, "current", "PACK.json"), {}) or {}
         if not os.path.isdir(base):
-            module.fail_json(msg="pack %s: %s/%s/current points to %s, which does not exist; fix or remove the link "
-                             "before backing up" % (name, PACKS_DIR, name, version))
+            module.fail_json(msg="pack %s: %s/%s/current points to %s, which does not exist; fix or remove "
+                             "the link before backing up" % (name, PACKS_DIR, name, version))
         problems = verify_files(base, manifest.get("files") or {})
         if problems or str(manifest.get("version")) != version:
             module.warn("pack %s %s does not match its PACK.json (%s); it is backed up as it is"
@@ -237,14 +239,16 @@ def main():
             module.fail_json(msg="cannot read the journal %s: %s" % (JOURNAL, error))
         files = {name: os.path.getsize(p) for name, p in sources.items()}
         files["journal.db"] = os.path.getsize(journal)
-        module.exit_json(changed=True, size=estimate, manifest=files, journal_rows=rows, counters=found, **result)
+        module.exit_json(changed=True, size=estimate, manifest=files, journal_rows=rows, counters=found,
+                         **result)
 
     # Room for the journal copy and the tar that holds everything once more.
     need = 2 * estimate + (1 << 20)
     free = free_bytes(dest_param)
     if free < need:
         module.fail_json(msg="not enough free space for the backup in %s: it needs %d MB, %d MB are free; "
-                         "free some space on the terminal" % (dest_param, need // (1 << 20) + 1, free // (1 << 20)))
+                         "free some space on the terminal"
+                         % (dest_param, need // (1 << 20) + 1, free // (1 << 20)))
     os.makedirs(dest, mode=0o700, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".snapshot-", dir=dest)
     tmp_tar = os.path.join(work, "snapshot.tar")

@@ -12,17 +12,18 @@ short_description: Keep terminal snapshots encrypted on the control node, and ge
 description:
   - Runs on the control node (C(delegate_to localhost)); needs the Python C(cryptography) package there.
   - V(present) encrypts the snapshot O(src) fetched from a terminal into
-    C(<store_dir>/<serial>/<UTC timestamp>-<release>.tar.enc) with AES-256-GCM, reads the file back, decrypts it
-    and checks its sha256 and every tar member against the snapshot's C(MANIFEST.json) before it is renamed into
-    place, then removes all but the newest O(keep) backups of the terminal. When the newest stored backup already
-    holds the same snapshot, nothing is written.
+    C(<store_dir>/<serial>/<UTC timestamp>-<release>.tar.enc) with AES-256-GCM, reads the file back, decrypts
+    it and checks its sha256 and every tar member against the snapshot's C(MANIFEST.json) before it is renamed
+    into place, then removes all but the newest O(keep) backups of the terminal. When the newest stored backup
+    already holds the same snapshot, nothing is written.
   - V(restored) decrypts the newest backup of O(serial) (or the one named O(backup)) into O(dest), checked the
     same way; the plaintext is renamed into place only once the authentication tag and the manifest check out.
   - "File format: the magic C(POSFLEETBK1), a 16-byte random salt, a 12-byte random nonce, the ciphertext and
-    the 16-byte GCM tag; the magic, salt and nonce are authenticated as associated data. The AES key is derived
-    per file from O(key) and the salt: with HKDF-SHA256 when O(key) is 64 hex digits (a random 32-byte key), with
-    scrypt (n=2^15, r=8, p=1) when it is a passphrase."
-  - The key never reaches a file, a log or the result; plaintext is written only to O(dest) (state V(restored)).
+    the 16-byte GCM tag; the magic, salt and nonce are authenticated as associated data. The AES key is
+    derived per file from O(key) and the salt: with HKDF-SHA256 when O(key) is 64 hex digits (a random
+    32-byte key), with scrypt (n=2^15, r=8, p=1) when it is a passphrase."
+  - The key never reaches a file, a log or the result; plaintext is written only to O(dest) (state
+    V(restored)).
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -39,14 +40,17 @@ options:
     type: str
     required: true
   release:
-    description: The release the terminal ran when the snapshot was taken, part of the file name. Required with V(present).
+    description:
+      - The release the terminal ran when the snapshot was taken, part of the file name.
+      - Required with V(present).
     type: str
   store_dir:
     description: The backup store on the control node.
     type: path
     required: true
   key:
-    description: The backup key from Ansible Vault, 64 hex digits (32 bytes) or a passphrase of 12 characters or more.
+    description:
+      - The backup key from Ansible Vault, 64 hex digits (32 bytes) or a passphrase of 12 characters or more.
     type: str
     required: true
     no_log: true
@@ -69,9 +73,9 @@ notes:
 EXAMPLES = r"""
 - name: Store the terminal's snapshot encrypted
   pos_backup_store:
-    src: "{{ pos_backup_fetch_dir }}/{{ inventory_hostname }}.tar"
+    src: "{{ pos_backup_store_dir }}/.incoming/{{ inventory_hostname }}.tar"
     serial: "{{ inventory_hostname }}"
-    release: "{{ pos_terminal.release | default('unknown') }}"
+    release: "{{ pos_update_before.app_version }}"
     store_dir: "{{ pos_backup_store_dir }}"
     key: "{{ pos_backup_key }}"
     keep: 5
@@ -83,7 +87,7 @@ EXAMPLES = r"""
     serial: "{{ inventory_hostname }}"
     store_dir: "{{ pos_backup_store_dir }}"
     key: "{{ pos_backup_key }}"
-    dest: "{{ pos_backup_fetch_dir }}/{{ inventory_hostname }}.restore.tar"
+    dest: "/tmp/{{ inventory_hostname }}.snapshot.tar"
   delegate_to: localhost
 """
 
@@ -151,7 +155,8 @@ class BackupError(Exception):
 
 def derive_key(secret, salt):
     if re.match(r"^[0-9a-fA-F]{64}$", secret):
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=HKDF_INFO).derive(bytes.fromhex(secret))
+        kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=HKDF_INFO)
+        return kdf.derive(bytes.fromhex(secret))
     return Scrypt(salt=salt, length=32, n=2 ** 15, r=8, p=1).derive(secret.encode("utf-8"))
 
 
@@ -183,7 +188,7 @@ class DecryptingReader:
 
     def __init__(self, path, secret):
         self.path = path
-        self.handle = open(path, "rb")
+        self.handle = open(path, "rb")  # noqa: SIM115 - a stream: finish() or close() closes it
         size = os.fstat(self.handle.fileno()).st_size
         header = self.handle.read(HEADER_BYTES)
         if size < HEADER_BYTES + TAG_BYTES or not header.startswith(MAGIC):
@@ -263,7 +268,7 @@ class _Tee:
 
 class _PlainReader:
     def __init__(self, path):
-        self.handle = open(path, "rb")
+        self.handle = open(path, "rb")  # noqa: SIM115 - a stream: close() closes it
         self.digest = hashlib.sha256()
 
     def read(self, size=-1):
@@ -317,16 +322,19 @@ def store(module, params):
         try:
             same = decrypted_sha256(newest, params["key"]) == sha256
         except BackupError as error:
-            module.warn("the newest backup %s cannot be read with this key (%s); writing a new one" % (newest, error))
+            module.warn("the newest backup %s cannot be read with this key (%s); writing a new one"
+                        % (newest, error))
             same = False
         if same:
             return dict(changed=False, path=newest, sha256=sha256, kept=existing, removed=[])
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    while True:
+        # A name is unique by its second; a second backup within the same second waits for the next one
+        # rather than take a suffix that would sort it before the first.
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if not any(other.startswith(stamp) for other in existing):
+            break
+        time.sleep(0.25)
     name = "%s-%s.tar.enc" % (stamp, params["release"])
-    number = 1
-    while name in existing or os.path.exists(os.path.join(serial_dir, name)):
-        number += 1
-        name = "%s-%s-%d.tar.enc" % (stamp, params["release"], number)
     after = sorted([*existing, name])
     removed = after[:-params["keep"]] if len(after) > params["keep"] else []
     kept = [n for n in after if n not in removed]
@@ -417,7 +425,8 @@ def main():
     params = module.params
     for option in ("serial", "release"):
         if params[option] is not None and not NAME_RE.match(params[option]):
-            module.fail_json(msg="%s %r may hold only letters, digits, '.', '_', '+' and '-'" % (option, params[option]))
+            module.fail_json(msg="%s %r may hold only letters, digits, '.', '_', '+' and '-'"
+                             % (option, params[option]))
     if params["keep"] < 1:
         module.fail_json(msg="keep must be 1 or more, not %d" % params["keep"])
     key = params["key"]

@@ -11,14 +11,14 @@ module: pos_data_sync
 short_description: Bring a POS terminal's data packs (params, catalog, merchant) to a release's versions
 description:
   - For every pack that is not already current at the wanted version, downloads its archive (resuming an
-    interrupted download with HTTP C(Range), like M(pos_package)), checks O(packs[].size) and O(packs[].sha256),
+    interrupted download with HTTP C(Range), like M(pos_package)), checks its C(size) and C(sha256),
     unpacks it safely into C(/var/lib/pos/packs/<name>/<version>.staging) and checks every file against the
     pack's C(PACK.json) before renaming the directory to C(<version>).
   - "An archive is refused when a member has an absolute path or C(..), is a link, a directory or a device,
     is not listed in its C(PACK.json), or when the members add up to more than four times the archive's size."
   - "The C(merchant) pack is built here from O(merchant), the merchant profile rendered on the control node:
-    C(profile.json) holds its canonical JSON (keys sorted, no spaces) and the pack's version is the first 12 hex
-    digits of that JSON's sha256."
+    C(profile.json) holds its canonical JSON (keys sorted, no spaces) and the pack's version is the first 12
+    hex digits of that JSON's sha256."
   - Only when every pack is staged and verified are the C(current) links switched, one rename each, so a
     failure half-way switches nothing. Then posd is asked to C(reload) (O(reload)) and the module checks that
     posd loaded the new versions and that its sequence counters did not go backwards. posd itself applies a
@@ -29,8 +29,9 @@ author: posfleet contributors
 options:
   packs:
     description:
-      - The release's packs for this model, C(name) to a dict with C(version), C(url) (full URL), C(sha256) and
-        C(size). Known names are C(params) and C(catalog); C(merchant) comes from O(merchant).
+      - The release's packs for this model, C(name) to a dict with C(version), C(url) (full URL), C(sha256)
+        and C(size).
+      - Known names are C(params) and C(catalog); C(merchant) comes from O(merchant).
     type: dict
     default: {}
   merchant:
@@ -65,8 +66,8 @@ notes:
 EXAMPLES = r"""
 - name: Sync the release's data packs
   pos_data_sync:
-    packs: "{{ pos_release_model.packs | pos_pack_urls(pos_region_settings.distribution_point) }}"
-    merchant: "{{ pos_merchant_profile }}"
+    packs: "{{ pos_update_entry.packs | pos_pack_urls(pos_region_settings.distribution_point) }}"
+    merchant: "{{ pos_update_merchant_profile }}"
   register: pos_data_sync_result
 """
 
@@ -174,8 +175,8 @@ def check_specs(module, packs):
     for name, spec in packs.items():
         if name not in RELEASE_PACKS:
             hint = " (the merchant pack is built from the merchant option)" if name == "merchant" else ""
-            module.fail_json(msg="unknown pack %r in packs: a release ships %s%s" % (name, ", ".join(RELEASE_PACKS),
-                                                                                     hint))
+            module.fail_json(msg="unknown pack %r in packs: a release ships %s%s"
+                             % (name, ", ".join(RELEASE_PACKS), hint))
         if not isinstance(spec, dict):
             module.fail_json(msg="packs.%s must be a dict with version, url, sha256 and size" % name)
         missing = [key for key in ("version", "url", "sha256", "size") if spec.get(key) in (None, "")]
@@ -199,8 +200,8 @@ def stage_download(module, name, spec, staging, result):
                      retries=module.params["retries"], retry_delay=module.params["retry_delay"])
     result["bytes_downloaded"] += download["bytes_downloaded"]
     result["resumed"] = result["resumed"] or download["resumed"]
-    manifest = check_pack_manifest(read_member_json(download["path"], "PACK.json", label), name, label + " PACK.json",
-                                   version=version)
+    manifest = check_pack_manifest(read_member_json(download["path"], "PACK.json", label), name,
+                                   label + " PACK.json", version=version)
     target = os.path.join(pack_base(name), version + ".staging")
     if os.path.lexists(target):
         shutil.rmtree(target)  # left by an interrupted run; never in use
@@ -269,7 +270,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    packs = {name: dict(spec) if isinstance(spec, dict) else spec for name, spec in module.params["packs"].items()}
+    packs = {name: dict(spec) if isinstance(spec, dict) else spec
+             for name, spec in module.params["packs"].items()}
     check_specs(module, packs)
     wanted = {name: spec["version"] for name, spec in packs.items()}
     result = dict(bytes_downloaded=0, resumed=False)
@@ -282,6 +284,7 @@ def main():
         result["merchant_version"] = wanted["merchant"]
 
     before = pack_versions()
+    targets_before = {name: current_target(name) for name in PACK_NAMES}
     todo = [name for name in PACK_NAMES
             if name in wanted and not (current_target(name) == wanted[name] and intact(name, wanted[name]))]
     after = dict(before, **wanted)
@@ -295,9 +298,9 @@ def main():
                for name in downloads)
     free = free_bytes(module.params["staging_dir"])
     if free < need:
-        module.fail_json(msg="not enough free space for the data packs %s: they need %d MB, %d MB are free; free some "
-                         "space on the terminal" % (", ".join(downloads), need // (1 << 20) + 1, free // (1 << 20)),
-                         **result)
+        module.fail_json(msg="not enough free space for the data packs %s: they need %d MB, %d MB are free; "
+                         "free some space on the terminal"
+                         % (", ".join(downloads), need // (1 << 20) + 1, free // (1 << 20)), **result)
     if module.check_mode:
         module.exit_json(changed=True, versions_after=after, diff=diff, **result)
 
@@ -331,7 +334,7 @@ def main():
     except OSError as error:
         module.fail_json(msg="switching the data packs failed: %s" % error, changed=True, **result)
     for name in todo:
-        prune(name, {wanted[name], before.get(name)})
+        prune(name, {wanted[name], targets_before.get(name)})
     for path in fetched:
         if os.path.exists(path):
             os.unlink(path)
@@ -341,10 +344,11 @@ def main():
         try:
             answer = posd("reload")
         except PosdError as error:
-            module.fail_json(msg="the packs are switched but posd did not reload them: %s" % error, changed=True,
-                             **result)
+            module.fail_json(msg="the packs are switched but posd did not reload them: %s" % error,
+                             changed=True, **result)
         loaded = answer.get("packs") or {}
-        wrong = ["%s (posd has %s)" % (name, loaded.get(name)) for name in todo if loaded.get(name) != wanted[name]]
+        wrong = ["%s (posd has %s)" % (name, loaded.get(name))
+                 for name in todo if loaded.get(name) != wanted[name]]
         if wrong:
             module.fail_json(msg="posd did not load the new packs: %s: %s" % (", ".join(wrong),
                                                                               answer.get("health_detail")),
@@ -353,10 +357,11 @@ def main():
         result["counters_after"] = counters_after
         if counters_before and counters_after:
             back = ["%s %s -> %s" % (name, counters_before[name], counters_after.get(name))
-                    for name in sorted(counters_before) if (counters_after.get(name) or 0) < counters_before[name]]
+                    for name in sorted(counters_before)
+                    if (counters_after.get(name) or 0) < counters_before[name]]
             if back:
-                module.fail_json(msg="posd's sequence counters went backwards after the reload: %s" % ", ".join(back),
-                                 changed=True, **result)
+                module.fail_json(msg="posd's sequence counters went backwards after the reload: %s"
+                                 % ", ".join(back), changed=True, **result)
     module.exit_json(changed=True, diff=diff, **result)
 
 

@@ -122,8 +122,8 @@ def main():
         except PosdError as error:
             refusal = str(error.answer.get("error", ""))
             if refusal.startswith("in-transaction"):
-                module.fail_json(msg="in-transaction: a sale was still in progress after %gs; the update of this "
-                                 "terminal is deferred, try again later" % timeout,
+                module.fail_json(msg="in-transaction: a sale was still in progress after %gs; the update of "
+                                 "this terminal is deferred, try again later" % timeout,
                                  deferred=True, status=clean(error.answer))
             module.fail_json(msg="cannot enter maintenance: %s" % error)
     else:

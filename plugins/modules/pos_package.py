@@ -18,15 +18,15 @@ description:
   - Free space is checked before the download (O(size) times three for bundles, twice for Debian packages).
   - "V(bundle): the archive (top directory C(<version>/)) is unpacked safely (no absolute paths, no C(..), no
     links leading outside, no devices) into C(/opt/pos/app/<version>.staging), checked against its
-    C(MANIFEST.json), renamed to C(/opt/pos/app/<version>) and C(/opt/pos/app/current) is switched to it with one
-    rename. The previous version's directory is kept, older ones are removed."
-  - "V(dpkg): the C(.deb) of the installed version is kept in C(/var/lib/pos/rollback/) for a rollback. When no
-    earlier run of this module left it there (or in O(staging_dir)), it is rebuilt from the installed files
+    C(MANIFEST.json), renamed to C(/opt/pos/app/<version>) and C(/opt/pos/app/current) is switched to it with
+    one rename. The previous version's directory is kept, older ones are removed."
+  - "V(dpkg): the C(.deb) of the installed version is kept in C(/var/lib/pos/rollback/) for a rollback. When
+    no earlier run of this module left it there (or in O(staging_dir)), it is rebuilt from the installed files
     with C(dpkg-deb) after C(dpkg --verify) found them intact. Then C(dpkg -i) installs the new one, whose
     C(.deb) is kept in C(/var/lib/pos/rollback/) as well, for the next update."
   - C(/var/lib/pos/rollback/app.json) records the previous version and the style for M(pos_restore).
-  - With O(restart), posd is restarted (its pid from C(/run/pos/posd.pid); the terminal's init starts it again)
-    and the module waits until it answers with the new version.
+  - With O(restart), posd is restarted (its pid from C(/run/pos/posd.pid); the terminal's init starts it
+    again) and the module waits until it answers with the new version.
   - When the installed version already is O(version), nothing is downloaded and nothing changes.
 version_added: "0.1.0"
 author: posfleet contributors
@@ -49,8 +49,8 @@ options:
     required: true
   style:
     description:
-      - How the model installs its app (C(pos_model_profile.package_style)). The module fails when the terminal
-        has an app installed the other way.
+      - How the model installs its app (C(pos_model_profile.package_style)).
+      - The module fails when the terminal has an app installed the other way.
     type: str
     required: true
     choices: [dpkg, bundle]
@@ -83,12 +83,12 @@ notes:
 EXAMPLES = r"""
 - name: Install the release's payment app
   pos_package:
-    url: "{{ pos_region_settings.distribution_point }}/{{ pos_release_model.app.url }}"
-    sha256: "{{ pos_release_model.app.sha256 }}"
-    size: "{{ pos_release_model.app.size }}"
-    version: "{{ pos_release_model.app.version }}"
+    url: "{{ pos_region_settings.distribution_point }}/{{ pos_update_entry.app.url }}"
+    sha256: "{{ pos_update_entry.app.sha256 }}"
+    size: "{{ pos_update_entry.app.size }}"
+    version: "{{ pos_update_entry.app.version }}"
     style: "{{ pos_model_profile.package_style }}"
-    restart: "{{ not (pos_release_model.reboot or pos_model_profile.reboot_required) }}"
+    restart: "{{ not pos_update_reboot }}"  # a reboot follows otherwise
   register: pos_package_result
 """
 
@@ -122,7 +122,16 @@ rollback:
   description: What rollback will use, C(/var/lib/pos/rollback/app.json) plus, for dpkg, the previous C(.deb).
   returned: changed
   type: dict
-  sample: {previous_version: 1.0.0, style: dpkg, deb: /var/lib/pos/rollback/posd_1.0.0_all.deb, deb_source: repacked}
+  sample:
+    previous_version: 1.0.0
+    style: dpkg
+    deb: /var/lib/pos/rollback/posd_1.0.0_all.deb
+    deb_source: repacked
+would_download:
+  description: In check mode, the bytes a real run would download (less when a partial download is kept).
+  returned: check mode
+  type: int
+  sample: 13432
 status:
   description: posd's status after the restart.
   returned: when restarted
@@ -137,7 +146,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import ArchiveError, safe_extract, tree_files, verify_files
+from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe_extract
 from ansible.module_utils.pos_download import DownloadError, fetch, partial_bytes
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
@@ -177,8 +186,18 @@ def bundle_dirs():
 
 
 def install_bundle(module, artifact, version, previous):
-    """Unpack, verify, move into place and switch `current`; returns nothing, fails the module on error."""
+    """Unpack (unless `artifact` is None: already unpacked), verify, move into place, switch `current`."""
     base = terminal_path(APP_DIR)
+    if artifact is not None:
+        unpack_bundle(module, artifact, version, base)
+    write_rollback_record({"previous_version": previous, "style": "bundle", "version": version})
+    atomic_symlink(version, os.path.join(base, "current"))
+    for name in bundle_dirs():
+        if name not in (version, previous):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def unpack_bundle(module, artifact, version, base):
     final = os.path.join(base, version)
     staging = final + ".staging"
     os.makedirs(base, mode=0o755, exist_ok=True)
@@ -191,43 +210,16 @@ def install_bundle(module, artifact, version, previous):
     problem = bundle_problems(staging, version)
     if problem:
         shutil.rmtree(staging, ignore_errors=True)
-        module.fail_json(msg="the app bundle %s does not match its MANIFEST.json: %s; the release is damaged, "
-                         "republish it" % (version, problem))
-    if os.path.lexists(final):
-        if not bundle_problems(final, version):
-            shutil.rmtree(staging)  # the same version is already unpacked and intact (an earlier rollback)
-        else:
-            aside = final + ".old"
-            shutil.rmtree(aside, ignore_errors=True)
-            os.rename(final, aside)
-            os.rename(staging, final)
-            shutil.rmtree(aside, ignore_errors=True)
+        module.fail_json(msg="the app bundle %s does not match its MANIFEST.json: %s; the release is "
+                         "damaged, republish it" % (version, problem))
+    if os.path.lexists(final):  # damaged (an intact one is never unpacked again): replace it
+        aside = final + ".old"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(final, aside)
+        os.rename(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(staging, final)
-    write_rollback_record({"previous_version": previous, "style": "bundle", "version": version})
-    atomic_symlink(version, os.path.join(base, "current"))
-    for name in bundle_dirs():
-        if name not in (version, previous):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-
-
-def bundle_problems(base, version):
-    """None when the unpacked bundle in `base` matches its MANIFEST.json, else what is wrong."""
-    try:
-        with open(os.path.join(base, "MANIFEST.json"), encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError) as error:
-        return "cannot read MANIFEST.json: %s" % error
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or manifest.get("name") != "posd":
-        return "MANIFEST.json needs name posd and a files map"
-    if str(manifest.get("version")) != version:
-        return "MANIFEST.json says version %s, not %s" % (manifest.get("version"), version)
-    problems = verify_files(base, files)
-    extra = sorted(set(tree_files(base)) - set(files) - {"MANIFEST.json"})
-    if extra:
-        problems.append("files not in MANIFEST.json: %s" % ", ".join(extra[:5]))
-    return "; ".join(problems[:5]) or None
 
 
 def write_rollback_record(record):
@@ -239,8 +231,8 @@ def write_rollback_record(record):
 def run(module, argv, what, changed=True):
     rc, out, err = module.run_command(argv)
     if rc != 0:
-        module.fail_json(msg="%s failed (%s, exit %d): %s" % (what, " ".join(argv), rc, (err or out).strip()[-800:]),
-                         changed=changed)
+        module.fail_json(msg="%s failed (%s, exit %d): %s"
+                         % (what, " ".join(argv), rc, (err or out).strip()[-800:]), changed=changed)
     return out
 
 
@@ -252,8 +244,8 @@ def repack_installed(module, version, dest):
     """
     rc, out, err = module.run_command(dpkg_argv("dpkg", "--verify", "posd"))
     if rc != 0 or out.strip():
-        module.fail_json(msg="cannot keep a rollback copy of posd %s: its installed files differ from the package "
-                         "(dpkg --verify posd: %s); reinstall posd %s or put %s in %s first"
+        module.fail_json(msg="cannot keep a rollback copy of posd %s: its installed files differ from the "
+                         "package (dpkg --verify posd: %s); reinstall posd %s or put %s in %s first"
                          % (version, (out or err).strip()[:400], version, deb_name(version), ROLLBACK_DIR))
     rc, status, err = module.run_command(dpkg_argv("dpkg-query", "-s", "posd"))
     if rc != 0:
@@ -282,8 +274,8 @@ def repack_installed(module, version, dest):
             if os.path.isfile(source):
                 shutil.copy2(source, os.path.join(tree, "DEBIAN", script))
                 os.chmod(os.path.join(tree, "DEBIAN", script), 0o755)
-        for path in listing.splitlines():
-            path = path.strip()
+        for line in listing.splitlines():
+            path = line.strip()
             if not path.startswith("/") or path == "/.":
                 continue
             source = terminal_path(path)
@@ -326,8 +318,8 @@ def install_deb(module, artifact, version, previous, staging):
     if previous:
         path, source = keep_previous_deb(module, previous, staging)
         deb_info = {"deb": path, "deb_source": source}
-    out = run(module, ["dpkg-deb", "--field", artifact, "Package", "Version"], "reading the downloaded package",
-              changed=bool(deb_info.get("deb_source") not in (None, "kept")))
+    out = run(module, ["dpkg-deb", "--field", artifact, "Package", "Version"],
+              "reading the downloaded package", changed=deb_info.get("deb_source") not in (None, "kept"))
     fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     if fields.get("Package") != "posd" or fields.get("Version") != version:
         module.fail_json(msg="the downloaded package is %s %s, not posd %s: the release manifest is wrong"
@@ -349,9 +341,16 @@ def install_deb(module, artifact, version, previous, staging):
     return deb_info
 
 
-def kept_deb(style, version, sha256, size):
-    """The .deb an interrupted earlier run already moved into the rollback directory, if it is intact."""
-    if style != "dpkg":
+def kept_artifact(style, version, sha256, size):
+    """What an earlier run left that makes the download unnecessary, or None.
+
+    bundle: /opt/pos/app/<version> unpacked and intact (the terminal ran it before a rollback).
+    dpkg: the verified .deb an interrupted earlier run already moved into the rollback directory.
+    """
+    if style == "bundle":
+        final = terminal_path(os.path.join(APP_DIR, version))
+        if os.path.isdir(final) and not bundle_problems(final, version):
+            return {"path": None, "bytes_downloaded": 0, "resumed": False}
         return None
     path = terminal_path(os.path.join(ROLLBACK_DIR, deb_name(version)))
     if os.path.isfile(path) and os.path.getsize(path) == size and sha256_file(path) == sha256:
@@ -384,8 +383,8 @@ def main():
         module.fail_json(msg="size must be the artifact's size in bytes, not %d" % size)
     found = installed_style()
     if found is not None and found != style:
-        module.fail_json(msg="the terminal has a %s app installed but the release ships a %s artifact for it; fix the "
-                         "model profile's package_style or the release manifest" % (found, style))
+        module.fail_json(msg="the terminal has a %s app installed but the release ships a %s artifact for "
+                         "it; fix the model profile's package_style or the release manifest" % (found, style))
     previous = app_version(style)
     result = dict(previous_version=previous, version=version, bytes_downloaded=0, resumed=False)
     if previous == version:
@@ -393,32 +392,37 @@ def main():
     diff = {"before": {"app_version": previous}, "after": {"app_version": version}}
 
     staging = terminal_path(params["staging_dir"])
+    kept = kept_artifact(style, version, params["sha256"].lower(), size)
     factor = 3 if style == "bundle" else 2
-    need = factor * size - partial_bytes(staging, params["sha256"].lower())
+    have = size if kept else partial_bytes(staging, params["sha256"].lower())
+    need = 0 if kept else factor * size - have
     free = free_bytes(params["staging_dir"])
     if free < need:
-        module.fail_json(msg="not enough free space for posd %s: it needs %d MB (%d x the %d-byte artifact), %d MB "
-                         "are free in %s; free some space on the terminal" % (
-                             version, need // (1 << 20) + 1, factor, size, free // (1 << 20), params["staging_dir"]),
-                         need_bytes=need, free_bytes=free, **result)
+        module.fail_json(msg="not enough free space for posd %s: it needs %d MB (%d x the %d-byte artifact), "
+                         "%d MB are free in %s; free some space on the terminal"
+                         % (version, need // (1 << 20) + 1, factor, size, free // (1 << 20),
+                            params["staging_dir"]), need_bytes=need, free_bytes=free, **result)
     if module.check_mode:
-        module.exit_json(changed=True, diff=diff, seconds=round(time.time() - started, 3), **result)
+        module.exit_json(changed=True, diff=diff, would_download=max(size - have, 0),
+                         seconds=round(time.time() - started, 3), **result)
 
     try:
-        download = kept_deb(style, version, params["sha256"].lower(), size) or fetch(
-            params["url"], staging, params["sha256"], size, timeout=params["timeout"], retries=params["retries"],
-            retry_delay=params["retry_delay"])
+        download = kept or fetch(
+            params["url"], staging, params["sha256"], size, timeout=params["timeout"],
+            retries=params["retries"], retry_delay=params["retry_delay"])
     except DownloadError as error:
         module.fail_json(msg=str(error), **result)
     except OSError as error:
-        module.fail_json(msg="cannot write the download into %s: %s" % (params["staging_dir"], error), **result)
+        module.fail_json(msg="cannot write the download into %s: %s" % (params["staging_dir"], error),
+                         **result)
     result.update(bytes_downloaded=download["bytes_downloaded"], resumed=download["resumed"])
 
     rollback = {"previous_version": previous, "style": style}
     try:
         if style == "bundle":
             install_bundle(module, download["path"], version, previous)
-            os.unlink(download["path"])
+            if download["path"]:
+                os.unlink(download["path"])
         else:
             rollback.update(install_deb(module, download["path"], version, previous, staging))
     except OSError as error:
@@ -432,12 +436,12 @@ def main():
         try:
             status = restart_posd(timeout=params["timeout"])
         except PosdError as error:
-            module.fail_json(msg="posd %s is installed but did not come back after the restart: %s" % (version, error),
-                             changed=True, rollback=rollback, **result)
+            module.fail_json(msg="posd %s is installed but did not come back after the restart: %s"
+                             % (version, error), changed=True, rollback=rollback, **result)
         if status.get("app_version") != version:
-            module.fail_json(msg="posd restarted but runs version %s instead of %s" % (status.get("app_version"),
-                                                                                         version),
-                             changed=True, rollback=rollback, **result)
+            module.fail_json(msg="posd restarted but runs version %s instead of %s"
+                             % (status.get("app_version"), version), changed=True, rollback=rollback,
+                             **result)
         extra["status"] = {k: v for k, v in status.items() if k != "ok"}
     module.exit_json(changed=True, diff=diff, rollback=rollback, seconds=round(time.time() - started, 3),
                      **dict(result, **extra))

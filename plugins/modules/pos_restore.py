@@ -14,11 +14,12 @@ description:
   - "App: V(bundle) switches C(/opt/pos/app/current) back to the snapshot's version directory (kept by
     M(pos_package)); V(dpkg) installs C(/var/lib/pos/rollback/posd_<version>_all.deb) (or the copy inside the
     snapshot) with C(dpkg -i). Nothing happens when the installed version already is the snapshot's."
-  - "Data packs: each pack's C(current) goes back to the snapshot's version; a version directory that is gone or
-    damaged is re-created from the snapshot. All packs are staged and verified before any link is switched.
+  - "Data packs: each pack's C(current) goes back to the snapshot's version; a version directory that is gone
+    or damaged is re-created from the snapshot. All packs are staged and verified before any link is switched.
     A pack the snapshot did not have is left as it is (with a warning)."
   - "Journal: restored only when needed. When the live journal is intact and holds every sale of the snapshot
-    unchanged, it is kept (it may hold more: nothing is lost). When it lacks or changed snapshot sales and has
+    unchanged, it is kept (it may hold more: nothing is lost); if only its counters fell behind the
+    snapshot's, they are raised in place. When it lacks or changed snapshot sales and has
     none of its own, the snapshot's journal is written into it with SQLite's online backup API: one write
     transaction, taken while posd keeps the journal open, which posd sees at its next read. When the live
     journal is damaged beyond opening, posd is stopped, the file is replaced by one rename and posd is started
@@ -85,7 +86,11 @@ versions_after:
   returned: always
   type: dict
 journal:
-  description: What happened to the journal, V(kept), V(restored) or V(replaced), with the reason.
+  description:
+    - What happened to the journal, V(kept), V(counters) (raised in place), V(restored) or V(replaced), with
+      the reason.
+    - C(gap) when the restored counters are ahead of the last sale (numbers were issued after the snapshot);
+      the jump is recorded in C(/var/lib/pos/sequence_gaps.json), where M(pos_verify) accepts it.
   returned: always
   type: dict
   sample: {action: kept, reason: "the live journal holds all 118 snapshot sales unchanged"}
@@ -99,16 +104,19 @@ counters_after:
   type: dict
 """
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import tarfile
 import tempfile
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import (
     ArchiveError,
+    bundle_problems,
     digest_tar_stream,
     manifest_problems,
     member_path,
@@ -119,6 +127,7 @@ from ansible.module_utils.pos_journal import (
     COUNTERS,
     connect_ro,
     counters,
+    gap_record,
     integrity,
     raise_counters,
     write_into,
@@ -128,14 +137,17 @@ from ansible.module_utils.pos_terminal import (
     JOURNAL,
     PACKS_DIR,
     ROLLBACK_DIR,
+    SEQUENCE_GAPS,
     PosdError,
     app_version,
     atomic_symlink,
+    atomic_write,
     dpkg_argv,
     installed_style,
     pack_versions,
     posd,
     posd_pid,
+    read_json,
     restart_posd,
     stop_posd,
     terminal_path,
@@ -195,7 +207,8 @@ class Restore:
 
     def load_snapshot(self):
         if not os.path.isfile(self.src):
-            self.fail("there is no snapshot at %s: was pos_backup run before the update?" % self.params["src"])
+            self.fail("there is no snapshot at %s: was pos_backup run before the update?"
+                      % self.params["src"])
         try:
             with open(self.src, "rb") as handle:
                 manifest, digests = digest_tar_stream(handle, "snapshot %s" % self.params["src"])
@@ -211,10 +224,11 @@ class Restore:
                 self.app = json.loads(tar.extractfile("app.json").read().decode("utf-8"))
                 self.packs = json.loads(tar.extractfile("packs.json").read().decode("utf-8"))
             except (KeyError, ValueError, AttributeError) as error:
-                self.fail("the snapshot %s lacks a readable app.json or packs.json: %s" % (self.params["src"], error))
+                self.fail("the snapshot %s lacks a readable app.json or packs.json: %s"
+                          % (self.params["src"], error))
         if self.app.get("style") != self.params["package_style"]:
-            self.fail("the snapshot is of a %s terminal but package_style is %s" % (self.app.get("style"),
-                                                                                     self.params["package_style"]))
+            self.fail("the snapshot is of a %s terminal but package_style is %s"
+                      % (self.app.get("style"), self.params["package_style"]))
         for required in ("journal.db", "etc/pos/terminal.json"):
             if required not in self.members:
                 self.fail("the snapshot %s has no %s" % (self.params["src"], required))
@@ -228,8 +242,13 @@ class Restore:
         if style == "bundle":
             path = os.path.join(APP_DIR, version)
             if not os.path.isdir(terminal_path(path)):
-                self.fail("cannot restore the app to %s: %s is gone (pos_package keeps the previous version; was it "
-                          "removed by hand?). Reinstall posd %s with pos_package" % (version, path, version))
+                self.fail("cannot restore the app to %s: %s is gone (pos_package keeps the previous "
+                          "version; was it removed by hand?). Reinstall posd %s with pos_package"
+                          % (version, path, version))
+            problem = bundle_problems(terminal_path(path), version)
+            if problem:
+                self.fail("cannot restore the app to %s: %s is damaged (%s); reinstall posd %s with "
+                          "pos_package" % (version, path, problem, version))
             return {"dir": path}
         kept = os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version)
         if os.path.isfile(terminal_path(kept)):
@@ -237,8 +256,8 @@ class Restore:
         inside = self.app.get("deb")
         if inside and inside in self.members:
             return {"deb": kept, "from_snapshot": inside}
-        self.fail("cannot restore the app to %s: neither %s nor the snapshot holds its .deb; install posd %s with "
-                  "pos_package" % (version, kept, version))
+        self.fail("cannot restore the app to %s: neither %s nor the snapshot holds its .deb; install posd %s "
+                  "with pos_package" % (version, kept, version))
         return None
 
     def plan_packs(self):
@@ -253,13 +272,13 @@ class Restore:
             if current == version and good:
                 continue
             if not good and not any(m.startswith("packs/%s/%s/" % (name, version)) for m in self.members):
-                self.fail("cannot restore pack %s %s: it is not in the snapshot and %s/%s/%s is missing or damaged"
-                          % (name, version, PACKS_DIR, name, version))
+                self.fail("cannot restore pack %s %s: it is not in the snapshot and %s/%s/%s is missing or "
+                          "damaged" % (name, version, PACKS_DIR, name, version))
             plan[name] = {"version": version, "rebuild": not good}
         for name, version in sorted(pack_versions().items()):
             if version is not None and self.packs.get(name) is None:
-                self.module.warn("pack %s %s was not on the terminal when the snapshot was taken; it is left as it is"
-                                 % (name, version))
+                self.module.warn("pack %s %s was not on the terminal when the snapshot was taken; it is left "
+                                 "as it is" % (name, version))
         return plan
 
     @staticmethod
@@ -275,10 +294,8 @@ class Restore:
     def plan_journal(self, snapshot_db):
         """(action, reason, observed counters) for the journal; fails when restoring would lose sales."""
         observed = {}
-        try:
+        with contextlib.suppress(PosdError):  # posd may be down: the live journal's counters still count
             observed = dict(posd("status").get("counters") or {})
-        except PosdError:
-            pass
         snap = sqlite3.connect(snapshot_db)
         try:
             snap_rows, snap_counters = rows(snap), counters(snap)
@@ -300,19 +317,28 @@ class Restore:
         except sqlite3.Error as error:
             return "replace", "the live journal cannot be read: %s" % error, observed, snap_counters
         if live_check != "ok":
-            return "replace", "the live journal fails integrity_check: %s" % live_check, observed, snap_counters
+            reason = "the live journal fails integrity_check: %s" % live_check
+            return "replace", reason, observed, snap_counters
         for name, value in live_counters.items():
             observed[name] = max(int(observed.get(name, 0) or 0), value)
         changed = [txn for txn, row in snap_rows.items() if live_rows.get(txn) != row]
         extra = set(live_rows) - set(snap_rows)
+        behind = [name for name in COUNTERS if live_counters.get(name, 0) < snap_counters.get(name, 0)]
+        if not changed and behind:
+            # Every sale is there but the numbering was reset: the next sale would reuse a number.
+            reason = "the live journal holds all %d snapshot sales, but its counters (%s) are behind the " \
+                     "snapshot's" % (len(snap_rows), ", ".join(behind))
+            return "counters", reason, observed, snap_counters
         if not changed:
-            return "kept", "the live journal holds all %d snapshot sales unchanged" % len(snap_rows), observed, None
+            reason = "the live journal holds all %d snapshot sales unchanged" % len(snap_rows)
+            return "kept", reason, observed, None
         if extra:
-            self.fail("the live journal and the snapshot have diverged: %d snapshot sales are missing or changed and "
-                      "%d live sales are not in the snapshot; restoring would lose sales. Upload the live sales "
-                      "(pos_txn_upload) and have an operator look at %s" % (len(changed), len(extra), JOURNAL))
-        return "restore", "%d snapshot sales are missing or changed in the live journal" % len(changed), observed, \
-            snap_counters
+            self.fail("the live journal and the snapshot have diverged: %d snapshot sales are missing or "
+                      "changed and %d live sales are not in the snapshot; restoring would lose sales. Upload "
+                      "the live sales (pos_txn_upload) and have an operator look at %s"
+                      % (len(changed), len(extra), JOURNAL))
+        reason = "%d snapshot sales are missing or changed in the live journal" % len(changed)
+        return "restore", reason, observed, snap_counters
 
     # --- doing -------------------------------------------------------------------------------------
 
@@ -341,10 +367,12 @@ class Restore:
                 write_into(prepared, live)
                 return "restored"
             except sqlite3.Error as error:
-                self.module.warn("writing into the live journal failed (%s); replacing the file instead" % error)
-        # posd holds the journal open: a file renamed over it would go unseen by the running posd (it keeps the
-        # old inode), and a -wal left by the old file would be applied to the new one. So: stop posd, drop the
-        # old file's -wal/-shm, rename, and restart posd once more if init already started it again.
+                self.module.warn("writing into the live journal failed (%s); replacing the file instead"
+                                 % error)
+        # posd holds the journal open: a file renamed over it would go unseen by the running posd (it keeps
+        # the old inode), and a -wal left by the old file would be applied to the new one. So: stop posd,
+        # drop the old file's -wal/-shm, rename, and restart posd once more if init already started it again
+        # (it polls about once a second, so it may have done so between the stop and the rename).
         timeout = self.params["timeout"]
         try:
             stopped = stop_posd(timeout=min(timeout, 20.0))
@@ -372,7 +400,8 @@ class Restore:
             os.rename(deb + ".tmp", deb)
         rc, out, err = self.module.run_command(dpkg_argv("dpkg", "-i", deb))
         if rc != 0:
-            self.fail("dpkg -i %s failed (exit %d): %s" % (plan["deb"], rc, (err or out).strip()[-800:]), changed=True)
+            self.fail("dpkg -i %s failed (exit %d): %s" % (plan["deb"], rc, (err or out).strip()[-800:]),
+                      changed=True)
 
     def run(self):
         module, style = self.module, self.params["package_style"]
@@ -402,8 +431,10 @@ class Restore:
             diff = {"before": before, "after": after}
             if module.check_mode or not restored:
                 shutil.rmtree(self.work, ignore_errors=True)
+                if restored:
+                    result["diff"] = diff
                 module.exit_json(changed=bool(restored), versions_after=after if restored else before,
-                                 diff=diff if restored else None, **result)
+                                 **result)
             try:
                 staged = self.stage_packs(tar, pack_plan)
                 if app_plan:
@@ -415,10 +446,26 @@ class Restore:
             # uploaded before the backup, so the restored journal holds every sale the acquirer knows; but
             # numbers the terminal handed out after the backup (sales lost with a damaged journal) must not be
             # handed out again, so the restored counters start at the highest value seen before the restore.
-            result["counters_after"] = raise_counters(prepared, {name: max(int(observed.get(name, 0) or 0),
-                                                                           int(snap_counters.get(name, 0)))
-                                                                 for name in COUNTERS})
-            result["journal"]["action"] = self.restore_journal(prepared, action)
+            floor = {name: max(int(observed.get(name, 0) or 0), int(snap_counters.get(name, 0)))
+                     for name in COUNTERS}
+            if action == "counters":
+                # Only the numbering is wrong: raise it in place (one SQLite transaction, posd may run).
+                try:
+                    result["counters_after"] = raise_counters(terminal_path(JOURNAL), floor)
+                except sqlite3.Error as error:
+                    self.fail("cannot raise the journal's counters: %s" % error, changed=True, **result)
+                prepared = terminal_path(JOURNAL)
+            else:
+                result["counters_after"] = raise_counters(prepared, floor)
+            gap = gap_record(prepared, "pos_restore from %s: numbers issued after the snapshot are not reused"
+                             % self.params["src"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if action != "counters":
+                result["journal"]["action"] = self.restore_journal(prepared, action)
+            if gap:
+                # Recorded so that pos_verify accepts this one deliberate jump in the numbering.
+                gaps = read_json(SEQUENCE_GAPS, []) or []
+                atomic_write(terminal_path(SEQUENCE_GAPS), json.dumps([*gaps, gap], indent=1) + "\n")
+                result["journal"]["gap"] = gap
         try:
             for name, target in staged.items():
                 final = terminal_path(os.path.join(PACKS_DIR, name, pack_plan[name]["version"]))
@@ -435,15 +482,17 @@ class Restore:
             if app_plan and self.params["restart"]:
                 status = restart_posd(timeout=self.params["timeout"])
                 if status.get("app_version") != version:
-                    self.fail("posd restarted but runs %s instead of %s" % (status.get("app_version"), version),
-                              changed=True, **result)
+                    self.fail("posd restarted but runs %s instead of %s"
+                              % (status.get("app_version"), version), changed=True, **result)
             elif pack_plan and result["journal"]["action"] != "replaced":
                 try:
                     posd("reload")
                 except PosdError as error:
-                    module.warn("posd did not reload the restored packs (%s); it reads them when it starts" % error)
+                    module.warn("posd did not reload the restored packs (%s); it reads them when it starts"
+                                % error)
         except PosdError as error:
-            self.fail("the terminal is restored but posd did not come back: %s" % error, changed=True, **result)
+            self.fail("the terminal is restored but posd did not come back: %s" % error, changed=True,
+                      **result)
         self.verify(version, pack_plan, result)
         result["versions_after"] = {"app_version": app_version(style), "packs": pack_versions()}
         module.exit_json(changed=True, diff=diff, **result)

@@ -31,7 +31,8 @@ options:
     type: float
     default: 5
 notes:
-  - Supports check mode; in check mode nothing is uploaded and RV(would_upload) says how many sales are pending.
+  - Supports check mode; in check mode nothing is uploaded and RV(would_upload) says how many sales are
+    pending.
   - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 

@@ -15,16 +15,16 @@ description:
   - "C(app_running): the posd process answers with that version (it was restarted or the terminal rebooted)."
   - "C(app_files): every installed app file is as shipped: for V(bundle) the C(MANIFEST.json) of
     C(/opt/pos/app/current); for V(dpkg) C(dpkg --verify posd) prints nothing."
-  - "C(pack:<name>): the pack's C(current) is the wanted version (O(release.packs), and O(merchant_version) for
-    the merchant pack) and every file matches its C(PACK.json)."
+  - "C(pack:<name>): the pack's C(current) is the wanted version (O(release.packs), and O(merchant_version)
+    for the merchant pack) and every file matches its C(PACK.json)."
   - "C(journal): SQLite C(PRAGMA integrity_check) of the journal, opened read-only, is C(ok)."
   - "C(health): posd reports itself healthy."
   - "C(sequence): in created order every sale has the next invoice number and the next STAN (wrapping from
     999999 to 1), batches never go down, and the counters are not below the highest numbers in the journal."
   - When a check fails the module fails with a message listing the failed checks, and returns RV(checks) and
     RV(drift).
-  - When every check passes and O(leave_maintenance) is set, the terminal goes back in service (the only change
-    this module makes).
+  - When every check passes and O(leave_maintenance) is set, the terminal goes back in service (the only
+    change this module makes).
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -53,8 +53,10 @@ EXAMPLES = r"""
 - name: Verify the update and put the terminal back in service
   pos_verify:
     release:
-      app_version: "{{ pos_release_model.app.version }}"
-      packs: "{{ pos_release_model.packs | dict2items | items2dict(value_name='value') | pos_pack_versions }}"
+      app_version: "{{ pos_update_entry.app.version }}"
+      packs:
+        params: "{{ pos_update_entry.packs.params.version }}"
+        catalog: "{{ pos_update_entry.packs.catalog.version }}"
     package_style: "{{ pos_model_profile.package_style }}"
     merchant_version: "{{ pos_data_sync_result.merchant_version }}"
     leave_maintenance: true
@@ -81,42 +83,34 @@ left_maintenance:
   type: bool
 """
 
-import json
 import os
 import sqlite3
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import ArchiveError, read_pack_manifest, tree_files, verify_files
+from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, read_pack_manifest, verify_files
 from ansible.module_utils.pos_journal import connect_ro, integrity, sequence_problems
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
     JOURNAL,
     PACKS_DIR,
+    SEQUENCE_GAPS,
     PosdError,
     app_version,
     dpkg_argv,
     posd,
+    read_json,
     terminal_path,
 )
 
 
 def check_app_files(module, style):
     if style == "bundle":
-        base = os.path.realpath(terminal_path(os.path.join(APP_DIR, "current")))
-        try:
-            with open(os.path.join(base, "MANIFEST.json"), encoding="utf-8") as handle:
-                files = json.load(handle)["files"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            return False, "cannot read %s/current/MANIFEST.json: %s" % (APP_DIR, error)
-        problems = verify_files(base, files)
-        # Python's bytecode cache is derived from the shipped sources at run time, not part of the bundle.
-        extra = sorted(path for path in set(tree_files(base)) - set(files) - {"MANIFEST.json"}
-                       if "__pycache__/" not in path)
-        if extra:
-            problems.append("not in MANIFEST.json: %s" % ", ".join(extra[:5]))
-        if problems:
-            return False, "; ".join(problems[:5])
-        return True, "%d files match MANIFEST.json" % len(files)
+        link = terminal_path(os.path.join(APP_DIR, "current"))
+        base = os.path.realpath(link)
+        problem = bundle_problems(base, os.path.basename(base))
+        if problem:
+            return False, "%s/current: %s" % (APP_DIR, problem)
+        return True, "every file of %s matches its MANIFEST.json" % os.path.basename(base)
     rc, out, err = module.run_command(dpkg_argv("dpkg", "--verify", "posd"))
     if rc != 0 or out.strip():
         return False, "dpkg --verify posd: %s" % ((out or err).strip()[:600] or "exit %d" % rc)
@@ -156,7 +150,7 @@ def check_journal():
         journal = (found == "ok", "integrity_check: %s" % found)
         if found != "ok":
             return journal, (False, "not checked: the journal is damaged")
-        problems = sequence_problems(conn)
+        problems = sequence_problems(conn, read_json(SEQUENCE_GAPS, []) or [])
         rows = conn.execute("SELECT COUNT(*) FROM txn").fetchone()[0]
         return journal, (not problems, "; ".join(problems) or "%d sales, numbers continuous" % rows)
     except sqlite3.Error as error:
@@ -201,10 +195,12 @@ def main():
         if status else down)
     add("app_files", check_app_files(module, style))
     for name in sorted(wanted_packs):
-        add("pack:%s" % name, check_pack(name, str(wanted_packs[name])))
+        if wanted_packs[name] is not None:  # None: the release does not have this pack (a factory terminal)
+            add("pack:%s" % name, check_pack(name, str(wanted_packs[name])))
     journal, sequence = check_journal()
     add("journal", journal)
-    add("health", (bool(status.get("healthy")), status.get("health_detail") or "no detail") if status else down)
+    add("health", (bool(status.get("healthy")), status.get("health_detail") or "no detail")
+        if status else down)
     add("sequence", sequence)
 
     drift = ["%s: %s" % (check["name"], check["detail"]) for check in checks if not check["ok"]]
@@ -218,9 +214,10 @@ def main():
             try:
                 posd("maintenance_leave")
             except PosdError as error:
-                module.fail_json(msg="every check passed but the terminal could not leave maintenance: %s" % error,
-                                 checks=checks, drift=drift)
-    module.exit_json(changed=left, checks=checks, drift=drift, left_maintenance=left and not module.check_mode)
+                module.fail_json(msg="every check passed but the terminal could not leave maintenance: %s"
+                                 % error, checks=checks, drift=drift)
+    module.exit_json(changed=left, checks=checks, drift=drift,
+                     left_maintenance=left and not module.check_mode)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
 """pos_facts on a terminal laid out under POS_ROOT with a running posd: what an update decides on."""
 
 
-
-
 def facts_of(result):
     assert not result.get("failed"), result
     return result["ansible_facts"]["pos_terminal"]

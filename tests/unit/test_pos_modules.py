@@ -97,8 +97,9 @@ def test_maintenance_defers_when_a_sale_does_not_finish_in_time(make_terminal, r
 
 def test_ready_waits_for_posd_after_a_restart_and_fails_clearly_when_it_stays_down(make_terminal, run_module):
     terminal = make_terminal()
-    starts = terminal.starts
-    os.kill(terminal.proc.pid, 15)
+    starts, old = terminal.starts, terminal.proc
+    old.send_signal(15)
+    old.wait(10)  # gone: the next posd that answers is the one init starts again
 
     ready = run_module("pos_maintenance", {"state": "ready", "timeout": 20}, terminal.root)
 
@@ -496,6 +497,24 @@ def test_data_sync_resumes_a_pack_download(make_terminal, run_module, dist):
     assert result["changed"] and result["resumed"] is True and terminal.pack_current("catalog") == "2026.11.0"
 
 
+def test_data_sync_fails_when_posd_refuses_the_new_pack_or_is_down(make_terminal, run_module, dist):
+    terminal = make_terminal()
+    # A params pack whose PACK.json is right but whose content posd refuses (no acquirer URL).
+    files = dict(pack_files("params", "2026.11.0"), **{"endpoints.json": json.dumps({"timeout_s": 10})})
+    spec = dict(dist.publish("/pool/params-bad.tar.gz", pack_archive("params", "2026.11.0", files)),
+                version="2026.11.0")
+
+    refused = run_module("pos_data_sync", {"packs": {"params": spec}, "retry_delay": 0}, terminal.root)
+
+    assert refused["failed"] and refused["changed"]  # switched, so the update goes to rollback
+    assert refused["msg"].startswith("posd did not load the new packs: params (posd has None): ")
+    assert "endpoints.json needs an http(s) acquirer_url" in refused["msg"]
+    terminal.halt()
+    specs = publish_packs(dist, terminal, versions={"catalog": "2026.11.0"})
+    down = run_module("pos_data_sync", sync_args(specs), terminal.root)
+    assert down["msg"].startswith("the packs are switched but posd did not reload them: cannot talk to posd")
+
+
 # --- pos_verify ------------------------------------------------------------------------------------
 
 
@@ -624,6 +643,13 @@ def test_restore_rolls_a_bundle_terminal_back_and_is_idempotent(make_terminal, r
     again = run_module("pos_restore", {"package_style": "bundle"}, terminal.root)
     assert not again["changed"] and again["restored"] == []
 
+    # Trying the update again reuses the kept, intact 1.1.0 directory: nothing to download.
+    requests = len(dist.requests)
+    published = publish_app(dist, artifacts, "1.1.0", "bundle")
+    retry = run_module("pos_package", package_args(published, "1.1.0", "bundle"), terminal.root)
+    assert retry["changed"] and retry["bytes_downloaded"] == 0 and len(dist.requests) == requests
+    assert terminal.status()["app_version"] == "1.1.0"
+
 
 def test_restore_reinstalls_the_previous_deb_on_a_dpkg_terminal(make_terminal, run_module, dist, artifacts):
     terminal = make_terminal(style="dpkg")
@@ -680,6 +706,23 @@ def test_restore_puts_lost_sales_back_without_letting_counters_go_backwards(make
     terminal.path("/var/lib/pos/sequence_gaps.json").unlink()
     verify = run_module("pos_verify", {"release": release, "package_style": "bundle"}, terminal.root)
     assert verify["drift"] == ["sequence: invoice jumps from 5 to 10; STAN jumps from 5 to 10 at invoice 10"]
+
+
+def test_restore_raises_counters_that_were_reset_and_keeps_the_sales(make_terminal, run_module):
+    terminal = make_terminal()
+    terminal.ctl("maintenance_enter", timeout=5)
+    terminal.ctl("make_pending", count=4)
+    run_module("pos_backup", {"package_style": "bundle"}, terminal.root)
+    db = sqlite3.connect(terminal.path("/var/lib/pos/journal.db"), timeout=10)
+    with db:
+        db.execute("UPDATE counters SET value = 0 WHERE name IN ('stan', 'invoice')")
+    db.close()
+
+    result = run_module("pos_restore", {"package_style": "bundle"}, terminal.root)
+
+    assert result["changed"] and result["journal"]["action"] == "counters"
+    assert result["counters_after"] == {"stan": 4, "batch": 1, "invoice": 4}
+    assert terminal.status()["counters"]["invoice"] == 4 and len(terminal.journal_rows()) == 4
 
 
 def test_restore_replaces_a_journal_damaged_beyond_opening(make_terminal, run_module):
