@@ -109,14 +109,15 @@ def pos_preflight_verdict(facts, profile, entry, min_kbps=0, margin_mb=0):
 
 def pos_update_summary(hostvars, hosts):
     """Counts of update outcomes by model and region; a terminal with no outcome was unreachable."""
-    statuses = ("updated", "current", "deferred", "failed", "rolled_back", "unreachable")
+    # A terminal still at `go` when the run ends stopped answering in the middle of its update.
+    statuses = ("updated", "current", "deferred", "failed", "rolled_back", "unreachable", "would_update")
     groups = {}
     for host in sorted(hosts):
         variables = hostvars.get(host) or {}
         key = (variables.get("pos_model", "?"), variables.get("pos_region", "?"))
         row = groups.setdefault(key, dict({"model": key[0], "region": key[1]}, **{s: 0 for s in statuses}))
         status = variables.get("pos_update_status")
-        row[status if status in statuses else ("failed" if status == "go" else "unreachable")] += 1
+        row[status if status in statuses else "unreachable"] += 1
     rows = [groups[k] for k in sorted(groups)]
     total = dict({"model": "TOTAL", "region": ""}, **{s: sum(r[s] for r in rows) for s in statuses})
     return [*rows, total]
@@ -128,9 +129,19 @@ def pos_update_problems(hostvars, hosts):
     for host in sorted(hosts):
         variables = hostvars.get(host) or {}
         status = variables.get("pos_update_status", "unreachable")
-        if status not in ("current", "updated"):
+        if status not in ("current", "updated", "would_update"):
             lines.append("%s %s: %s" % (host, status, variables.get("pos_update_reason") or "no answer"))
     return lines
+
+
+def pos_drift_report(hostvars, hosts):
+    """{serial: [drift lines]} for every audited terminal that does not run the release intact."""
+    report = {}
+    for host in sorted(hosts):
+        drift = (hostvars.get(host) or {}).get("verify_drift")
+        if drift:
+            report[host] = list(drift)
+    return report
 
 
 class FilterModule:
@@ -140,4 +151,5 @@ class FilterModule:
         return {"pos_fleet_summary": pos_fleet_summary, "pos_table": pos_table,
                 "pos_merchant_version": pos_merchant_version, "pos_release_target": pos_release_target,
                 "pos_pack_urls": pos_pack_urls, "pos_preflight_verdict": pos_preflight_verdict,
-                "pos_update_summary": pos_update_summary, "pos_update_problems": pos_update_problems}
+                "pos_update_summary": pos_update_summary, "pos_update_problems": pos_update_problems,
+                "pos_drift_report": pos_drift_report}

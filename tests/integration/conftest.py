@@ -17,8 +17,9 @@ POSLAB = ROOT / "bin" / "poslab"
 TERMINALS = int(os.environ.get("POSLAB_TEST_TERMINALS", "6"))
 
 
-def run(argv, check=True, timeout=300, env=None):
+def run(argv, check=True, timeout=300, env=None, input_text=None):
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            input=input_text,
                             env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), **(env or {})),
                             check=False)
     if check and result.returncode != 0:
@@ -27,8 +28,8 @@ def run(argv, check=True, timeout=300, env=None):
     return result
 
 
-def poslab(*args, check=True, timeout=300):
-    return run([POSLAB, *args], check=check, timeout=timeout)
+def poslab(*args, check=True, timeout=300, input_text=None):
+    return run([POSLAB, *args], check=check, timeout=timeout, input_text=input_text)
 
 
 def host_snapshot():

@@ -1,6 +1,7 @@
 """The rolling update on the lab, as an operator runs it: baseline, upgrade, no-op re-run, broken release."""
 
 import json
+from pathlib import Path
 
 from conftest import poslab, run
 
@@ -65,5 +66,55 @@ def test_broken_release_rolls_back_and_stops_the_rollout(lab):
     assert {v[:3] for v in after.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, after
     assert all(v[3] in ("idle", "in-transaction") for v in after.values())
     assert before.keys() == after.keys()
+    totals = ledger_totals()
+    assert totals["missing"] == 0 and totals["duplicated"] == 0
+
+
+def backups_on_control_node():
+    store = Path("/var/lib/poslab/backups")
+    return sorted(str(p) for p in store.rglob("*.tar.enc")) if store.exists() else []
+
+
+def test_check_mode_changes_nothing(lab):
+    before, stored = fleet_versions(), backups_on_control_node()
+    result = run(["ansible-playbook", "playbooks/update.yml", "--check", "-e", "update_release=2026.11.0", *VAULT],
+                 timeout=900)
+    assert summary_totals(result.stdout)["would_update"] == len(lab)
+    assert {s: v[:3] for s, v in fleet_versions().items()} == {s: v[:3] for s, v in before.items()}
+    assert backups_on_control_node() == stored
+
+
+def test_verify_reports_drift_after_a_hand_edit(lab):
+    assert run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"]).returncode == 0
+    serial = next(iter(lab))
+    fees = "/var/lib/pos/packs/params/current/fees.json"
+    original = poslab("exec", serial, "--", "cat", fees).stdout
+    poslab("exec", serial, "--", "sh", "-c", f"echo ' ' >> {fees}")
+    try:
+        result = run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"], check=False)
+        assert result.returncode != 0
+        assert serial in result.stdout and "pack:params" in result.stdout
+        assert "1 terminal(s) drifted" in result.stdout, "only the edited terminal drifted"
+    finally:
+        poslab("exec", serial, "--", "sh", "-c", f"cat > {fees}", input_text=original)
+    assert run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"]).returncode == 0
+
+
+def test_rollback_to_a_named_release(lab):
+    run(["ansible-playbook", "playbooks/rollback.yml", "-e", "rollback_release=2026.11.0", *VAULT], timeout=900)
+    versions = fleet_versions()
+    assert {v[:3] for v in versions.values()} == {("1.0.0", "2026.11.0", "2026.11.0")}, versions
+    totals = ledger_totals()
+    assert totals["missing"] == 0 and totals["duplicated"] == 0
+
+
+def test_rollback_to_the_last_backup(lab):
+    # The newest backup of each terminal was taken on 2026.12.0, just before the rollback above.
+    serial = next(s for s, row in lab.items() if row["model"] == "heron_h5")
+    run(["ansible-playbook", "playbooks/rollback.yml", "-l", serial, *VAULT], timeout=900)
+    versions = fleet_versions()
+    assert versions[serial][:3] == ("1.1.0", "2026.12.0", "2026.12.0"), versions[serial]
+    assert versions[serial][3] in ("idle", "in-transaction")
+    assert all(v[:3] == ("1.0.0", "2026.11.0", "2026.11.0") for s, v in versions.items() if s != serial)
     totals = ledger_totals()
     assert totals["missing"] == 0 and totals["duplicated"] == 0
