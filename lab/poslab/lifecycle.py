@@ -122,8 +122,11 @@ def ensure_secrets():
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(32) + "\n")
     vault = shutil.which("ansible-vault", path=str(config.PROJECT / ".venv" / "bin")) or "ansible-vault"
+    # Only the lab's password file may be in play: a vault password set in the caller's environment
+    # (molecule sets one) would make two default vault ids.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_VAULT")}
     encrypted = run([vault, "encrypt_string", "--vault-password-file", str(config.VAULT_PASSWORD),
-                     "--stdin-name", "pos_backup_key"], input_text=secrets.token_hex(32)).stdout
+                     "--stdin-name", "pos_backup_key"], input_text=secrets.token_hex(32), env=env).stdout
     fd = os.open(config.VAULT_SECRETS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write("---\n# The lab's backup encryption key, vault-encrypted; made by `poslab up`.\n" + encrypted)

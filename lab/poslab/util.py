@@ -22,9 +22,10 @@ def log(message):
     print(f"poslab [{time.monotonic() - _START:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def run(argv, check=True, input_text=None):
+def run(argv, check=True, input_text=None, env=None):
     """Run a command; on failure exit with the command and its own error output, not a traceback."""
-    result = subprocess.run(argv, capture_output=True, text=True, input=input_text, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, input=input_text, check=False,
+                            env=env)
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip()[-2000:]
         raise SystemExit(f"poslab: `{' '.join(map(str, argv))}` failed (exit {result.returncode}): {detail}")

@@ -1,6 +1,8 @@
-"""What an operator would check on a lab terminal after the converge."""
+"""What an operator would check on a lab terminal after converging it to the baseline release."""
 
 import json
+
+BASELINE = {"app_version": "1.0.0", "params": "2026.11.0", "catalog": "2026.11.0"}
 
 
 def posd_status(host):
@@ -20,12 +22,20 @@ def test_identity_matches_hostname(host):
     assert identity["serial"] == host.check_output("hostname")
 
 
-def test_payment_app_is_selling_with_all_packs(host):
+def test_runs_the_baseline_release_and_sells(host):
     status = posd_status(host)
+    assert status["app_version"] == BASELINE["app_version"]
+    assert status["packs"]["params"] == BASELINE["params"]
+    assert status["packs"]["catalog"] == BASELINE["catalog"]
+    assert status["packs"]["merchant"], "the merchant profile was rendered for this terminal"
     assert status["healthy"], status["health_detail"]
-    assert status["state"] in ("idle", "in-transaction")
-    assert set(status["packs"]) == {"params", "catalog", "merchant"}
-    assert all(status["packs"].values())
+    assert status["state"] in ("idle", "in-transaction") and not status["maintenance"]
+
+
+def test_backup_taken_before_the_change(host):
+    snapshot = host.file("/var/lib/pos/backup/snapshot.tar")
+    assert snapshot.exists and snapshot.size > 0
+    assert snapshot.mode & 0o077 == 0, "the snapshot holds card data: no access for others"
 
 
 def test_terminal_has_no_default_route(host):
