@@ -11,6 +11,7 @@ posfleet.release, the same code `posfleet-release verify` runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from urllib.parse import urlsplit
@@ -88,6 +89,12 @@ class ActionModule(ActionBase):
                 f"{', '.join(missing)}, which the play's terminals are; build the release for them or "
                 "limit the play to the models it covers"))
             return result
+        # For terminals that check the signature themselves (pos_signature_check): the exact bytes the
+        # control node verified, and the key, so the terminal needs no configuration of its own.
+        with open(self._loader.path_dwim(args["public_key"]), encoding="ascii") as handle:
+            result["public_key_pem"] = handle.read()
+        result["manifest_sha256"] = hashlib.sha256(data).hexdigest()
+        result["manifest_url"] = manifest if urlsplit(manifest).scheme in ("http", "https") else None
         result.update(release=release, release_id=release["release"],
                       msg=f"release {release['release']} verified ({len(release['models'])} models)")
         return result

@@ -30,6 +30,11 @@ def summary_totals(stdout):
     return dict(zip(header[2:], map(int, total[1:])))
 
 
+def acquirer_count(serial):
+    ledger = json.loads(poslab("ledger", "--json", check=False).stdout)
+    return next(e for e in ledger["terminals"] if e["serial"] == serial)["acquirer"]
+
+
 def ledger_totals():
     return json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
 
@@ -39,7 +44,12 @@ def test_baseline_then_upgrade_across_all_models_and_regions(lab):
         publish(spec)
     update("2026.11.0")
     assert {v[:3] for v in fleet_versions().values()} == {("1.0.0", "2026.11.0", "2026.11.0")}
+    # Offline sales waiting on one terminal must reach the acquirer before its backup is taken.
+    serial = next(iter(lab))
+    held = acquirer_count(serial)
+    poslab("fault", serial, "txn-pending", "5")
     result = update("2026.12.0")
+    assert acquirer_count(serial) >= held + 5
     assert summary_totals(result.stdout)["updated"] == len(lab)
     versions = fleet_versions()
     assert {v[:3] for v in versions.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, versions
