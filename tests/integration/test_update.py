@@ -1,6 +1,7 @@
 """The rolling update on the lab, as an operator runs it: baseline, upgrade, no-op re-run, broken release."""
 
 import json
+import sqlite3
 from pathlib import Path
 
 from conftest import poslab, run
@@ -30,9 +31,26 @@ def summary_totals(stdout):
     return dict(zip(header[2:], map(int, total[1:])))
 
 
-def acquirer_count(serial):
-    ledger = json.loads(poslab("ledger", "--json", check=False).stdout)
-    return next(e for e in ledger["terminals"] if e["serial"] == serial)["acquirer"]
+def acquirer_ids(serial):
+    with sqlite3.connect("file:/var/lib/poslab/acquirer/ledger.db?mode=ro", uri=True) as db:
+        return {row[0] for row in db.execute("SELECT id FROM txn WHERE serial = ?", (serial,))}
+
+
+def uploaded_in_backup(serial, ids):
+    """Ids among `ids` that the journal inside the terminal's pre-update snapshot marks uploaded."""
+    script = (
+        "import json, sqlite3, sys, tarfile, tempfile\n"
+        "tmp = tempfile.mkdtemp()\n"
+        "with tarfile.open('/var/lib/pos/backup/snapshot.tar') as tar:\n"
+        "    member = next(m for m in tar.getmembers() if m.name.endswith('journal.db'))\n"
+        "    tar.extract(member, tmp)\n"
+        "db = sqlite3.connect(tmp + '/' + member.name)\n"
+        "ids = json.loads(sys.argv[1])\n"
+        "rows = db.execute('SELECT id FROM txn WHERE uploaded = 1 AND id IN (%s)' % ','.join('?' * len(ids)), ids)\n"
+        "print(json.dumps([r[0] for r in rows]))\n"
+    )
+    out = poslab("exec", serial, "--", "python3", "-c", script, json.dumps(ids)).stdout
+    return set(json.loads(out))
 
 
 def ledger_totals():
@@ -46,10 +64,10 @@ def test_baseline_then_upgrade_across_all_models_and_regions(lab):
     assert {v[:3] for v in fleet_versions().values()} == {("1.0.0", "2026.11.0", "2026.11.0")}
     # Offline sales waiting on one terminal must reach the acquirer before its backup is taken.
     serial = next(iter(lab))
-    held = acquirer_count(serial)
-    poslab("fault", serial, "txn-pending", "5")
+    pending = json.loads(poslab("exec", serial, "--", "posctl", "make_pending", "count=5").stdout)["ids"]
     result = update("2026.12.0")
-    assert acquirer_count(serial) >= held + 5
+    assert set(pending) <= acquirer_ids(serial), "the offline sales reached the acquirer"
+    assert uploaded_in_backup(serial, pending) == set(pending), "they were uploaded before the backup was taken"
     assert summary_totals(result.stdout)["updated"] == len(lab)
     versions = fleet_versions()
     assert {v[:3] for v in versions.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, versions
