@@ -29,7 +29,7 @@ echo "==> Lab status"
 poslab status
 
 echo "==> Reconciling every terminal journal with the acquirer ledger"
-poslab ledger || true
+poslab ledger
 echo
 echo "The lab stays up for you to explore: 'poslab status', 'poslab exec SERIAL -- posctl status',"
 echo "'ansible-playbook playbooks/facts.yml'. Remove it with 'make lab-down' (or 'poslab down')."

@@ -84,9 +84,12 @@ def pos_preflight_verdict(facts, profile, entry, min_kbps=0, margin_mb=0):
     Returns {"status": "current" | "deferred" | "go", "reason": text}. Deferral is not failure: the
     terminal is fine, only not ready now (low battery, a full disk, a poor link); a re-run picks it up.
     """
-    if facts.get("current"):
-        return {"status": "current", "reason": "already on the release"}
     posd = facts.get("posd") or {}
+    # A terminal left in maintenance was interrupted mid-update (the link or the power went, or the
+    # control node was stopped): even when its versions already match, it has not been verified and
+    # does not sell. It goes through the pipeline again, whose steps skip what is already done.
+    if facts.get("current") and not posd.get("maintenance"):
+        return {"status": "current", "reason": "already on the release"}
     if posd.get("state") == "down":
         return {"status": "deferred", "reason": "payment app not answering: %s" % posd.get("health_detail")}
     need = int(entry.get("storage_mb", 0)) + int(margin_mb)
@@ -135,12 +138,17 @@ def pos_update_problems(hostvars, hosts):
 
 
 def pos_drift_report(hostvars, hosts):
-    """{serial: [drift lines]} for every audited terminal that does not run the release intact."""
+    """{serial: [drift lines]} for every targeted terminal that does not run the release intact.
+
+    A terminal that could not be audited (unreachable) is listed too: an audit must not call it intact.
+    """
     report = {}
     for host in sorted(hosts):
-        drift = (hostvars.get(host) or {}).get("verify_drift")
-        if drift:
-            report[host] = list(drift)
+        variables = hostvars.get(host) or {}
+        if "verify_drift" not in variables:
+            report[host] = ["not audited: the terminal did not answer"]
+        elif variables["verify_drift"]:
+            report[host] = list(variables["verify_drift"])
     return report
 
 

@@ -53,6 +53,11 @@ def uploaded_in_backup(serial, ids):
     return set(json.loads(out))
 
 
+def journal_counts():
+    ledger = json.loads(poslab("ledger", "--json", check=False).stdout)
+    return {e["serial"]: e["generated"] for e in ledger["terminals"]}
+
+
 def ledger_totals():
     return json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
 
@@ -65,7 +70,10 @@ def test_baseline_then_upgrade_across_all_models_and_regions(lab):
     # Offline sales waiting on one terminal must reach the acquirer before its backup is taken.
     serial = next(iter(lab))
     pending = json.loads(poslab("exec", serial, "--", "posctl", "make_pending", "count=5").stdout)["ids"]
+    sold_before = journal_counts()
     result = update("2026.12.0")
+    sold_after = journal_counts()
+    assert all(sold_after[s] > sold_before[s] for s in lab), "every terminal kept selling around its update"
     assert set(pending) <= acquirer_ids(serial), "the offline sales reached the acquirer"
     assert uploaded_in_backup(serial, pending) == set(pending), "they were uploaded before the backup was taken"
     assert summary_totals(result.stdout)["updated"] == len(lab)
@@ -86,9 +94,10 @@ def test_rerun_is_a_noop(lab):
 
 def test_broken_release_rolls_back_and_stops_the_rollout(lab):
     before = fleet_versions()
+    canary = sorted(lab)[0]
     result = update("2026.12.1-broken", check=False)
     assert result.returncode != 0
-    assert "rolled_back" in result.stdout
+    assert f"{canary} rolled_back: " in result.stdout, "the canary was rolled back, with the reason"
     after = fleet_versions()
     # The canary rolled back to the release it ran; no other terminal was touched.
     assert {v[:3] for v in after.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, after
