@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 POSD = REPO / "lab" / "posd" / "posd.py"
@@ -40,17 +41,6 @@ BATCH_FLOOR = 7
 # runs them under another interpreter than this one, e.g. `POSFLEET_TERMINAL_PYTHON=python3.9 pytest`.
 TERMINAL_PYTHON = os.environ.get("POSFLEET_TERMINAL_PYTHON") or sys.executable
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    """Poll `predicate` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def luhn_valid(pan):
