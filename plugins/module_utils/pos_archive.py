@@ -263,6 +263,17 @@ def read_pack_manifest(base, name):
     return manifest
 
 
+def pack_intact(base, name, version):
+    """Whether the pack tree `base` is a real directory holding `version` and matching its PACK.json."""
+    if not os.path.isdir(base) or os.path.islink(base):
+        return False
+    try:
+        manifest = read_pack_manifest(base, name)
+    except ArchiveError:
+        return False
+    return str(manifest["version"]) == version and not verify_files(base, manifest["files"])
+
+
 def check_pack_manifest(manifest, name, label, version=None):
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or manifest.get("name") != name or not manifest.get("version"):

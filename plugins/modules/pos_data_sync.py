@@ -123,8 +123,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import (
     ArchiveError,
     check_pack_manifest,
+    pack_intact,
     read_member_json,
-    read_pack_manifest,
     safe_extract,
     verify_files,
 )
@@ -154,14 +154,7 @@ def pack_base(name):
 
 def intact(name, version):
     """Whether packs/<name>/<version> is there and matches its PACK.json."""
-    base = os.path.join(pack_base(name), version)
-    if not os.path.isdir(base) or os.path.islink(base):
-        return False
-    try:
-        manifest = read_pack_manifest(base, name)
-    except ArchiveError:
-        return False
-    return str(manifest["version"]) == version and not verify_files(base, manifest["files"])
+    return pack_intact(os.path.join(pack_base(name), version), name, version)
 
 
 def current_target(name):

@@ -120,8 +120,7 @@ from ansible.module_utils.pos_archive import (
     digest_tar_stream,
     manifest_problems,
     member_path,
-    read_pack_manifest,
-    verify_files,
+    pack_intact,
 )
 from ansible.module_utils.pos_journal import (
     COUNTERS,
@@ -267,7 +266,7 @@ class Restore:
                 continue
             link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
             base = terminal_path(os.path.join(PACKS_DIR, name, version))
-            good = self.pack_intact(name, version, base)
+            good = pack_intact(base, name, version)
             current = os.readlink(link) if os.path.islink(link) else None
             if current == version and good:
                 continue
@@ -280,16 +279,6 @@ class Restore:
                 self.module.warn("pack %s %s was not on the terminal when the snapshot was taken; it is left "
                                  "as it is" % (name, version))
         return plan
-
-    @staticmethod
-    def pack_intact(name, version, base):
-        if not os.path.isdir(base) or os.path.islink(base):
-            return False
-        try:
-            manifest = read_pack_manifest(base, name)
-        except ArchiveError:
-            return False
-        return str(manifest["version"]) == version and not verify_files(base, manifest["files"])
 
     def plan_journal(self, snapshot_db):
         """(action, reason, observed counters) for the journal; fails when restoring would lose sales."""
@@ -353,7 +342,7 @@ class Restore:
                 shutil.rmtree(target)
             os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
             extract_members(tar, "packs/%s/%s" % (name, version), target)
-            if not self.pack_intact(name, version, target):
+            if not pack_intact(target, name, version):
                 shutil.rmtree(target, ignore_errors=True)
                 self.fail("pack %s %s in the snapshot does not match its PACK.json; nothing was switched"
                           % (name, version))
@@ -505,7 +494,7 @@ class Restore:
         for name, item in pack_plan.items():
             base = terminal_path(os.path.join(PACKS_DIR, name, "current"))
             if os.path.basename(os.path.realpath(base)) != item["version"] or \
-                    not self.pack_intact(name, item["version"], os.path.realpath(base)):
+                    not pack_intact(os.path.realpath(base), name, item["version"]):
                 problems.append("pack %s is not %s intact" % (name, item["version"]))
         try:
             conn = connect_ro(terminal_path(JOURNAL))
