@@ -269,18 +269,29 @@ def plan_waves(hosts, canary_per_model=1, waves=(10, 30, 100), order="region", s
     return plan
 
 
-def serial_for_ansible(waves):
+def serial_for_ansible(waves, batch_size=None):
     """The batch sizes to give a play's `serial` when its hosts are in wave order (order_hosts).
 
-    Ansible cuts the play's host list into batches of these sizes before the first batch starts.
+    Ansible cuts the play's host list into batches of these sizes before the first batch starts. A
+    wave larger than `batch_size` is cut into batches of at most that many terminals: the error
+    budget is checked between batches, so a batch is how far a rollout can go before it may stop.
     An empty plan gives []: Ansible reads an empty `serial` as one batch of every host, which only
     matches an empty plan when the play has no hosts either (order_hosts checks that).
     """
+    if batch_size is not None:
+        if isinstance(batch_size, str) and batch_size.strip().isdigit():
+            batch_size = int(batch_size)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise RolloutError(f"batch_size {batch_size!r} is not a count of terminals of at least 1")
     sizes = []
     for index, wave in enumerate(waves):
         if isinstance(wave, (str, bytes)) or not isinstance(wave, (list, tuple)) or not wave:
             raise RolloutError(f"wave {index} ({wave!r}) is not a non-empty list of serials")
-        sizes.append(len(wave))
+        left = len(wave)
+        while left:
+            size = left if batch_size is None else min(left, batch_size)
+            sizes.append(size)
+            left -= size
     return sizes
 
 
@@ -426,7 +437,12 @@ def budget_file_read(path):
 
 
 def budget_file_update(path, serial, status):
-    """Record one terminal's outcome in a budget file shared by several processes; return every outcome.
+    """Record one terminal's outcome in a budget file shared by several processes; return every outcome."""
+    return budget_file_merge(path, {serial: status})
+
+
+def budget_file_merge(path, outcomes):
+    """Record outcomes {serial: status} in a budget file shared by several processes; return every outcome.
 
     The file is a JSON object {serial: status}; a serial recorded twice keeps its newest status. The
     read-change-write runs under an exclusive flock on `<path>.lock` (a separate file, because the
@@ -435,18 +451,23 @@ def budget_file_update(path, serial, status):
     writer loses another's update. Processes must share the file system and its locks: one control
     node, or a shared file system whose flock works across hosts.
     """
-    _check_outcome(serial, status)
+    if not isinstance(outcomes, collections.abc.Mapping):
+        raise RolloutError(f"outcomes must be a mapping of serial to status, not {type(outcomes).__name__}")
+    for serial, status in outcomes.items():
+        _check_outcome(serial, status)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     with open(path + ".lock", "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        outcomes = budget_file_read(path)
-        outcomes[serial] = status
+        recorded = budget_file_read(path)
+        if all(recorded.get(serial) == status for serial, status in outcomes.items()):
+            return recorded
+        recorded.update(outcomes)
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed before the rename, removed on error)
             "w", encoding="utf-8", dir=directory, prefix=".budget-", suffix=".tmp", delete=False)
         try:
             with handle:
-                json.dump(outcomes, handle, indent=1, sort_keys=True)
+                json.dump(recorded, handle, indent=1, sort_keys=True)
                 handle.write("\n")
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -454,4 +475,4 @@ def budget_file_update(path, serial, status):
         except BaseException:
             os.unlink(handle.name)
             raise
-    return outcomes
+    return recorded

@@ -58,6 +58,65 @@ def pos_rollout_hosts(hostvars, hosts):
     return fleet
 
 
+# A terminal ends a rollout with one of these; `go` (still updating) is not an outcome.
+FINAL_STATUSES = ("current", "updated", "deferred", "failed", "rolled_back", "would_update")
+
+
+def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), order="region", seed=0,
+                     batch_size=None):
+    """The waves of a rollout over the terminals of `hosts` whose survey said `go`.
+
+    Terminals that are current, deferred or did not answer the survey are left out: a canary must be
+    a terminal that will really be updated. Returns {"waves": [[serial, ...]], "order": [serial, ...]
+    (the play's hosts, in wave order), "batches": [size, ...] (the play's serial), "wave_of":
+    {serial: wave index}}.
+    """
+    ready = [host for host in hosts if (hostvars.get(host) or {}).get("pos_update_status") == "go"]
+    fleet = pos_rollout_hosts(hostvars, ready)
+    try:
+        plan = rollout.plan_waves(fleet, canary_per_model, waves, order, seed)
+        ordered = rollout.order_hosts(ready, plan)
+        batches = rollout.serial_for_ansible(plan, batch_size)
+    except rollout.RolloutError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    wave_of = {serial: index for index, wave in enumerate(plan) for serial in wave}
+    return {"waves": plan, "order": ordered, "batches": batches, "wave_of": wave_of}
+
+
+def pos_rollout_outcomes(hostvars, hosts):
+    """{serial: status} of every terminal in `hosts` that the rollout started, for the error budget.
+
+    A terminal that started (pos_update_started) but has no final status stopped answering in the
+    middle of its update: it counts as unreachable.
+    """
+    outcomes = {}
+    for host in hosts:
+        variables = hostvars.get(host) or {}
+        if not variables.get("pos_update_started"):
+            continue
+        status = variables.get("pos_update_status")
+        outcomes[str(host)] = status if status in FINAL_STATUSES else "unreachable"
+    return outcomes
+
+
+def pos_plan_lines(plan, hostvars, shown=12):
+    """The waves of a plan (pos_rollout_plan) as lines for people: size, models, then the serials."""
+    if not plan.get("waves"):
+        return ["no terminal needs the update: nothing to roll out"]
+    lines = [f"{len(plan['order'])} terminals in {len(plan['waves'])} waves, "
+             f"{len(plan['batches'])} batches of {', '.join(str(size) for size in plan['batches'])}"]
+    for index, wave in enumerate(plan["waves"]):
+        models = {}
+        for serial in wave:
+            model = (hostvars.get(serial) or {}).get("pos_model", "?")
+            models[model] = models.get(model, 0) + 1
+        name = "canary" if index == 0 else f"wave {index}"
+        serials = ", ".join(wave[:shown]) + (f" and {len(wave) - shown} more" if len(wave) > shown else "")
+        counts = ", ".join(f"{model} {count}" for model, count in sorted(models.items()))
+        lines.append(f"{name}: {len(wave)} ({counts}): {serials}")
+    return lines
+
+
 def _wrap(function):
     def filter_function(*args, **kwargs):
         try:
@@ -77,6 +136,9 @@ class FilterModule:
         return {
             "pos_window": pos_window,
             "pos_rollout_hosts": pos_rollout_hosts,
+            "pos_rollout_plan": pos_rollout_plan,
+            "pos_rollout_outcomes": pos_rollout_outcomes,
+            "pos_plan_lines": pos_plan_lines,
             "pos_plan_waves": _wrap(rollout.plan_waves),
             "pos_wave_batches": _wrap(rollout.serial_for_ansible),
             "pos_order_hosts": _wrap(rollout.order_hosts),

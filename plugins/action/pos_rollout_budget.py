@@ -1,0 +1,77 @@
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pos_rollout_budget: the fleet-wide error budget of a rollout, checked between batches.
+
+An action plugin rather than a module: the budget lives on the control node (in the play's memory,
+and in a file when several ansible-playbook processes share one rollout), never on a terminal. The
+module file of the same name holds the documentation; the counting is posfleet.rollout's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ansible.plugins.action import ActionBase
+
+# plugins/action/pos_rollout_budget.py -> the repository root, where the posfleet package is.
+_PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+if _PROJECT not in sys.path:
+    sys.path.insert(0, _PROJECT)
+
+from posfleet import rollout  # noqa: E402  (needs the path set above)
+
+ARGUMENT_SPEC = {
+    "outcomes": {"type": "dict", "required": True},
+    "budget_file": {"type": "path"},
+    "max_failed": {"type": "raw"},
+    "max_failed_pct": {"type": "raw"},
+    "count_unreachable": {"type": "bool", "default": False},
+    "total": {"type": "int"},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        outcomes = {str(serial): status for serial, status in args["outcomes"].items()}
+        path = args["budget_file"]
+        changed = False
+        try:
+            if path:
+                if self._task.check_mode:
+                    # A preview spends no budget: read what real runs recorded, write nothing.
+                    recorded = rollout.budget_file_read(path)
+                    merged = dict(recorded, **outcomes)
+                else:
+                    before = rollout.budget_file_read(path)
+                    merged = rollout.budget_file_merge(path, outcomes)
+                    changed = merged != before
+                    result["diff"] = {"before": _lines(before), "after": _lines(merged),
+                                      "before_header": path, "after_header": path}
+            else:
+                merged = outcomes
+            total = args["total"]
+            if total is not None and path:
+                # Other processes' terminals are outside this play's total: count them in.
+                total += len(set(merged) - set(outcomes))
+            state = rollout.budget_state(merged, args["max_failed"], args["max_failed_pct"],
+                                         args["count_unreachable"], total)
+        except rollout.RolloutError as exc:
+            where = f" (budget file {path})" if path else ""
+            result.update(failed=True, msg=f"pos_rollout_budget{where}: {exc}")
+            return result
+        # "failed" in a result fails the task: the count of failed terminals goes under another name.
+        state["failed_terminals"] = state.pop("failed")
+        result.update(state, changed=changed, outcomes=len(merged), budget_file=path, msg=state["reason"])
+        return result
+
+
+def _lines(outcomes):
+    return "".join(f"{serial}: {status}\n" for serial, status in sorted(outcomes.items()))
