@@ -1,0 +1,757 @@
+"""Run reports on the control node: report.json, report.csv, report.html, retry.limit and the audit log.
+
+The callback plugin (plugins/callback/posfleet_report.py) builds one report document per run and
+hands it to write_run() and append_audit(); merge() joins the documents of AWX job slices into one.
+The document's shape is posfleet/report.schema.json and docs/reports.md; validate() checks it before
+anything is written, so a report on disk always matches the schema.
+
+Only the fields the schema names reach a report, which is how no secret does: there is no free-form
+field but `reason`, and the callback fills it with a failure message, never a variable's value.
+Standard library only (jsonschema is imported by validate() alone).
+"""
+
+import argparse
+import collections
+import contextlib
+import csv
+import datetime
+import fcntl
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import secrets
+import stat
+import sys
+from pathlib import Path
+
+SCHEMA_ID = "posfleet-report/1"
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+STATUSES = ("current", "updated", "deferred", "failed", "rolled_back", "unreachable", "would_update")
+# Statuses that leave a terminal not at the release: what a re-run with retry.limit picks up.
+RETRY_STATUSES = ("failed", "rolled_back", "deferred", "unreachable")
+# The update pipeline's steps in the order they run; a CSV has one column for each, and for any
+# other step a document names.
+STEPS = ("preflight", "quiesce", "txn_upload", "backup", "package", "data_sync", "reboot", "verify", "rollback")
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+LATEST = "latest"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+UTC = datetime.timezone.utc
+
+
+class ReportError(ValueError):
+    """A report document that does not match the schema, or a report that cannot be written."""
+
+
+# --- the document ----------------------------------------------------------------------------------
+
+def _where(path):
+    """`terminals[3].status` from a jsonschema error path."""
+    where = ""
+    for part in path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return where or "(top level)"
+
+
+def validate(doc):
+    """Check a report document against report.schema.json and the rules a schema cannot say.
+
+    Raises ReportError naming the field (`terminals[2].statsu`) and, for a row, its serial. Beyond the
+    schema: no serial twice, rows sorted by serial, totals equal to the rows' counts.
+    """
+    import jsonschema  # noqa: PLC0415  (only validation needs it; the rest of the module is stdlib)
+
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        path = list(error.absolute_path)
+        serial = ""
+        if len(path) >= 2 and path[0] == "terminals" and isinstance(path[1], int):
+            row = doc["terminals"][path[1]]
+            if isinstance(row, dict) and isinstance(row.get("serial"), str):
+                serial = f" (terminal {row['serial']})"
+        more = f"; {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
+        raise ReportError(f"report {doc.get('run_id', '?') if isinstance(doc, dict) else '?'}: "
+                          f"{_where(path)}{serial}: {error.message}{more}")
+    serials = [row["serial"] for row in doc["terminals"]]
+    twice = sorted(serial for serial, count in collections.Counter(serials).items() if count > 1)
+    if twice:
+        raise ReportError(f"report {doc['run_id']}: terminals: serial {', '.join(twice)} listed more than once")
+    if serials != sorted(serials):
+        raise ReportError(f"report {doc['run_id']}: terminals: rows are not sorted by serial")
+    expected = totals(doc["terminals"])
+    if doc["totals"] != expected:
+        wrong = ", ".join(f"{status} is {doc['totals'][status]}, the rows say {expected[status]}"
+                          for status in STATUSES if doc["totals"][status] != expected[status])
+        raise ReportError(f"report {doc['run_id']}: totals do not match the terminals: {wrong}")
+    return doc
+
+
+def totals(rows):
+    """{status: number of rows} for every status, zeros included."""
+    counts = collections.Counter(row["status"] for row in rows)
+    unknown = sorted(set(counts) - set(STATUSES))
+    if unknown:
+        raise ReportError(f"status {', '.join(map(repr, unknown))} is not one of {', '.join(STATUSES)}")
+    return {status: counts[status] for status in STATUSES}
+
+
+def matrix(rows):
+    """{(model, region): {status: count}} for every model and region present, sorted, zeros included."""
+    cells = collections.defaultdict(list)
+    for row in rows:
+        cells[(row["model"], row["region"])].append(row)
+    return {key: totals(cells[key]) for key in sorted(cells)}
+
+
+def _parse_time(value):
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise ReportError(f"{value!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment):
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- CSV -------------------------------------------------------------------------------------------
+
+def _packs(state):
+    if not state:
+        return ""
+    return ";".join(f"{name}={'' if version is None else version}" for name, version in sorted(state["packs"].items()))
+
+
+def _step_names(rows):
+    extra = sorted({name for row in rows for name in row["steps"]} - set(STEPS))
+    return list(STEPS) + extra
+
+
+def csv_columns(doc):
+    """The CSV header: fixed columns, then `step_<name>_s` for every known step and any other in the doc."""
+    return (["serial", "model", "region", "wave", "status", "deferred_by", "reason", "window_opens_at",
+             "app_before", "app_after", "packs_before", "packs_after", "bytes_downloaded", "duration_s"]
+            + [f"step_{name}_s" for name in _step_names(doc["terminals"])])
+
+
+def render_csv(doc):
+    """report.csv: one RFC 4180 row per terminal, the rows of report.json flattened; empty cell = null."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(csv_columns(doc))
+    steps = _step_names(doc["terminals"])
+    for row in doc["terminals"]:
+        before, after = row["before"] or {}, row["after"] or {}
+        cells = [row["serial"], row["model"], row["region"], row["wave"], row["status"], row["deferred_by"],
+                 row["reason"], row["window_opens_at"], before.get("app_version"), after.get("app_version"),
+                 _packs(row["before"]), _packs(row["after"]), row["bytes_downloaded"], row["duration_s"]]
+        cells += [row["steps"].get(name) for name in steps]
+        writer.writerow(["" if cell is None else cell for cell in cells])
+    return out.getvalue()
+
+
+# --- HTML ------------------------------------------------------------------------------------------
+
+def _script_json(value):
+    """JSON that is safe inside <script>: no `<`, `>` or `&` at all, so `</script>` and `<!--` cannot appear."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d232a;background:#fff}
+h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.6em 0 .4em}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.1em 1em;margin:0}dl.meta dt{font-weight:600}
+dl.meta dd{margin:0}
+#halt{background:#fde2e1;border:2px solid #b42318;padding:.6em 1em;margin:1em 0;border-radius:4px}
+#halt strong{color:#b42318}#budget{margin:.5em 0;color:#444}
+table{border-collapse:collapse;margin:.3em 0}th,td{border:1px solid #d0d5dd;padding:.2em .5em;text-align:left}
+th{background:#f2f4f7}td.num,th.num{text-align:right}tfoot td,tfoot th{font-weight:600;background:#f9fafb}
+td.zero{color:#98a2b3}
+#terminals th{cursor:pointer;user-select:none}#terminals th[aria-sort=ascending]::after{content:" \\25B2"}
+#terminals th[aria-sort=descending]::after{content:" \\25BC"}
+.st{display:inline-block;padding:0 .4em;border-radius:3px;font-size:.9em}
+.st-current{background:#eef4ff}.st-updated{background:#d1fadf}.st-deferred{background:#fef0c7}
+.st-failed{background:#fecdca}.st-rolled_back{background:#fddcab}.st-unreachable{background:#e4e7ec}
+.st-would_update{background:#d1e9ff}
+#timeline .wave{display:grid;grid-template-columns:14em 1fr;gap:1em;align-items:center;margin:.3em 0}
+#timeline .track{position:relative;height:1.4em;background:#f2f4f7;border-radius:3px}
+#timeline .bar{position:absolute;top:0;bottom:0;background:#528bff;border-radius:3px;min-width:3px}
+#timeline .bar.open{background:repeating-linear-gradient(45deg,#528bff,#528bff 6px,#84adff 6px,#84adff 12px)}
+#timeline .not-started .track{background:repeating-linear-gradient(45deg,#f2f4f7,#f2f4f7 6px,#e4e7ec 6px,#e4e7ec 12px)}
+#timeline .detail{grid-column:2;font-size:.9em;color:#444}
+"""
+
+# The page's script: everything below the header is built from the JSON in #report-data, with
+# textContent only, so no terminal-supplied text is ever parsed as HTML.
+_JS = r"""
+(function () {
+  "use strict";
+  var STATUSES = @@STATUSES@@;
+  var PROBLEMS = @@PROBLEMS@@;
+  var doc = JSON.parse(document.getElementById("report-data").textContent);
+  var rows = doc.terminals;
+
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (name) { node.setAttribute(name, attrs[name]); });
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+  function badge(status) { return el("span", {"class": "st st-" + status}, status); }
+  function zeros() { var c = {}; STATUSES.forEach(function (s) { c[s] = 0; }); return c; }
+  function sum(counts) { return STATUSES.reduce(function (n, s) { return n + counts[s]; }, 0); }
+  function countCell(n, attrs) {
+    attrs["class"] = "num" + (n === 0 ? " zero" : "");
+    return el("td", attrs, n);
+  }
+  function cmp(a, b) { return a < b ? -1 : (a > b ? 1 : 0); }
+
+  // Counts by model x region
+  function buildCounts() {
+    var table = document.getElementById("counts");
+    var cells = {}, keys = [], all = zeros();
+    rows.forEach(function (r) {
+      var key = JSON.stringify([r.model, r.region]);
+      if (!cells[key]) { cells[key] = zeros(); keys.push([r.model, r.region, key]); }
+      cells[key][r.status] += 1;
+      all[r.status] += 1;
+    });
+    keys.sort(function (a, b) { return cmp(a[0], b[0]) || cmp(a[1], b[1]); });
+    var head = el("tr");
+    head.appendChild(el("th", {}, "model"));
+    head.appendChild(el("th", {}, "region"));
+    STATUSES.forEach(function (s) { head.appendChild(el("th", {"class": "num"}, s)); });
+    head.appendChild(el("th", {"class": "num"}, "total"));
+    table.appendChild(el("thead")).appendChild(head);
+    var body = table.appendChild(el("tbody"));
+    keys.forEach(function (k) {
+      var tr = el("tr", {"data-model": k[0], "data-region": k[1]});
+      tr.appendChild(el("th", {}, k[0]));
+      tr.appendChild(el("th", {}, k[1]));
+      STATUSES.forEach(function (s) {
+        tr.appendChild(countCell(cells[k[2]][s], {"data-model": k[0], "data-region": k[1], "data-status": s}));
+      });
+      tr.appendChild(countCell(sum(cells[k[2]]), {"data-model": k[0], "data-region": k[1], "data-status": "total"}));
+      body.appendChild(tr);
+    });
+    var foot = el("tr", {"data-scope": "fleet"});
+    foot.appendChild(el("th", {"colspan": "2"}, "all terminals"));
+    STATUSES.forEach(function (s) { foot.appendChild(countCell(all[s], {"data-scope": "fleet", "data-status": s})); });
+    foot.appendChild(countCell(sum(all), {"data-scope": "fleet", "data-status": "total"}));
+    table.appendChild(el("tfoot")).appendChild(foot);
+  }
+
+  // Waves on a timeline, positioned relative to the run's start
+  function buildTimeline() {
+    var box = document.getElementById("timeline");
+    var t0 = Date.parse(doc.started_at), end = Date.parse(doc.finished_at);
+    doc.waves.forEach(function (w) {
+      if (w.finished_at) { end = Math.max(end, Date.parse(w.finished_at)); }
+      if (w.started_at) { end = Math.max(end, Date.parse(w.started_at)); }
+    });
+    var span = Math.max(end - t0, 1);
+    if (!doc.waves.length) { box.appendChild(el("p", {}, "No waves: this run planned none.")); }
+    doc.waves.forEach(function (w) {
+      var members = rows.filter(function (r) { return r.wave === w.index; });
+      var counts = zeros();
+      members.forEach(function (r) { counts[r.status] += 1; });
+      var state = !w.started_at ? "not started" : (!w.finished_at ? "not finished" : "finished");
+      var line = el("div", {"class": "wave" + (w.started_at ? "" : " not-started"),
+                            "data-wave": w.index, "data-state": state});
+      var total = Math.max(members.length, w.serials.length);
+      line.appendChild(el("div", {"class": "label"}, w.name + ": " + total + " terminal" + (total === 1 ? "" : "s")));
+      var track = line.appendChild(el("div", {"class": "track"}));
+      var detail = [];
+      if (w.started_at) {
+        var start = Date.parse(w.started_at);
+        var finish = w.finished_at ? Date.parse(w.finished_at) : end;
+        var bar = el("div", {"class": "bar" + (w.finished_at ? "" : " open")});
+        bar.style.left = ((start - t0) / span * 100).toFixed(2) + "%";
+        bar.style.width = (Math.max(finish - start, 0) / span * 100).toFixed(2) + "%";
+        bar.title = w.started_at + " to " + (w.finished_at || "not finished");
+        track.appendChild(bar);
+        detail.push("+" + Math.round((start - t0) / 1000) + " s to " +
+                    (w.finished_at ? "+" + Math.round((finish - t0) / 1000) + " s" : "not finished"));
+      } else {
+        detail.push("not started");
+      }
+      var parts = STATUSES.filter(function (s) { return counts[s]; }).map(function (s) { return counts[s] + " " + s; });
+      detail.push(parts.length ? parts.join(", ") : "no outcome");
+      line.appendChild(el("div", {"class": "detail"}, detail.join(" \u00b7 ")));
+      box.appendChild(line);
+    });
+  }
+
+  // Failures with their reasons
+  function buildFailures() {
+    var box = document.getElementById("failures");
+    var bad = rows.filter(function (r) { return PROBLEMS.indexOf(r.status) >= 0; });
+    if (!bad.length) {
+      box.appendChild(el("p", {}, "No terminal failed, rolled back, was deferred or unreachable."));
+      return;
+    }
+    var table = box.appendChild(el("table", {"id": "failure-list"}));
+    var head = el("tr");
+    ["serial", "model", "region", "status", "deferred by", "reason", "window opens at"].forEach(function (h) {
+      head.appendChild(el("th", {}, h));
+    });
+    table.appendChild(el("thead")).appendChild(head);
+    var body = table.appendChild(el("tbody"));
+    bad.forEach(function (r) {
+      var tr = el("tr", {"data-serial": r.serial, "data-status": r.status});
+      tr.appendChild(el("td", {}, r.serial));
+      tr.appendChild(el("td", {}, r.model));
+      tr.appendChild(el("td", {}, r.region));
+      tr.appendChild(el("td")).appendChild(badge(r.status));
+      tr.appendChild(el("td", {}, r.deferred_by || ""));
+      tr.appendChild(el("td", {"class": "reason"}, r.reason));
+      tr.appendChild(el("td", {}, r.window_opens_at || ""));
+      body.appendChild(tr);
+    });
+  }
+
+  // Every terminal, sortable by any column; #sort=KEY or #sort=-KEY (descending) in the URL
+  function packs(state) {
+    if (!state) { return null; }
+    return Object.keys(state.packs).sort().map(function (n) { return n + "=" + (state.packs[n] || ""); }).join(";");
+  }
+  var COLUMNS = [
+    ["serial", "text", function (r) { return r.serial; }],
+    ["model", "text", function (r) { return r.model; }],
+    ["region", "text", function (r) { return r.region; }],
+    ["wave", "num", function (r) { return r.wave; }],
+    ["status", "text", function (r) { return r.status; }],
+    ["deferred_by", "text", function (r) { return r.deferred_by; }],
+    ["reason", "text", function (r) { return r.reason || null; }],
+    ["window_opens_at", "text", function (r) { return r.window_opens_at; }],
+    ["app_before", "text", function (r) { return r.before ? r.before.app_version : null; }],
+    ["app_after", "text", function (r) { return r.after ? r.after.app_version : null; }],
+    ["packs_after", "text", function (r) { return packs(r.after); }],
+    ["bytes_downloaded", "num", function (r) { return r.bytes_downloaded; }],
+    ["duration_s", "num", function (r) { return r.duration_s; }]
+  ];
+  var sortState = {key: null, desc: false};
+
+  function sortBy(key, desc) {
+    var col = COLUMNS.filter(function (c) { return c[0] === key; })[0];
+    if (!col) { return; }
+    var tbody = document.querySelector("#terminals tbody");
+    var trs = Array.prototype.slice.call(tbody.rows);
+    trs.sort(function (a, b) {
+      var x = a.__row[key], y = b.__row[key];
+      if (x === null || x === undefined) { return (y === null || y === undefined) ? 0 : 1; }  // empty cells last
+      if (y === null || y === undefined) { return -1; }
+      var order = col[1] === "num" ? x - y : cmp(String(x), String(y));
+      return desc ? -order : order;
+    });
+    trs.forEach(function (tr) { tbody.appendChild(tr); });
+    sortState = {key: key, desc: desc};
+    document.querySelectorAll("#terminals th").forEach(function (th) {
+      if (th.getAttribute("data-key") === key) { th.setAttribute("aria-sort", desc ? "descending" : "ascending"); }
+      else { th.removeAttribute("aria-sort"); }
+    });
+    document.getElementById("terminals").setAttribute("data-sorted-by", (desc ? "-" : "") + key);
+  }
+
+  function buildTerminals() {
+    var table = document.getElementById("terminals");
+    var head = el("tr");
+    COLUMNS.forEach(function (c) {
+      var th = el("th", {"data-key": c[0], "data-type": c[1], "class": c[1] === "num" ? "num" : "",
+                         "title": "sort by " + c[0]}, c[0]);
+      th.addEventListener("click", function () {
+        var desc = sortState.key === c[0] ? !sortState.desc : false;
+        sortBy(c[0], desc);
+        try { history.replaceState(null, "", "#sort=" + (desc ? "-" : "") + c[0]); } catch (e) { /* file:// */ }
+      });
+      head.appendChild(th);
+    });
+    table.appendChild(el("thead")).appendChild(head);
+    var body = table.appendChild(el("tbody"));
+    rows.forEach(function (r) {
+      var tr = el("tr", {"data-serial": r.serial, "data-status": r.status});
+      tr.__row = {};
+      COLUMNS.forEach(function (c) {
+        var value = c[2](r);
+        tr.__row[c[0]] = value;
+        var td = el("td", {"data-key": c[0], "class": c[1] === "num" ? "num" : ""});
+        if (c[0] === "status") { td.appendChild(badge(value)); }
+        else { td.textContent = value === null || value === undefined ? "" : String(value); }
+        if (c[0] === "duration_s") {
+          td.title = Object.keys(r.steps).map(function (s) { return s + " " + r.steps[s] + " s"; }).join(", ");
+        }
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+  }
+
+  buildCounts();
+  buildTimeline();
+  buildFailures();
+  buildTerminals();
+  var wanted = /^#sort=(-?)([a-z_]+)$/.exec(window.location.hash);
+  if (wanted) { sortBy(wanted[2], wanted[1] === "-"); }
+  document.body.setAttribute("data-ready", "true");
+}());
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; \
+script-src 'unsafe-inline'; img-src data:">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@@TITLE@@</title>
+<style>@@CSS@@</style>
+</head>
+<body>
+<h1 id="title">@@TITLE@@</h1>
+<dl class="meta">@@META@@</dl>
+@@HALT@@
+<noscript><p>This page needs JavaScript to show its tables; the same data is in report.json (and report.csv)
+beside this file.</p></noscript>
+<h2>Counts by model and region</h2>
+<table id="counts"></table>
+<h2>Waves</h2>
+<div id="timeline"></div>
+<h2>Failures, rollbacks, deferred and unreachable terminals</h2>
+<div id="failures"></div>
+<h2>Every terminal</h2>
+<p>Click a column header to sort; click again to reverse.</p>
+<table id="terminals"></table>
+<script type="application/json" id="report-data">@@DATA@@</script>
+<script>@@JS@@</script>
+</body>
+</html>
+"""
+
+
+def _duration(doc):
+    seconds = (_parse_time(doc["finished_at"]) - _parse_time(doc["started_at"])).total_seconds()
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def render_html(doc):
+    """report.html: one self-contained page (inline CSS and JS, no external resource) built from the JSON it embeds."""
+    esc = html.escape
+    title = (f"posfleet {doc['mode']} run {doc['run_id']}"
+             + (f", release {doc['release']}" if doc["release"] else ""))
+    meta = [("run", doc["run_id"]), ("release", doc["release"] or "(none)"), ("mode", doc["mode"]),
+            ("playbook", doc["playbook"]), ("started", doc["started_at"]), ("finished", doc["finished_at"]),
+            ("duration", _duration(doc)), ("user", doc["user"]), ("AWX job", doc["awx_job_id"] or "(none)"),
+            ("terminals", str(len(doc["terminals"])))]
+    meta_html = "".join(f'<dt>{esc(name)}</dt><dd data-field="{esc(name)}">{esc(value)}</dd>' for name, value in meta)
+    budget = doc["budget"]
+    if doc["halted"]:
+        halt = (f'<div id="halt" role="alert"><strong>Rollout halted:</strong> '
+                f'<span id="halt-reason">{esc(doc["halt_reason"] or "no reason given")}</span>')
+        if budget:
+            halt += f'<p id="budget-reason">{esc(budget["reason"])}</p>'
+        halt += "</div>"
+    elif budget:
+        halt = f'<p id="budget"><span id="budget-reason">{esc(budget["reason"])}</span></p>'
+    else:
+        halt = ""
+    js = (_JS.replace("@@STATUSES@@", json.dumps(list(STATUSES)))
+          .replace("@@PROBLEMS@@", json.dumps(list(RETRY_STATUSES))))
+    parts = {"CSS": _CSS, "JS": js, "META": meta_html, "HALT": halt, "TITLE": esc(title), "DATA": _script_json(doc)}
+    # One pass: text put in is never scanned again, so no value can look like a placeholder.
+    return re.sub(r"@@([A-Z]+)@@", lambda match: parts[match.group(1)], _PAGE)
+
+
+def retry_serials(doc):
+    """The serials a re-run should take: failed, rolled back, deferred or unreachable, sorted."""
+    return [row["serial"] for row in doc["terminals"] if row["status"] in RETRY_STATUSES]
+
+
+# --- writing a run ---------------------------------------------------------------------------------
+
+def _write_at(dir_fd, name, text):
+    """Write `name` in the directory dir_fd atomically: a new temp file (never an existing path), then a rename."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)  # whatever the umask
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _open_dir(name, dir_fd=None, create=False):
+    """A descriptor of a real directory (never through a symlink), created 0750 when asked."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        raise ReportError(f"{name} is not a directory that a report can be written to "
+                          f"(a symlink or a file is refused): {exc.strerror}") from None
+    return fd
+
+
+def write_run(report_dir, doc):
+    """Write reports/<run_id>/ and point reports/latest at it; return the run directory's Path.
+
+    Validates first, so nothing is written for a wrong document. report.json, report.csv, report.html
+    and retry.limit are each written atomically, mode 0640, in a directory of mode 0750; writing a
+    run again replaces its files. The run directory and its files are opened without following
+    symlinks, so a link planted in reports/ cannot send a write elsewhere. `latest` is a relative
+    symlink, replaced by one rename: a reader sees the old run or the new one, never neither.
+    """
+    validate(doc)
+    run_id = doc["run_id"]
+    if not _RUN_ID.fullmatch(run_id) or run_id == LATEST:
+        raise ReportError(f"run_id {run_id!r} cannot name a report directory")
+    report_dir = Path(report_dir)
+    report_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    root = os.open(report_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        run_fd = _open_dir(run_id, dir_fd=root, create=True)
+        try:
+            os.fchmod(run_fd, DIR_MODE)
+            limit = "".join(serial + "\n" for serial in retry_serials(doc))
+            _write_at(run_fd, "report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+            _write_at(run_fd, "report.csv", render_csv(doc))
+            _write_at(run_fd, "report.html", render_html(doc))
+            _write_at(run_fd, "retry.limit", limit)
+            os.fsync(run_fd)
+        finally:
+            os.close(run_fd)
+        tmp = f".{LATEST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        os.symlink(run_id, tmp, dir_fd=root)
+        try:
+            os.replace(tmp, LATEST, src_dir_fd=root, dst_dir_fd=root)
+        except OSError as exc:
+            os.unlink(tmp, dir_fd=root)
+            raise ReportError(f"{report_dir / LATEST} cannot be replaced by a symlink "
+                              f"(is it a directory?): {exc.strerror}") from None
+        os.fsync(root)
+    finally:
+        os.close(root)
+    return report_dir / run_id
+
+
+def read_run(run_dir):
+    """The validated document of a run directory (or of a report.json path)."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path} cannot be read as a report: {exc}") from None
+    return validate(doc)
+
+
+# --- the audit log ---------------------------------------------------------------------------------
+
+AUDIT_KEYS = ("at", "who", "run_id", "terminal", "what", "action", "from", "to", "awx_job_id")
+
+
+def _components(state):
+    state = state or {"app_version": None, "packs": {}}
+    found = {"app": state["app_version"]}
+    found.update({f"pack:{name}": version for name, version in state["packs"].items()})
+    return found
+
+
+def audit_entries(doc, who=None, at=None):
+    """The audit entries a finished run implies, one per change on a terminal.
+
+    An updated terminal gives one entry per component (app, pack:<name>) whose version differs between
+    before and after, action "update" ("rollback" in a rollback run). A rolled_back terminal gives one
+    entry what="terminal", action "rollback", from the run's release to the app version it was restored
+    to (its before). A check or plan run changed nothing and gives none. `who` defaults to the run's
+    user and `at` to its finish.
+    """
+    if doc["mode"] in ("check", "plan"):
+        return []
+    who = doc["user"] if who is None else who
+    at = doc["finished_at"] if at is None else (at if isinstance(at, str) else _iso(at))
+    common = {"at": at, "who": who, "run_id": doc["run_id"], "awx_job_id": doc["awx_job_id"]}
+    entries = []
+    for row in doc["terminals"]:
+        if row["status"] == "updated":
+            action = "rollback" if doc["mode"] == "rollback" else "update"
+            before, after = _components(row["before"]), _components(row["after"])
+            for what in sorted(set(before) | set(after), key=lambda name: (name != "app", name)):
+                if before.get(what) != after.get(what):
+                    entries.append(dict(common, terminal=row["serial"], what=what, action=action,
+                                        **{"from": before.get(what), "to": after.get(what)}))
+        elif row["status"] == "rolled_back":
+            restored = row["before"]["app_version"] if row["before"] else None
+            entries.append(dict(common, terminal=row["serial"], what="terminal", action="rollback",
+                                **{"from": doc["release"], "to": restored}))
+    return entries
+
+
+def append_audit(path, entries):
+    """Append one JSON line per entry to the audit log; return how many were written.
+
+    One write under an exclusive flock, on a descriptor opened O_APPEND: concurrent runs (AWX slices
+    on one control node) never interleave or cut each other's lines.
+    """
+    lines = []
+    for entry in entries:
+        missing = [key for key in AUDIT_KEYS if key not in entry]
+        extra = sorted(set(entry) - set(AUDIT_KEYS))
+        if missing or extra:
+            raise ReportError(f"audit entry {entry!r}: missing {missing}, unknown {extra}")
+        if entry["action"] not in ("update", "rollback"):
+            raise ReportError(f"audit entry for {entry['terminal']}: action {entry['action']!r} "
+                              f"is not 'update' or 'rollback'")
+        lines.append(json.dumps({key: entry[key] for key in AUDIT_KEYS}, ensure_ascii=True) + "\n")
+    if not lines:
+        return 0
+    data = "".join(lines).encode("utf-8")
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReportError(f"audit log {path} is not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+    return len(lines)
+
+
+# --- merging slices --------------------------------------------------------------------------------
+
+def _merge_waves(docs):
+    waves = {}
+    for doc in docs:
+        for wave in doc["waves"]:
+            merged = waves.setdefault(wave["index"], {"index": wave["index"], "name": wave["name"], "serials": [],
+                                                       "starts": [], "finishes": []})
+            merged["serials"].extend(wave["serials"])
+            if wave["started_at"]:
+                merged["starts"].append(wave["started_at"])
+                merged["finishes"].append(wave["finished_at"])
+    result = []
+    for index in sorted(waves):
+        wave = waves.pop(index)
+        starts, finishes = wave.pop("starts"), wave.pop("finishes")
+        wave["started_at"] = min(starts, key=_parse_time) if starts else None
+        # A wave one slice started and has not finished is not finished.
+        wave["finished_at"] = (max(finishes, key=_parse_time) if finishes and None not in finishes else None)
+        result.append(wave)
+    return result
+
+
+def _merge_budgets(docs):
+    budgets = [(doc["run_id"], doc["budget"]) for doc in docs if doc["budget"] is not None]
+    if not budgets:
+        return None
+    known = [budget["untouched"] for _, budget in budgets if budget["untouched"] is not None]
+    merged = {key: sum(budget[key] for _, budget in budgets) for key in ("spent", "attempted", "failed", "unreachable")}
+    merged.update(
+        exhausted=any(budget["exhausted"] for _, budget in budgets),
+        untouched=sum(known) if known else None,
+        reason=f"merged from {len(docs)} slices: " + "; ".join(f"{run}: {budget['reason']}" for run, budget in budgets))
+    return merged
+
+
+def merge(docs, run_id=None):
+    """One fleet document from the documents of several slices (AWX job slicing) of one run.
+
+    The slices must share schema, playbook, mode, release and settings (clock_utc aside, the earliest
+    is kept). Terminals are concatenated (a serial in two slices is refused, naming it) and totals
+    recounted; waves are merged by index; halted if any slice halted; budgets summed. `run_id`
+    defaults to one derived from the earliest start and the slices' run ids.
+    """
+    docs = list(docs)
+    if not docs:
+        raise ReportError("merge needs at least one report")
+    for doc in docs:
+        validate(doc)
+    first = docs[0]
+    for doc in docs[1:]:
+        for key in ("schema", "playbook", "mode", "release"):
+            if doc[key] != first[key]:
+                raise ReportError(f"cannot merge {doc['run_id']} with {first['run_id']}: {key} is "
+                                  f"{doc[key]!r}, not {first[key]!r}")
+        for key in first["settings"]:
+            if key != "clock_utc" and doc["settings"][key] != first["settings"][key]:
+                raise ReportError(f"cannot merge {doc['run_id']} with {first['run_id']}: settings.{key} is "
+                                  f"{doc['settings'][key]!r}, not {first['settings'][key]!r}")
+    seen = {}
+    for doc in docs:
+        for row in doc["terminals"]:
+            if row["serial"] in seen:
+                raise ReportError(f"cannot merge: terminal {row['serial']} is in both {seen[row['serial']]} "
+                                  f"and {doc['run_id']}")
+            seen[row["serial"]] = doc["run_id"]
+    run_ids = [doc["run_id"] for doc in docs]
+    started = min((doc["started_at"] for doc in docs), key=_parse_time)
+    if run_id is None:
+        digest = hashlib.sha256("\n".join(sorted(run_ids)).encode()).hexdigest()[:6]
+        stamp = _parse_time(started).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        run_id = f"{stamp}-{first['mode']}-merged-{digest}"
+    clocks = [doc["settings"]["clock_utc"] for doc in docs if doc["settings"]["clock_utc"]]
+    rows = sorted((row for doc in docs for row in doc["terminals"]), key=lambda row: row["serial"])
+    halted = [doc for doc in docs if doc["halted"]]
+    users = sorted({doc["user"] for doc in docs})
+    jobs = sorted({doc["awx_job_id"] for doc in docs if doc["awx_job_id"] is not None})
+    merged = {
+        "schema": SCHEMA_ID, "run_id": run_id, "playbook": first["playbook"], "mode": first["mode"],
+        "release": first["release"], "started_at": started,
+        "finished_at": max((doc["finished_at"] for doc in docs), key=_parse_time),
+        "user": ",".join(users), "awx_job_id": ",".join(jobs) or None,
+        "settings": dict(first["settings"], clock_utc=min(clocks, key=_parse_time) if clocks else None),
+        "waves": _merge_waves(docs), "budget": _merge_budgets(docs),
+        "halted": bool(halted),
+        "halt_reason": "; ".join(f"{doc['run_id']}: {doc['halt_reason'] or 'halted'}" for doc in halted) or None,
+        "totals": totals(rows), "terminals": rows,
+    }
+    return validate(merged)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m posfleet.report", description="posfleet run reports")
+    commands = parser.add_subparsers(dest="command", required=True)
+    merging = commands.add_parser("merge", help="merge the reports of AWX job slices into one run")
+    merging.add_argument("--out", required=True, help="the reports directory to write the merged run in")
+    merging.add_argument("--run-id", help="the merged run's id (default: derived from the slices)")
+    merging.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="reports/<run-id> of each slice")
+    checking = commands.add_parser("validate", help="check a run's report.json against the schema")
+    checking.add_argument("run_dir", metavar="RUN_DIR", help="reports/<run-id> or a report.json")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "merge":
+            doc = merge([read_run(path) for path in args.run_dirs], run_id=args.run_id)
+            print(write_run(args.out, doc))
+        else:
+            doc = read_run(args.run_dir)
+            print(f"{args.run_dir}: valid {SCHEMA_ID} report of run {doc['run_id']}, "
+                  f"{len(doc['terminals'])} terminals")
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
