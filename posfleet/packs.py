@@ -6,15 +6,31 @@ members are exactly those files and PACK.json, at the top level (docs/update-pip
 
 The content generators (params_files, catalog_csv, merchant_files) make the lab's synthetic data.
 Both the release builder and the lab's factory image use this module, so a pack on a terminal and a
-pack in a release are byte for byte the same format. Standard library only.
+pack in a release are byte for byte the same format. The tar layout itself is defined once, in
+plugins/module_utils/pos_delta.py (`delta` here), because a terminal rebuilds the tar of the pack it
+has installed to apply a delta to it. Standard library only.
 """
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import random
-import tarfile
+from pathlib import Path
+
+
+def _load_delta():
+    # Terminal-side code, loaded by path: the control node has no `ansible.module_utils.pos_delta`
+    # outside a play, and the module imports nothing but the standard library.
+    path = Path(__file__).resolve().parents[1] / "plugins" / "module_utils" / "pos_delta.py"
+    spec = importlib.util.spec_from_file_location("posfleet_pos_delta", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+delta = _load_delta()
 
 FACTORY_VERSIONS = {"params": "2026.01.0", "catalog": "2026.01.0"}
 
@@ -79,6 +95,21 @@ def pack_contents(name, version, files):
     return contents
 
 
+def pack_tar(name, version, files):
+    """The uncompressed tar of one pack version, as bytes (the stream deltas are computed on)."""
+    raw = io.BytesIO()
+    delta.write_pack_tar(raw, pack_contents(name, version, files))
+    return raw.getvalue()
+
+
+def gzip_bytes(data):
+    """gzip without a time or a file name in the header, so the same input always gives the same bytes."""
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
+        gz.write(data)
+    return out.getvalue()
+
+
 def pack_archive(name, version, files):
     """The release archive of one pack version, as bytes.
 
@@ -86,19 +117,7 @@ def pack_archive(name, version, files):
     gzip header without a time or a file name, so the same pack always has the same sha256 and
     releases share it in the pool.
     """
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for relpath, data in sorted(pack_contents(name, version, files).items()):
-            info = tarfile.TarInfo(relpath)
-            info.type = tarfile.REGTYPE
-            info.mode, info.mtime, info.size = 0o644, 0, len(data)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
+    return gzip_bytes(pack_tar(name, version, files))
 
 
 def archive_name(name, version):

@@ -16,6 +16,7 @@ import argparse
 import base64
 import binascii
 import datetime
+import gzip
 import hashlib
 import io
 import json
@@ -58,6 +59,10 @@ MIB = 1 << 20
 # floor covers the journal growing while the terminal is in maintenance.
 STORAGE_MARGIN = 1.5
 STORAGE_FLOOR_MB = 1
+# Deltas: from the packs of at most this many earlier releases, and only when a delta is at most this
+# share of the full archive (past it the terminal saves little and still spends the CPU to rebuild).
+DELTA_BASES = 3
+DELTA_MAX_SHARE = 0.5
 
 # --- the manifest and spec schemas ---------------------------------------------------------------
 # JSON Schema (jsonschema is a control-node requirement); "x-expected" is ours: the words an error
@@ -79,10 +84,20 @@ URL = {"type": "string", "pattern": r"^pool/[0-9a-f]{64}/[A-Za-z0-9][A-Za-z0-9._
 SIZE = {"type": "integer", "minimum": 1}
 
 
-def _artifact(**fields):
+def _artifact(optional=None, **fields):
     properties = dict(fields, url=URL, sha256=SHA256, size=SIZE)
     return {"type": "object", "additionalProperties": False, "required": list(properties),
-            "properties": properties}
+            "properties": dict(properties, **(optional or {}))}
+
+
+# A pack may list deltas from earlier versions (docs/performance.md, Delta sync). They are computed on
+# the uncompressed tar, so the entry then also names that tar's sha256 and size: what a terminal
+# checks after rebuilding it from a delta.
+DELTA = _artifact(from_version=VERSION, from_tar_sha256=SHA256)
+PACK = dict(_artifact(version=VERSION, optional={
+    "tar_sha256": SHA256, "tar_size": SIZE,
+    "deltas": {"type": "array", "items": DELTA, "minItems": 1},
+}), dependentRequired={"deltas": ["tar_sha256", "tar_size"]})
 
 
 MANIFEST_SCHEMA = {
@@ -103,7 +118,7 @@ MANIFEST_SCHEMA = {
                 "properties": {
                     "app": _artifact(version=VERSION, style={"enum": sorted(APP_FILES)}),
                     "packs": {"type": "object", "additionalProperties": False, "required": list(PACK_NAMES),
-                              "properties": {name: _artifact(version=VERSION) for name in PACK_NAMES}},
+                              "properties": {name: PACK for name in PACK_NAMES}},
                     "reboot": {"type": "boolean"},
                     "storage_mb": {"type": "integer", "minimum": 1},
                 },
@@ -180,6 +195,9 @@ def _describe(error):
         return [f"{_join(path, key)}: unknown field" for key in error.instance if key not in known]
     if kind == "required":
         return [f"{_join(path, key)}: missing" for key in value if key not in error.instance]
+    if kind == "dependentRequired":
+        return [f"{_join(path, key)}: missing (needed with {name})" for name, keys in value.items()
+                if name in error.instance for key in keys if key not in error.instance]
     if kind == "type":
         wanted = " or ".join(TYPE_WORDS[name] for name in ([value] if isinstance(value, str) else value))
         hint = " (quote it in YAML)" if value == "string" and error.instance is not None else ""
@@ -420,10 +438,15 @@ def validate_manifest(manifest, profiles=None, what=MANIFEST):
     errors = schema_errors(MANIFEST_SCHEMA, manifest)
     if not errors:
         for model, entry in manifest["models"].items():
-            for path, item in [(f"models.{model}.app", entry["app"])] + [
-                    (f"models.{model}.packs.{name}", item) for name, item in entry["packs"].items()]:
+            for path, item in _artifact_items(model, entry):
                 if item["url"].split("/")[1] != item["sha256"]:
                     errors.append(f"{path}.url: the pool directory must be the entry's sha256")
+            for name, pack in entry["packs"].items():
+                bases = [delta["from_tar_sha256"] for delta in pack.get("deltas", [])]
+                if len(set(bases)) != len(bases):
+                    errors.append(f"models.{model}.packs.{name}.deltas: two deltas from the same base")
+                if pack.get("tar_sha256") in bases:
+                    errors.append(f"models.{model}.packs.{name}.deltas: a delta from the pack to itself")
             style = entry["app"]["style"]
             if not entry["app"]["url"].endswith(APP_SUFFIX[style]):
                 errors.append(f"models.{model}.app.url: a {style} app must be a {APP_SUFFIX[style]} file")
@@ -467,11 +490,21 @@ def check_location(manifest, location, what=MANIFEST):
     return manifest
 
 
+def _artifact_items(model, entry):
+    """[(field path, entry)] of every downloadable file of one model: app, packs and their deltas."""
+    items = [(f"models.{model}.app", entry["app"])]
+    for name, pack in entry["packs"].items():
+        items.append((f"models.{model}.packs.{name}", pack))
+        items += [(f"models.{model}.packs.{name}.deltas.{index}", delta)
+                  for index, delta in enumerate(pack.get("deltas", []))]
+    return items
+
+
 def artifacts(manifest):
-    """{url: (sha256, size)} of every artifact the manifest names."""
+    """{url: (sha256, size)} of every artifact the manifest names (deltas included)."""
     found = {}
-    for entry in manifest["models"].values():
-        for item in [entry["app"], *entry["packs"].values()]:
+    for model, entry in manifest["models"].items():
+        for _, item in _artifact_items(model, entry):
             found[item["url"]] = (item["sha256"], item["size"])
     return found
 
@@ -570,11 +603,56 @@ def _describe_file(path, unpacked=None):
 
 
 def _build_pack(name, version, files, out_dir):
-    data = packs.pack_archive(name, version, files)
+    tar = packs.pack_tar(name, version, files)
     path = Path(out_dir) / packs.archive_name(name, version)
-    path.write_bytes(data)
+    path.write_bytes(packs.gzip_bytes(tar))
     unpacked = sum(len(content) for content in packs.pack_contents(name, version, files).values())
-    return _describe_file(path, unpacked)
+    return dict(_describe_file(path, unpacked), version=version, tar=tar,
+                tar_sha256=hashlib.sha256(tar).hexdigest())
+
+
+def _earlier_packs(out, release_id, created, name, version):
+    """[(version, archive path)] of `name` in the build directory's releases made before this one.
+
+    Newest first, one per content, at most DELTA_BASES: the versions terminals most likely hold when
+    this release reaches them. A release whose manifest or archive cannot be read is no base.
+    """
+    found = []
+    for manifest_path in sorted((out / "releases").glob(f"*/{MANIFEST}")):
+        try:
+            manifest = validate_manifest(load_yaml(manifest_path.read_bytes(), str(manifest_path)))
+        except (OSError, ReleaseError):
+            continue
+        if manifest["release"] == release_id or manifest["created"] > created:
+            continue
+        for entry in manifest["models"].values():
+            pack = entry["packs"][name]
+            if pack["version"] != version and same_file(out / pack["url"], pack["sha256"], pack["size"]):
+                found.append((manifest["created"], manifest["release"], pack["version"], pack["url"]))
+    bases, seen = [], set()
+    for _, _, base_version, url in sorted(found, reverse=True):
+        if base_version not in seen and len(bases) < DELTA_BASES:
+            seen.add(base_version)
+            bases.append((base_version, out / url))
+    return bases
+
+
+def _build_deltas(name, pack, bases, out_dir):
+    """Delta artifacts to `pack` from each base archive, computed on the uncompressed tars."""
+    deltas = []
+    for base_version, base_path in bases:
+        try:
+            base_tar = gzip.decompress(Path(base_path).read_bytes())
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise ReleaseError(f"cannot read the earlier pack {base_path} to compute a delta: {exc}") from None
+        data = packs.delta.make_delta(base_tar, pack["tar"])
+        if len(data) > DELTA_MAX_SHARE * pack["size"]:
+            continue
+        path = Path(out_dir) / f"{name}-{base_version}-to-{pack['version']}.delta"
+        path.write_bytes(data)
+        deltas.append(dict(_describe_file(path, 0), from_version=base_version,
+                           from_tar_sha256=hashlib.sha256(base_tar).hexdigest()))
+    return deltas
 
 
 def _entry(artifact, **fields):
@@ -582,11 +660,23 @@ def _entry(artifact, **fields):
                 size=artifact["size"])
 
 
+def _pack_entry(pack):
+    entry = _entry(pack, version=pack["version"])
+    if pack.get("deltas"):
+        entry.update(tar_sha256=pack["tar_sha256"], tar_size=len(pack["tar"]),
+                     deltas=[_entry(delta, from_version=delta["from_version"],
+                                    from_tar_sha256=delta["from_tar_sha256"]) for delta in pack["deltas"]])
+    return entry
+
+
 def storage_needed(style, app, pack_artifacts):
     download = app["size"] + sum(item["size"] for item in pack_artifacts)
     unpacked = app["unpacked"] + sum(item["unpacked"] for item in pack_artifacts)
     kept = app["size"] if style == "dpkg" else 0
-    return math.ceil((download + unpacked + kept) * STORAGE_MARGIN / MIB) + STORAGE_FLOOR_MB
+    # A delta is applied to the tar of the installed version, rebuilt in staging, and writes the new tar
+    # beside it: two tars more than a full download needs (the delta itself is smaller than the archive).
+    rebuilt = sum(2 * len(item["tar"]) for item in pack_artifacts if item.get("deltas"))
+    return math.ceil((download + unpacked + kept + rebuilt) * STORAGE_MARGIN / MIB) + STORAGE_FLOOR_MB
 
 
 def _created(spec):
@@ -626,6 +716,10 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
         }
         pack_artifacts = {name: _build_pack(name, pack_spec[name]["version"], pack_files[name], tmp)
                           for name in PACK_NAMES}
+        created = _created(spec)
+        for name, item in pack_artifacts.items():
+            bases = _earlier_packs(out, spec["release"], created, name, item["version"])
+            item["deltas"] = _build_deltas(name, item, bases, tmp)
         entries, used = {}, []
         for model in models:
             style = profiles[model]["package_style"]
@@ -633,14 +727,14 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
             asks = reboot.get(model, False) if isinstance(reboot, dict) else reboot
             entries[model] = {
                 "app": _entry(app, version=versions[model], style=style),
-                "packs": {name: _entry(item, version=pack_spec[name]["version"])
-                          for name, item in pack_artifacts.items()},
+                "packs": {name: _pack_entry(item) for name, item in pack_artifacts.items()},
                 # A release may ask for a reboot; it cannot waive one the model's profile requires.
                 "reboot": bool(asks or profiles[model].get("reboot_required", False)),
                 "storage_mb": storage_needed(style, app, list(pack_artifacts.values())),
             }
             used += [app, *pack_artifacts.values()]
-        manifest = {"schema": SCHEMA_VERSION, "release": spec["release"], "created": _created(spec),
+            used += [delta for item in pack_artifacts.values() for delta in item["deltas"]]
+        manifest = {"schema": SCHEMA_VERSION, "release": spec["release"], "created": created,
                     "description": spec.get("description", f"posd {app_spec['version']}"), "models": entries}
         manifest_bytes = render_manifest(manifest)
         # Never write a manifest that verify (and so every control node) would refuse.
@@ -669,6 +763,8 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
                 atomic_write(manifest_path, manifest_bytes)
     return {"changed": bool(written or removed), "dry_run": dry_run, "release": spec["release"],
             "release_dir": str(release_dir), "written": sorted(written), "removed": removed,
+            "deltas": {name: [delta["from_version"] for delta in item["deltas"]]
+                       for name, item in pack_artifacts.items()},
             "models": {model: {"app": entry["app"]["version"], "style": entry["app"]["style"],
                                "reboot": entry["reboot"], "storage_mb": entry["storage_mb"]}
                        for model, entry in entries.items()}}
