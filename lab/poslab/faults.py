@@ -25,8 +25,10 @@ KINDS = {
     "txn-inflight": "start a sale that lasts ARG seconds (0: until released with txn-release)",
     "txn-release": "let a held sale finish",
     "txn-pending": "record ARG offline sales that wait for upload",
+    "selftest-fail": "make posd's self-test fail while it runs app VERSION; `selftest-fail off` lifts it",
 }
 BALLAST = "/var/lib/pos/.poslab-ballast"
+SELFTEST_FAIL = "/var/lib/possim/selftest-fail"  # read by posd's self_check
 
 
 def apply(terminal, kind, args):
@@ -63,6 +65,13 @@ def apply(terminal, kind, args):
         log(result.stdout.strip())
     elif kind == "disk-ok":
         term.run_in(terminal, ["rm", "-f", BALLAST, BALLAST + ".new"])
+    elif kind == "selftest-fail":
+        version = need(args, "an app VERSION, or off")
+        if version == "off":
+            term.run_in(terminal, ["rm", "-f", SELFTEST_FAIL])
+        else:
+            term.run_in(terminal, ["sh", "-c", f'mkdir -p /var/lib/possim && echo "$1" > {SELFTEST_FAIL}', "sh",
+                                   version])
     elif kind == "battery":
         pct = int(need(args, "PCT"))
         charging = "1" if "charging" in args[1:] else "0"

@@ -67,8 +67,10 @@ class ActionModule(ActionBase):
             where = f" (budget file {path})" if path else ""
             result.update(failed=True, msg=f"pos_rollout_budget{where}: {exc}")
             return result
-        # "failed" in a result fails the task: the count of failed terminals goes under another name.
+        # "failed" and "unreachable" in a result mean the task's own outcome to Ansible: the counts of
+        # terminals go under other names.
         state["failed_terminals"] = state.pop("failed")
+        state["unreachable_terminals"] = state.pop("unreachable")
         result.update(state, changed=changed, outcomes=len(merged), budget_file=path, msg=state["reason"])
         return result
 

@@ -118,7 +118,7 @@ failed_terminals:
   description: Failed and rolled back terminals.
   returned: success
   type: int
-unreachable:
+unreachable_terminals:
   description: Unreachable terminals.
   returned: success
   type: int

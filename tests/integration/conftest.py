@@ -7,6 +7,7 @@ check that `poslab down` gave the host back exactly as it was.
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,13 +16,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 POSLAB = ROOT / "bin" / "poslab"
 TERMINALS = int(os.environ.get("POSLAB_TEST_TERMINALS", "6"))
+# Every run's reports (the posfleet_report callback) and everything the commands print, for the
+# tests that read reports and the one that scans all outputs for secrets.
+OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="posfleet-it-"))
+REPORT_DIR = OUTPUT_DIR / "reports"
+COMMAND_LOG = OUTPUT_DIR / "commands.log"
 
 
 def run(argv, check=True, timeout=300, env=None, input_text=None):
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                             input=input_text,
-                            env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), **(env or {})),
+                            env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+                                     POSFLEET_REPORT_DIR=str(REPORT_DIR), **(env or {})),
                             check=False)
+    with open(COMMAND_LOG, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(str(a) for a in argv)}\n{result.stdout}{result.stderr}\n")
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"
                              f"stderr:\n{result.stderr[-4000:]}")
@@ -42,6 +51,15 @@ def host_snapshot():
 
 def status():
     return {row["serial"]: row for row in json.loads(poslab("status", "--json").stdout)}
+
+
+def latest_report():
+    """report.json of the newest run."""
+    return json.loads((REPORT_DIR / "latest" / "report.json").read_text())
+
+
+def rows_by_serial(report):
+    return {row["serial"]: row for row in report["terminals"]}
 
 
 def wait_for(predicate, timeout=60, interval=0.5, what="condition"):

@@ -4,7 +4,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from conftest import poslab, run
+from conftest import latest_report, poslab, rows_by_serial, run
 
 VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
 
@@ -24,11 +24,13 @@ def fleet_versions():
 
 
 def summary_totals(stdout):
-    """The TOTAL row of update.yml's outcome table, as {column: count}."""
-    lines = [line.strip().strip('",') for line in stdout.splitlines()]
+    """The TOTAL row of the outcome table the report callback prints, as {column: count}."""
+    lines = [line.strip() for line in stdout.splitlines()]
     header = next(line for line in lines if line.startswith("model ")).split()
     total = next(line for line in lines if line.startswith("TOTAL")).split()
-    return dict(zip(header[2:], map(int, total[1:])))
+    totals = dict(zip(header[2:], map(int, total[1:])))
+    assert totals == {k: v for k, v in latest_report()["totals"].items() if v}, "the table is the report's"
+    return totals
 
 
 def acquirer_ids(serial):
@@ -94,12 +96,23 @@ def test_rerun_is_a_noop(lab):
 
 def test_broken_release_rolls_back_and_stops_the_rollout(lab):
     before = fleet_versions()
-    canary = sorted(lab)[0]
     result = update("2026.12.1-broken", check=False)
     assert result.returncode != 0
-    assert f"{canary} rolled_back: " in result.stdout, "the canary was rolled back, with the reason"
+    report = latest_report()
+    canaries = report["waves"][0]["serials"]
+    assert sorted(lab[s]["model"] for s in canaries) == sorted({row["model"] for row in lab.values()}), \
+        "one canary per model"
+    rows = rows_by_serial(report)
+    for serial in canaries:
+        assert rows[serial]["status"] == "rolled_back" and "self-test failed" in rows[serial]["reason"]
+        assert f"{serial} rolled_back: " in result.stdout, "the canary was rolled back, with the reason"
+    assert report["halted"] and "error budget exhausted" in report["halt_reason"]
+    assert "the rollout STOPPED: error budget exhausted" in result.stdout
+    others = set(lab) - set(canaries)
+    assert {rows[s]["status"] for s in others} == {"deferred"}
+    assert all(rows[s]["deferred_by"] == "budget" and rows[s]["reason"].startswith("not started") for s in others)
     after = fleet_versions()
-    # The canary rolled back to the release it ran; no other terminal was touched.
+    # The canaries rolled back to the release they ran; no other terminal was touched.
     assert {v[:3] for v in after.values()} == {("1.1.0", "2026.12.0", "2026.12.0")}, after
     assert all(v[3] in ("idle", "in-transaction") for v in after.values())
     assert before.keys() == after.keys()

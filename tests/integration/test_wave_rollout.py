@@ -1,0 +1,183 @@
+"""Rollout control on the lab: maintenance windows on a chosen clock, plan against run, the error budget
+halting a rollout mid-way, the retry limit file, and the reports every run leaves.
+
+Runs after test_update.py (file order): the fleet starts on 2026.11.0, one heron_h5 on 2026.12.0.
+"""
+
+import csv
+import json
+import sys
+
+import pytest
+from conftest import COMMAND_LOG, OUTPUT_DIR, REPORT_DIR, ROOT, latest_report, poslab, rows_by_serial, run
+
+sys.path.insert(0, str(ROOT))
+from posfleet import report as posreport
+from posfleet import secretscan
+
+VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
+WINDOWS_ON = ["-e", "update_ignore_windows=false"]
+# 2026-11-24 02:00 UTC: 02:00 in London (eu_west 01:00-05:00, open), 03:00 in Berlin (eu_central
+# 02:00-05:30, open), 21:00 in New York (us_east 23:30-04:00, closed: it opens at 23:30 local).
+NIGHT_EUROPE = "2026-11-24T02:00:00Z"
+# 05:00 UTC: 05:00 in London (closed, the end is exclusive), 06:00 in Berlin (closed), 00:00 in New
+# York: open, past midnight inside a window that began the evening before.
+NIGHT_US = "2026-11-24T05:00:00Z"
+
+
+def playbook(name, release, *extra, check=True):
+    return run(["ansible-playbook", f"playbooks/{name}", "-e", f"update_release={release}", *extra, *VAULT],
+               check=check, timeout=900)
+
+
+def versions():
+    return {row["serial"]: row["app_version"] for row in json.loads(poslab("status", "--json").stdout)}
+
+
+def by_region(lab, region):
+    return sorted(serial for serial, row in lab.items() if row["region"] == region)
+
+
+@pytest.fixture(scope="module")
+def regions(lab):
+    found = {region: by_region(lab, region) for region in ("eu_west", "eu_central", "us_east")}
+    assert all(found.values()), f"the lab fleet must span the three regions: {found}"
+    return found
+
+
+def test_windows_defer_by_region_on_the_control_node_clock(lab, regions):
+    playbook("plan.yml", "2026.12.0", *WINDOWS_ON, "-e", f"update_clock_utc={NIGHT_EUROPE}")
+    rows = rows_by_serial(latest_report())
+    for serial in regions["us_east"]:
+        assert rows[serial]["status"] == "deferred" and rows[serial]["deferred_by"] == "window", rows[serial]
+        # 23:30 in New York that evening (EST, UTC-5) is 04:30 UTC.
+        assert rows[serial]["window_opens_at"] == "2026-11-24T04:30:00+00:00"
+        assert "23:30-04:00 (America/New_York, region)" in rows[serial]["reason"]
+    for serial in regions["eu_west"] + regions["eu_central"]:
+        assert rows[serial]["status"] in ("would_update", "current"), rows[serial]
+
+    # Five in the morning UTC: Europe's windows have closed, New York's (crossing midnight) is open;
+    # one eu_west terminal has its own window that is open then, in its region's timezone.
+    override = regions["eu_west"][0]
+    host_vars = ROOT / "inventories" / "lab" / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    (host_vars / f"{override}.yml").write_text('---\npos_maintenance_window: "04:30-06:00"\n')
+    try:
+        playbook("plan.yml", "2026.12.0", *WINDOWS_ON, "-e", f"update_clock_utc={NIGHT_US}")
+    finally:
+        (host_vars / f"{override}.yml").unlink()
+        host_vars.rmdir()
+    rows = rows_by_serial(latest_report())
+    for serial in regions["us_east"]:
+        assert rows[serial]["status"] in ("would_update", "current"), rows[serial]
+    assert rows[override]["status"] in ("would_update", "current"), "its own window is open"
+    for serial in regions["eu_central"] + regions["eu_west"][1:]:
+        assert rows[serial]["deferred_by"] == "window", rows[serial]
+        # The next night's windows: 01:00 in London (GMT) and 02:00 in Berlin (CET) are both 01:00 UTC.
+        assert rows[serial]["window_opens_at"] == "2026-11-25T01:00:00+00:00"
+
+
+def test_plan_predicts_what_the_update_does(lab, regions):
+    before = versions()
+    settings = [*WINDOWS_ON, "-e", f"update_clock_utc={NIGHT_EUROPE}"]
+    playbook("plan.yml", "2026.12.0", *settings)
+    plan = latest_report()
+    assert plan["mode"] == "plan"
+    update = playbook("update.yml", "2026.12.0", *settings)
+    done = latest_report()
+    assert done["mode"] == "update" and done["run_id"] != plan["run_id"]
+    expected = {"would_update": "updated", "current": "current", "deferred": "deferred"}
+    planned, ran = rows_by_serial(plan), rows_by_serial(done)
+    assert planned.keys() == ran.keys() == set(lab)
+    for serial, row in planned.items():
+        assert ran[serial]["status"] == expected[row["status"]], (serial, row, ran[serial])
+        assert ran[serial]["wave"] == row["wave"], serial
+    assert [wave["serials"] for wave in done["waves"]] == [wave["serials"] for wave in plan["waves"]]
+    # The deferred region was not touched at all; the others run the release.
+    after = versions()
+    for serial in regions["us_east"]:
+        assert after[serial] == before[serial]
+    for serial in regions["eu_west"] + regions["eu_central"]:
+        assert after[serial] == "1.1.0"
+    assert "posfleet: wave 1 of 1" in update.stdout, "the progress line"
+
+
+def test_error_budget_stops_mid_rollout_and_the_retry_converges(lab):
+    # Everyone back on the baseline, so that the upgrade has a canary and two waves to go.
+    playbook("update.yml", "2026.11.0")
+    assert set(versions().values()) == {"1.0.0"}
+    playbook("plan.yml", "2026.12.0")
+    waves = latest_report()["waves"]
+    assert len(waves) >= 3, waves
+    victim = waves[1]["serials"][0]
+    poslab("fault", victim, "selftest-fail", "1.1.0")
+    try:
+        result = playbook("update.yml", "2026.12.0", "-e", "update_max_failed=0", check=False)
+    finally:
+        poslab("fault", victim, "selftest-fail", "off")
+    assert result.returncode != 0
+    report = latest_report()
+    rows = rows_by_serial(report)
+    assert rows[victim]["status"] == "rolled_back" and "selftest-fail" in rows[victim]["reason"]
+    assert report["halted"]
+    assert report["halt_reason"].startswith("error budget exhausted: 1 terminal failed or rolled back, more "
+                                            "than the limit of 0 (max_failed)")
+    later = [serial for wave in waves[2:] for serial in wave["serials"]]
+    assert f"{len(later)} terminals left untouched" in report["halt_reason"]
+    now = versions()
+    for serial in later:
+        assert rows[serial]["status"] == "deferred" and rows[serial]["deferred_by"] == "budget"
+        assert now[serial] == "1.0.0", "a later wave was not touched"
+    for serial in waves[0]["serials"]:
+        assert rows[serial]["status"] == "updated" and now[serial] == "1.1.0"
+    assert now[victim] == "1.0.0", "the failed terminal is back on the release it ran"
+    assert report["waves"][2]["started_at"] is None
+
+    # The limit file names exactly the terminals that are not on the release yet.
+    run_dir = (REPORT_DIR / "latest").resolve()
+    limit = (run_dir / "retry.limit").read_text().split()
+    assert sorted(limit) == sorted(serial for serial, version in now.items() if version != "1.1.0")
+    playbook("update.yml", "2026.12.0", "--limit", f"@{run_dir / 'retry.limit'}")
+    retry = latest_report()
+    assert {row["serial"] for row in retry["terminals"]} == set(limit)
+    assert {row["status"] for row in retry["terminals"]} == {"updated"}
+    assert set(versions().values()) == {"1.1.0"}
+    ledger = json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
+    assert ledger["missing"] == 0 and ledger["duplicated"] == 0
+
+    # The audit log has one line per change, the rollback included.
+    audit = [json.loads(line) for line in (REPORT_DIR / "audit.jsonl").read_text().splitlines()]
+    mine = [entry for entry in audit if entry["run_id"] == report["run_id"]]
+    assert {"terminal": victim, "action": "rollback"}.items() <= next(
+        entry for entry in mine if entry["terminal"] == victim).items()
+    app = [entry for entry in mine if entry["what"] == "app" and entry["action"] == "update"]
+    assert sorted(entry["terminal"] for entry in app) == sorted(waves[0]["serials"])
+    assert all(entry["from"] == "1.0.0" and entry["to"] == "1.1.0" for entry in app)
+
+
+def test_every_report_is_valid_and_its_csv_has_the_same_rows(lab):
+    runs = [path for path in REPORT_DIR.iterdir() if path.is_dir() and not path.is_symlink()]
+    assert len(runs) >= 5
+    for run_dir in runs:
+        doc = json.loads((run_dir / "report.json").read_text())
+        posreport.validate(doc)
+        with open(run_dir / "report.csv", newline="", encoding="utf-8") as handle:
+            table = list(csv.DictReader(handle))
+        assert [(row["serial"], row["status"]) for row in table] == \
+            [(row["serial"], row["status"]) for row in doc["terminals"]], run_dir
+        retry = {row["serial"] for row in doc["terminals"]
+                 if row["status"] in ("failed", "rolled_back", "deferred", "unreachable")}
+        assert set((run_dir / "retry.limit").read_text().split()) == retry
+
+
+def test_reports_logs_and_outputs_hold_no_secret(lab, tmp_path):
+    # The lab's secrets: the vault's values (the backup key) and password, the release signing key and
+    # the SSH key. The scanner finds them where they are, or this test could not fail.
+    secrets = secretscan.lab_secrets()
+    bait = tmp_path / "bait.txt"
+    bait.write_text(f"key: {secrets[0].value}\n")
+    assert [finding.kind for finding in secretscan.scan_paths([bait], secrets)] == ["secret"]
+
+    assert COMMAND_LOG.stat().st_size > 0 and (REPORT_DIR / "audit.jsonl").exists()
+    findings = secretscan.scan_paths([OUTPUT_DIR], secrets)
+    assert not findings, secretscan.format_table(findings)
