@@ -7,9 +7,10 @@ SHELL := /bin/bash
 VENV        := .venv
 VBIN        := $(VENV)/bin
 # Debian packages the control node and the lab need. The terminal image is built from Debian's
-# archive with debootstrap, so nothing here is downloaded from anywhere else.
+# archive with debootstrap, so nothing here is downloaded from anywhere else. chromium opens the
+# rollout report (report.html) headless in the tests.
 APT_PACKAGES := debootstrap nginx-light openssh-client sqlite3 iproute2 dpkg-dev xz-utils zstd \
-                rsync openssl ca-certificates util-linux procps
+                rsync openssl ca-certificates util-linux procps chromium
 DEMO_TERMINALS ?= 12
 TEST_TERMINALS ?= 6
 export PATH := $(CURDIR)/$(VBIN):$(CURDIR)/bin:$(PATH)
