@@ -174,7 +174,7 @@ dl.meta dd{margin:0}
 #halt strong{color:#b42318}#budget{margin:.5em 0;color:#444}
 table{border-collapse:collapse;margin:.3em 0}th,td{border:1px solid #d0d5dd;padding:.2em .5em;text-align:left}
 th{background:#f2f4f7}td.num,th.num{text-align:right}tfoot td,tfoot th{font-weight:600;background:#f9fafb}
-td.zero{color:#98a2b3}
+td.zero{color:#98a2b3}#terminals td[data-key=packs_after]{overflow-wrap:anywhere;max-width:18em}
 #terminals th{cursor:pointer;user-select:none}#terminals th[aria-sort=ascending]::after{content:" \\25B2"}
 #terminals th[aria-sort=descending]::after{content:" \\25BC"}
 .st{display:inline-block;padding:0 .4em;border-radius:3px;font-size:.9em}
