@@ -24,13 +24,23 @@ description:
     posd loaded the new versions and that its sequence counters did not go backwards. posd itself applies a
     params pack's C(counters.json) C(batch_floor); this module never writes counters.
   - The previous version of each pack is kept for a rollback; older versions are removed.
+  - "Delta sync: when the release lists C(deltas) for a pack and the terminal holds one of their C(from_version)s
+    intact (current or previous), the module rebuilds that version's uncompressed tar from the installed files,
+    checks it against the delta's C(from_tar_sha256), downloads only the delta (resuming like any download),
+    applies it and checks the rebuilt tar's C(tar_sha256) and C(tar_size) from the release manifest before it is
+    unpacked exactly as a full download would be. Any problem (no installed base, a base that does not rebuild
+    byte for byte, a missing or damaged delta, a result with another sha256, too little free space) falls back
+    to the full archive; RV(transfers) says which way each pack came and why."
 version_added: "0.1.0"
 author: posfleet contributors
 options:
   packs:
     description:
       - The release's packs for this model, C(name) to a dict with C(version), C(url) (full URL), C(sha256)
-        and C(size).
+        and C(size), and optionally C(tar_sha256), C(tar_size) and C(deltas) (a list of dicts with
+        C(from_version), C(from_tar_sha256), C(url), C(sha256) and C(size)), as in the release manifest.
+      - A delta C(url) may be relative to the distribution point root (C(pool/...)), as in the manifest; it is
+        resolved against the root of the pack's C(url).
       - Known names are C(params) and C(catalog); C(merchant) comes from O(merchant).
     type: dict
     default: {}
@@ -55,6 +65,10 @@ options:
     default: 2
   reload:
     description: Ask posd to reload its packs after the switch.
+    type: bool
+    default: true
+  delta:
+    description: Use a pack's deltas when the terminal has a base for one; C(false) always downloads the full archive.
     type: bool
     default: true
 notes:
@@ -89,10 +103,20 @@ versions_after:
   type: dict
   sample: {params: 2026.11.0, catalog: 2026.01.0, merchant: 5d1c0e2a9f3b}
 bytes_downloaded:
-  description: Bytes received in this run.
+  description: Bytes received in this run (deltas and full archives).
   returned: always
   type: int
   sample: 47112
+transfers:
+  description:
+    - How each downloaded pack came (would come, in check mode): C(transfer) is C(delta) or C(full),
+      C(bytes_downloaded) what it took (a failed delta counts too), C(from_version) the base of a delta, and
+      C(fallback_reason) why a full download was used (C(null) for a delta).
+    - In check mode C(delta) means a delta from an installed version exists; the base is only rebuilt and
+      checked for real.
+  returned: always
+  type: dict
+  sample: {catalog: {transfer: delta, bytes_downloaded: 918, from_version: 2026.11.0, fallback_reason: null}}
 resumed:
   description: Whether any download continued a partial one.
   returned: always
@@ -125,10 +149,12 @@ from ansible.module_utils.pos_archive import (
     check_pack_manifest,
     pack_intact,
     read_member_json,
+    read_pack_manifest,
     safe_extract,
     verify_files,
 )
-from ansible.module_utils.pos_download import DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_delta import DeltaError, apply_delta, pack_dir_members, write_pack_tar
+from ansible.module_utils.pos_download import SHA256_RE, DownloadError, fetch, partial_bytes
 from ansible.module_utils.pos_terminal import (
     PACK_NAMES,
     PACKS_DIR,
@@ -137,6 +163,7 @@ from ansible.module_utils.pos_terminal import (
     free_bytes,
     pack_versions,
     posd,
+    sha256_file,
     terminal_path,
 )
 
@@ -183,27 +210,154 @@ def check_specs(module, packs):
         except (TypeError, ValueError):
             module.fail_json(msg="packs.%s.size must be a number of bytes, not %r" % (name, spec["size"]))
         spec["version"] = version
+        check_deltas(module, name, spec)
 
 
-def stage_download(module, name, spec, staging, result):
+def check_deltas(module, name, spec):
+    deltas = spec.get("deltas") or []
+    if not deltas:
+        return
+    where = "packs.%s" % name
+    if not isinstance(deltas, list) or not all(isinstance(delta, dict) for delta in deltas):
+        module.fail_json(msg="%s.deltas must be a list of dicts; check the release manifest" % where)
+    try:
+        spec["tar_size"] = int(spec.get("tar_size"))
+    except (TypeError, ValueError):
+        module.fail_json(msg="%s has deltas but no tar_size (bytes of its tar); check the release manifest" % where)
+    for index, delta in enumerate([spec, *deltas]):
+        label = where if index == 0 else "%s.deltas.%d" % (where, index - 1)
+        keys = ("tar_sha256",) if index == 0 else ("from_version", "from_tar_sha256", "url", "sha256", "size")
+        missing = [key for key in keys if delta.get(key) in (None, "")]
+        if missing:
+            module.fail_json(msg="%s lacks %s; check the release manifest" % (label, ", ".join(missing)))
+        for key in ("tar_sha256", "from_tar_sha256", "sha256"):
+            if key in keys and not SHA256_RE.match(str(delta[key]).lower()):
+                module.fail_json(msg="%s.%s is not 64 hex digits; check the release manifest" % (label, key))
+        if index:
+            delta["from_version"] = str(delta["from_version"])
+            delta["from_tar_sha256"] = str(delta["from_tar_sha256"]).lower()
+            try:
+                delta["size"] = int(delta["size"])
+            except (TypeError, ValueError):
+                module.fail_json(msg="%s.size must be a number of bytes, not %r" % (label, delta["size"]))
+    spec["tar_sha256"] = str(spec["tar_sha256"]).lower()
+
+
+def delta_url(pack_url, url):
+    """A delta's full URL: the manifest's pool/... path against the root the pack's own URL was made from."""
+    if url.startswith(("http://", "https://")):
+        return url
+    cut = pack_url.rfind("/pool/")
+    if cut < 0:
+        cut = pack_url.find("/", pack_url.find("//") + 2)
+    return pack_url[:cut + 1] + url.lstrip("/")
+
+
+def delta_candidates(name, spec):
+    """(the deltas whose base version the terminal holds intact, current version first; why none if so)."""
+    deltas = spec.get("deltas") or []
+    if not deltas:
+        return [], "the release has no delta for this pack"
+    current = current_target(name)
+    held = [delta for delta in deltas if intact(name, delta["from_version"])]
+    held.sort(key=lambda delta: delta["from_version"] != current)
+    if not held:
+        return [], ("no usable base: the release has deltas from %s, the terminal holds none of them intact"
+                    % ", ".join(delta["from_version"] for delta in deltas))
+    return held, None
+
+
+def rebuild_base(name, delta, staging):
+    """Write the tar of the installed base version into staging; DeltaError unless it is the delta's base."""
+    directory = os.path.join(pack_base(name), delta["from_version"])
+    path = os.path.join(staging, "%s-%s.base.tar" % (name, delta["from_version"]))
+    manifest = read_pack_manifest(directory, name)
+    try:
+        with open(path, "wb") as handle:
+            write_pack_tar(handle, pack_dir_members(directory, manifest["files"]))
+        same = sha256_file(path) == delta["from_tar_sha256"]
+    except BaseException:
+        if os.path.exists(path):
+            os.unlink(path)
+        raise
+    if not same:
+        os.unlink(path)
+        raise DeltaError("the installed %s %s does not rebuild, byte for byte, the tar the delta was made from"
+                         % (name, delta["from_version"]))
+    return path
+
+
+def fetch_by_delta(module, name, spec, staging, count):
+    """The verified tar of the wanted version rebuilt from a delta, and the delta's base version.
+
+    Raises DeltaError, DownloadError, ArchiveError or OSError when no delta can be used.
+    """
+    candidates, reason = delta_candidates(name, spec)
+    if not candidates:
+        raise DeltaError(reason)
+    os.makedirs(staging, mode=0o755, exist_ok=True)
+    rebuilt = os.path.join(staging, spec["tar_sha256"] + ".tar")
+    delta = candidates[0]
+    if os.path.isfile(rebuilt) and sha256_file(rebuilt) == spec["tar_sha256"]:
+        return rebuilt, delta["from_version"]  # rebuilt by an interrupted run, and still the right bytes
+    base = rebuild_base(name, delta, staging)
+    try:
+        download = fetch(delta_url(spec["url"], delta["url"]), staging, delta["sha256"], delta["size"],
+                         timeout=module.params["timeout"], retries=module.params["retries"],
+                         retry_delay=module.params["retry_delay"])
+        count(download)
+        try:
+            apply_delta(base, download["path"], rebuilt, spec["tar_sha256"], spec["tar_size"])
+        finally:
+            os.unlink(download["path"])
+    finally:
+        os.unlink(base)
+    return rebuilt, delta["from_version"]
+
+
+def fetch_pack(module, name, spec, staging, result, no_delta):
+    """Download one pack the cheapest way that works; the path of its verified archive (or tar).
+
+    `no_delta` is why a delta must not be tried (None: try one). result["transfers"][name] says how it
+    came, and counts the bytes of a delta that did not work out too.
+    """
+    transfer = result["transfers"][name] = {"transfer": "full", "bytes_downloaded": 0, "from_version": None,
+                                            "fallback_reason": no_delta}
+
+    def count(download):
+        transfer["bytes_downloaded"] += download["bytes_downloaded"]
+        result["bytes_downloaded"] += download["bytes_downloaded"]
+        result["resumed"] = result["resumed"] or download["resumed"]
+
+    if no_delta is None:
+        try:
+            path, transfer["from_version"] = fetch_by_delta(module, name, spec, staging, count)
+            transfer["transfer"] = "delta"
+            return path
+        except (DeltaError, DownloadError, ArchiveError, OSError) as error:
+            transfer["fallback_reason"] = str(error)
+    download = fetch(spec["url"], staging, spec["sha256"], spec["size"], timeout=module.params["timeout"],
+                     retries=module.params["retries"], retry_delay=module.params["retry_delay"])
+    count(download)
+    return download["path"]
+
+
+def stage_download(module, name, spec, staging, result, no_delta):
     """Download, unpack and verify one release pack into packs/<name>/<version>.staging; return that path."""
     version = spec["version"]
     label = "pack %s %s (%s)" % (name, version, spec["url"])
-    download = fetch(spec["url"], staging, spec["sha256"], spec["size"], timeout=module.params["timeout"],
-                     retries=module.params["retries"], retry_delay=module.params["retry_delay"])
-    result["bytes_downloaded"] += download["bytes_downloaded"]
-    result["resumed"] = result["resumed"] or download["resumed"]
-    manifest = check_pack_manifest(read_member_json(download["path"], "PACK.json", label), name,
+    path = fetch_pack(module, name, spec, staging, result, no_delta)
+    manifest = check_pack_manifest(read_member_json(path, "PACK.json", label), name,
                                    label + " PACK.json", version=version)
     target = os.path.join(pack_base(name), version + ".staging")
     if os.path.lexists(target):
         shutil.rmtree(target)  # left by an interrupted run; never in use
-    safe_extract(download["path"], target, label, allow_dirs=False, allow_links=False,
+    safe_extract(path, target, label, allow_dirs=False, allow_links=False,
                  allowed=set(manifest["files"]) | {"PACK.json"}, max_bytes=4 * spec["size"])
     problems = verify_files(target, manifest["files"])
     if problems:
         raise ArchiveError("%s does not match its PACK.json: %s" % (label, "; ".join(problems[:3])))
-    return target, download["path"]
+    return target, path
 
 
 def stage_merchant(profile_bytes, version):
@@ -260,6 +414,7 @@ def main():
             retries=dict(type="int", default=3),
             retry_delay=dict(type="float", default=2.0),
             reload=dict(type="bool", default=True),
+            delta=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -267,7 +422,7 @@ def main():
              for name, spec in module.params["packs"].items()}
     check_specs(module, packs)
     wanted = {name: spec["version"] for name, spec in packs.items()}
-    result = dict(bytes_downloaded=0, resumed=False)
+    result = dict(bytes_downloaded=0, resumed=False, transfers={})
     profile_bytes = None
     if module.params["merchant"] is not None:
         if not isinstance(module.params["merchant"].get("currency"), str):
@@ -294,7 +449,22 @@ def main():
         module.fail_json(msg="not enough free space for the data packs %s: they need %d MB, %d MB are free; "
                          "free some space on the terminal"
                          % (", ".join(downloads), need // (1 << 20) + 1, free // (1 << 20)), **result)
+    # Applying a delta needs the rebuilt tars of the base and of the new version beside the download.
+    delta_need = need + sum(2 * packs[name].get("tar_size", 0) for name in downloads if packs[name].get("deltas"))
+    no_delta = None
+    if not module.params["delta"]:
+        no_delta = "deltas are turned off (delta: false)"
+    elif free < delta_need:
+        no_delta = ("not enough free space to rebuild a pack from a delta (%d MB needed, %d MB free)"
+                    % (delta_need // (1 << 20) + 1, free // (1 << 20)))
     if module.check_mode:
+        for name in downloads:
+            candidates, reason = delta_candidates(name, packs[name])
+            usable = candidates and no_delta is None
+            result["transfers"][name] = {
+                "transfer": "delta" if usable else "full", "bytes_downloaded": 0,
+                "from_version": candidates[0]["from_version"] if usable else None,
+                "fallback_reason": None if usable else (no_delta or reason)}
         module.exit_json(changed=True, versions_after=after, diff=diff, **result)
 
     staged, fetched = {}, []
@@ -306,7 +476,7 @@ def main():
                     staged[name] = stage_merchant(profile_bytes, wanted[name])
             elif name in downloads:
                 os.makedirs(pack_base(name), mode=0o755, exist_ok=True)
-                staged[name], path = stage_download(module, name, packs[name], staging, result)
+                staged[name], path = stage_download(module, name, packs[name], staging, result, no_delta)
                 fetched.append(path)
     except (DownloadError, ArchiveError) as error:
         for path in staged.values():
