@@ -7,6 +7,7 @@ operator sees: the exit status, the JSON on stdout, the message on stderr, the f
 
 import base64
 import functools
+import gzip
 import hashlib
 import http.server
 import io
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "bin" / "posfleet-release"
 sys.path.insert(0, str(REPO))
 
-from posfleet import release as posrelease  # noqa: E402  (needs the path set above)
+from posfleet import packs  # noqa: E402  (needs the path set above)
+from posfleet import release as posrelease  # noqa: E402
 
 MODELS = yaml.safe_load((REPO / "inventories" / "shared" / "models.yml").read_text())["models"]
 RELEASE_ID = "2026.11.0"
@@ -176,6 +178,10 @@ def test_an_unsigned_release_is_refused(release):
                                    "must be signed; run `posfleet-release sign`")
 
 
+DELTA_ENTRY = {"from_version": "2026.10.0", "from_tar_sha256": "a" * 64,
+               "url": f"pool/{'b' * 64}/catalog-2026.10.0-to-2026.11.0.delta", "sha256": "b" * 64, "size": 100}
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda m: m["models"]["kestrel_k200"]["app"].update(sha256="abc123"),
      "models.kestrel_k200.app.sha256: expected 64 hex characters"),
@@ -193,6 +199,17 @@ def test_an_unsigned_release_is_refused(release):
     (lambda m: m["models"]["kestrel_k200"]["packs"].pop("catalog"),
      "models.kestrel_k200.packs.catalog: missing"),
     (lambda m: m.update(schema=2), "schema: expected 1"),
+    (lambda m: m["models"]["heron_h5"]["packs"]["catalog"].update(deltas=[DELTA_ENTRY]),
+     "models.heron_h5.packs.catalog.tar_sha256: missing (needed with deltas)"),
+    (lambda m: m["models"]["heron_h5"]["packs"]["catalog"].update(
+        tar_sha256="c" * 64, tar_size=10, deltas=[dict(DELTA_ENTRY, signed_by="me")]),
+     "models.heron_h5.packs.catalog.deltas.0.signed_by: unknown field"),
+    (lambda m: m["models"]["heron_h5"]["packs"]["catalog"].update(
+        tar_sha256="c" * 64, tar_size=10, deltas=[dict(DELTA_ENTRY, sha256="d" * 64)]),
+     "models.heron_h5.packs.catalog.deltas.0.url: the pool directory must be the entry's sha256"),
+    (lambda m: m["models"]["heron_h5"]["packs"]["catalog"].update(
+        tar_sha256="a" * 64, tar_size=10, deltas=[DELTA_ENTRY]),
+     "models.heron_h5.packs.catalog.deltas: a delta from the pack to itself"),
 ])
 def test_a_signed_manifest_that_breaks_the_schema_is_refused_naming_the_field(release, change, expected):
     """The signature is good here (re-signed after the change): the schema alone must refuse it."""
@@ -319,6 +336,44 @@ def test_the_lab_release_specs_build(tmp_path):
         json.loads(pack_file("upgrade", "params", "fees.json"))["card_present_bps"]
     with tarfile.open(tmp_path / manifests["broken"]["models"]["heron_h5"]["app"]["url"]) as tar:
         assert "BROKEN = True" in tar.extractfile("1.1.1/lib/posd.py").read().decode()
+
+    # Deltas: none for the first release; the next ones have one per pack from the baseline's version,
+    # which rebuilds the new pack's tar byte for byte from the baseline's.
+    assert results["baseline"]["deltas"] == {"params": [], "catalog": []}
+    assert "deltas" not in manifests["baseline"]["models"]["heron_h5"]["packs"]["catalog"]
+    assert results["upgrade"]["deltas"] == results["broken"]["deltas"] == {"params": ["2026.11.0"],
+                                                                           "catalog": ["2026.11.0"]}
+    old, new = (manifests[name]["models"]["heron_h5"]["packs"]["catalog"] for name in ("baseline", "upgrade"))
+    (entry,) = new["deltas"]
+    assert entry["from_version"] == "2026.11.0" and entry["size"] <= 0.05 * new["size"]
+    base_tar = gzip.decompress((tmp_path / old["url"]).read_bytes())
+    assert hashlib.sha256(base_tar).hexdigest() == entry["from_tar_sha256"]
+    (tmp_path / "base.tar").write_bytes(base_tar)
+    packs.delta.apply_delta(tmp_path / "base.tar", tmp_path / entry["url"], tmp_path / "new.tar",
+                            new["tar_sha256"], new["tar_size"])
+    assert (tmp_path / "new.tar").read_bytes() == gzip.decompress((tmp_path / new["url"]).read_bytes())
+
+
+def test_deltas_are_verified_and_published_with_their_release(release, tmp_path):
+    spec = write_spec(tmp_path / "next.yml", release="2026.12.0", created="2026-12-01T01:00:00Z",
+                      packs={"params": dict(SPEC["packs"]["params"], version="2026.12.0"),
+                             "catalog": {"version": "2026.12.0", "records": 300, "changed_ratio": 0.01}})
+    assert ok("build", "--spec", spec, "--out", release.out)["deltas"] == {"params": ["2026.11.0"],
+                                                                        "catalog": ["2026.11.0"]}
+    next_dir = release.out / "releases" / "2026.12.0"
+    ok("sign", "--release", next_dir, "--key", release.key)
+    checked = ok("verify", "--release", next_dir, "--pubkey", release.pub, "--root", release.out)
+    deltas = [url for url in checked["artifacts_checked"] if url.endswith(".delta")]
+    assert len(deltas) == 2
+    published = ok("publish", "--root", release.out, "--repo", tmp_path / "repo", "--region", "eu_west",
+                   "--release", "2026.12.0")
+    assert set(deltas) <= set(published["regions"]["eu_west"]["copied"])
+    ok("verify", "--release", tmp_path / "repo" / "eu_west" / "releases" / "2026.12.0", "--pubkey", release.pub,
+       "--root", tmp_path / "repo" / "eu_west")
+    (tmp_path / "repo" / "eu_west" / deltas[0]).write_bytes(b"changed")
+    broken = run("verify", "--release", tmp_path / "repo" / "eu_west" / "releases" / "2026.12.0", "--pubkey",
+                 release.pub, "--root", tmp_path / "repo" / "eu_west", check=False)
+    assert f"{deltas[0].split('/')[-1]}: 7 bytes, the manifest says" in broken.stderr
 
 
 # --- publish ---------------------------------------------------------------------------------------
