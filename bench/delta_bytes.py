@@ -198,7 +198,7 @@ def main(argv=None):
     result.update(
         date=today,
         python=platform.python_version(),
-        command="bench/delta_bytes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command=" ".join(["bench/delta_bytes.py", *(argv if argv is not None else sys.argv[1:])]),
     )
     print(table(result))
     path = args.json or ROOT / "bench" / "results" / f"delta-bytes-{today}.json"
