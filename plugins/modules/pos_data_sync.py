@@ -109,9 +109,9 @@ bytes_downloaded:
   sample: 47112
 transfers:
   description:
-    - How each downloaded pack came (would come, in check mode): C(transfer) is C(delta) or C(full),
+    - "How each downloaded pack came (would come, in check mode): C(transfer) is C(delta) or C(full),
       C(bytes_downloaded) what it took (a failed delta counts too), C(from_version) the base of a delta, and
-      C(fallback_reason) why a full download was used (C(null) for a delta).
+      C(fallback_reason) why a full download was used (C(null) for a delta)."
     - In check mode C(delta) means a delta from an installed version exists; the base is only rebuilt and
       checked for real.
   returned: always
