@@ -33,14 +33,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import lzma
 import os
 import tarfile
+
+try:
+    import lzma
+except ImportError:  # a Python built without liblzma: no deltas, but full downloads still work
+    lzma = None
 
 MAGIC = b"PFD1"
 BLOCK = 16  # bytes of the base indexed per entry: a change costs about this many bytes of search
 CANDIDATES = 8  # positions kept per block, for repetitive data (tar padding, equal lines)
-PRESET = 9 | lzma.PRESET_EXTREME
+PRESET = 9 | (lzma.PRESET_EXTREME if lzma else 0)
 
 
 class DeltaError(Exception):
@@ -177,6 +181,8 @@ def make_delta(base, target):
 # --- applying a delta (the terminal) -----------------------------------------------------------------
 
 def _payload(delta_path, limit):
+    if lzma is None:
+        raise DeltaError("this Python has no lzma module (built without liblzma), so it cannot read deltas")
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
     out = bytearray()
     try:

@@ -125,6 +125,14 @@ def test_a_delta_for_another_base_or_target_is_refused(tmp_path):
         delta.apply_delta(tmp_path / "base.tar", tmp_path / "delta", tmp_path / "out.tar", "0" * 64, 3004)
 
 
+def test_a_python_without_lzma_refuses_deltas_clearly(tmp_path, monkeypatch):
+    base, target = b"abc" * 1000, b"abc" * 500 + b"XYZ" + b"abc" * 500
+    data = delta.make_delta(base, target)
+    monkeypatch.setattr(delta, "lzma", None)
+    with pytest.raises(delta.DeltaError, match="no lzma module"):
+        apply(tmp_path, base, data, target)
+
+
 # --- pos_data_sync -----------------------------------------------------------------------------------
 
 
