@@ -29,6 +29,7 @@ ARGUMENT_SPEC = {
     "max_failed_pct": {"type": "raw"},
     "count_unreachable": {"type": "bool", "default": False},
     "total": {"type": "int"},
+    "run_hosts": {"type": "list", "elements": "str", "default": []},
 }
 
 
@@ -42,6 +43,9 @@ class ActionModule(ActionBase):
         _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         outcomes = {str(serial): status for serial, status in args["outcomes"].items()}
         path = args["budget_file"]
+        # This run's terminals that have no outcome in it yet: what the budget file says of them is
+        # from an earlier run (a retry of yesterday's failures) and must not spend today's budget.
+        stale = set(args["run_hosts"]) - set(outcomes)
         changed = False
         try:
             if path:
@@ -49,10 +53,12 @@ class ActionModule(ActionBase):
                     # A preview spends no budget: read what real runs recorded, write nothing.
                     recorded = rollout.budget_file_read(path)
                     merged = dict(recorded, **outcomes)
+                    merged = {serial: status for serial, status in merged.items() if serial not in stale}
                 else:
                     before = rollout.budget_file_read(path)
                     merged = rollout.budget_file_merge(path, outcomes)
                     changed = merged != before
+                    merged = {serial: status for serial, status in merged.items() if serial not in stale}
                     result["diff"] = {"before": _lines(before), "after": _lines(merged),
                                       "before_header": path, "after_header": path}
             else:

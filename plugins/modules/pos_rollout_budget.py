@@ -55,6 +55,13 @@ options:
       - How many terminals the rollout has, so that the reason says how many were left untouched.
         With O(budget_file), terminals other processes recorded are added to it.
     type: int
+  run_hosts:
+    description:
+      - This run's terminals. What O(budget_file) holds for one of them that has no outcome in this
+        run yet is from an earlier run (a retry of the terminals that failed then), and is not counted.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
