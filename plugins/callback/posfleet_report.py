@@ -73,6 +73,8 @@ STEPS = {"pos_preflight": "preflight", "pos_quiesce": "quiesce", "pos_txn_upload
 # Module results whose bytes_downloaded are what the terminal received.
 DOWNLOADERS = ("pos_package", "pos_data_sync")
 FINAL = ("current", "updated", "deferred", "failed", "rolled_back", "would_update")
+RUN_ENDED = ("the run ended before its batch started (Ansible stops a play when every terminal of a batch "
+             "fails or is unreachable)")
 HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_before",
               "pos_update_target", "pos_update_wave", "pos_update_started", "pos_update_window")
 RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
@@ -227,8 +229,9 @@ class CallbackModule(CallbackBase):
             return "unreachable", None, "stopped answering in the middle of its update"
         if isinstance(state.get("pos_update_wave"), int):
             halt = self.run.get("update_halt")
-            why = f"the rollout stopped: {halt}" if halt else "the run ended before its batch started"
-            return "deferred", "budget", f"not started, {why}"
+            if halt:
+                return "deferred", "budget", f"not started, the rollout stopped: {halt}"
+            return "deferred", "stopped", f"not started, {RUN_ENDED}"
         return "unreachable", None, "did not answer the survey"
 
     def _row(self, serial, hostvars):
@@ -275,6 +278,8 @@ class CallbackModule(CallbackBase):
             waves.append({"index": index, "name": "canary" if index == 0 else f"wave {index}",
                           "serials": list(serials), "started_at": _iso(seen[0]), "finished_at": _iso(seen[1])})
         halt = self.run.get("update_halt")
+        if halt is None and mode != "plan" and any(row["deferred_by"] == "stopped" for row in rows):
+            halt = RUN_ENDED
         doc = {
             "schema": "posfleet-report/1",
             "run_id": f"{self.started:%Y%m%dT%H%M%SZ}-{mode}-{secrets.token_hex(2)}",
