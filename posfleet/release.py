@@ -35,7 +35,7 @@ import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 
 from posfleet import packs
 
@@ -105,7 +105,7 @@ MANIFEST_SCHEMA = {
     "additionalProperties": False,
     "required": ["schema", "release", "created", "description", "models"],
     "properties": {
-        "schema": {"const": SCHEMA_VERSION,
+        "schema": {"type": "integer", "const": SCHEMA_VERSION,
                    "x-expected": f"{SCHEMA_VERSION} (the manifest schema this posfleet reads)"},
         "release": RELEASE_ID,
         "created": CREATED,
@@ -213,10 +213,20 @@ def _describe(error):
     return [f"{where}: {error.message}"]
 
 
+def _integer(_checker, instance):
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema counts 4.0 as an integer; a manifest or spec that says 4.0 where the contract says an
+# integer has the wrong type, and is refused like any other.
+_Validator = validators.extend(
+    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
+
+
 def schema_errors(schema, instance):
     """Every way `instance` breaks `schema`, one line each, sorted by field path."""
     lines = set()
-    for error in Draft202012Validator(schema).iter_errors(instance):
+    for error in _Validator(schema).iter_errors(instance):
         lines.update(_describe(error))
     return sorted(lines)
 

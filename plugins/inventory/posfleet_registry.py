@@ -61,9 +61,13 @@ options:
         C(FILE:LINE: reason) for CSV and C(FILE:entry N: reason) for JSON (N counts from 1)."
       - V(skip) drops each bad row with a warning in the same form and loads the good rows.
       - "The checks: every required field present and not empty; the model and region known in O(models_file)
-        and O(regions_file); C(ip) a valid IPv4 or IPv6 address; C(serial) 1 to 64 letters, digits, C(.),
-        C(_) or C(-), starting with a letter or digit; no serial and no IP address used twice (the first row
-        wins, the later ones are bad)."
+        and O(regions_file); C(ip) a valid IPv4 or IPv6 address; C(serial) 1 to 64 ASCII letters, digits, C(.),
+        C(_) or C(-), starting with a letter or digit (no spaces, no other scripts or look-alike characters:
+        the serial names the host, its backup directory and its files); no serial and no IP address used twice
+        (the first row wins, the later ones are bad); no value, extra columns included, holding a template
+        marker (C({{), C({%), C({#)) or a control character (a newline, a tab, an escape)."
+      - Spaces around a value are removed before the checks; other text (merchant names in any script) is kept
+        as it is.
       - Problems with the file as a whole (missing file, no header, a required column missing from the header,
         an empty registry, unreadable model or region data) always fail, whatever this option says.
     type: str
@@ -156,6 +160,22 @@ def _trusted(value):
 
 
 TEMPLATE_MARKERS = re.compile(r"\{\{|\{%|\{#")
+# C0 controls and DEL: no registry value needs one, and a newline or an escape sequence in a name
+# would reach logs, receipts and the merchant pack as it is.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _texts(name, value):
+    """(field name, text) for a value and every string inside it (JSON extras nest), keys included."""
+    if isinstance(value, str):
+        yield name, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _texts(f"{name}.{key}", key)
+            yield from _texts(f"{name}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(f"{name}[{index}]", item)
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -384,10 +404,19 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 bad.append(entry)
                 continue
             problems = entry.problems
-            for name, value in fields.items():
-                if isinstance(value, str) and TEMPLATE_MARKERS.search(value):
-                    problems.append(f"field '{name}' contains a template marker ({{{{, {{% or {{#): a registry "
-                                    "holds data, never templates; fix the export")
+            # Extra columns too: every value of the row is trusted as a template (see _trusted).
+            marked, controlled = set(), set()
+            for name, value in [*fields.items(), *entry.extras.items()]:
+                for where, text in _texts(name, value):
+                    if TEMPLATE_MARKERS.search(text) and name not in marked:
+                        marked.add(name)
+                        problems.append(f"field '{where}' contains a template marker ({{{{, {{% or {{#): a "
+                                        "registry holds data, never templates; fix the export")
+                    if CONTROL_CHARACTERS.search(text) and name not in controlled:
+                        controlled.add(name)
+                        char = CONTROL_CHARACTERS.search(text).group()
+                        problems.append(f"field '{where}' contains the control character U+{ord(char):04X}; "
+                                        "a registry value is one line of text")
             for name in REQUIRED_FIELDS:
                 if fields[name] is None:
                     problems.append(f"required field '{name}' is missing")

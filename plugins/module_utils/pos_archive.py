@@ -26,6 +26,10 @@ import zlib
 from ansible.module_utils.pos_terminal import sha256_file
 
 CHUNK = 1 << 20
+# Backstops for archives whose caller sets no tighter limit: far above any real app bundle or pack
+# (a terminal has under 100 MiB of flash), far below what would fill a terminal's memory or flash.
+MAX_MEMBERS = 10000
+MAX_BYTES = 256 << 20
 # What a damaged or truncated (compressed) tar raises while it is read.
 UNREADABLE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
@@ -53,15 +57,29 @@ def _inside(base, path):
     return path == base or path.startswith(base + os.sep)
 
 
-def plan_members(tar, label, *, strip=None, allow_dirs=True, allow_links=False, allowed=None, max_bytes=None):
+def members(tar, label, max_members=MAX_MEMBERS):
+    """The members of an open tar, read one header at a time; ArchiveError past `max_members`.
+
+    tar.getmembers() would read every header first: an archive of millions of empty members would
+    fill the memory before any check ran.
+    """
+    for count, member in enumerate(tar, start=1):
+        if max_members is not None and count > max_members:
+            raise ArchiveError("%s: has more than %d members; refusing the archive" % (label, max_members))
+        yield member
+
+
+def plan_members(tar, label, *, strip=None, allow_dirs=True, allow_links=False, allowed=None,
+                 max_bytes=MAX_BYTES, max_members=MAX_MEMBERS):
     """Check every member of an open tar and return [(member, relpath, link target relpath)] to extract.
 
     strip: a top directory every member must be in (it is removed from the paths).
     allowed: the only relative paths a regular file may have (a data pack's PACK.json list).
     max_bytes: the most the regular files may add up to (a zip bomb stops here, not on the flash).
+    max_members: the most members the archive may have (None: no limit, as for max_bytes).
     """
     planned, seen, regular, total = [], set(), set(), 0
-    for member in tar.getmembers():
+    for member in members(tar, label, max_members):
         rel = member_path(member.name, label)
         if strip is not None:
             head, _, rest = rel.partition("/")
@@ -122,7 +140,7 @@ def plan_members(tar, label, *, strip=None, allow_dirs=True, allow_links=False, 
     return planned
 
 
-def extract(tar, planned, dest):
+def extract(tar, planned, dest, label="archive"):
     """Write the checked members under `dest` (which must not exist yet); return bytes written."""
     os.makedirs(dest, mode=0o755)
     written = 0
@@ -136,7 +154,7 @@ def extract(tar, planned, dest):
         parent = os.path.dirname(target)
         os.makedirs(parent, mode=0o755, exist_ok=True)
         if not _inside(dest, parent):
-            raise ArchiveError("member %r would be written outside %s" % (rel, dest))
+            raise ArchiveError("%s: member %r would be written outside %s" % (label, rel, dest))
         source = tar.extractfile(member)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         with os.fdopen(os.open(target, flags, 0o600), "wb") as handle:
@@ -159,9 +177,15 @@ def extract(tar, planned, dest):
             os.symlink(member.linkname, target)
             if not _inside(dest, target):
                 os.unlink(target)
-                raise ArchiveError("link %r resolves outside %s" % (rel, dest))
+                raise ArchiveError("%s: link %r resolves outside %s" % (label, rel, dest))
         else:
             os.link(os.path.join(dest, resolved), target)
+    # Once every link exists, again: a link checked while a later one was missing may now lead out
+    # through it ("a" -> "b/c/..", then "b/c" -> ".." makes "a" the parent of dest).
+    for member, rel, _ in planned:
+        if member.issym() and not _inside(dest, os.path.join(dest, rel)):
+            raise ArchiveError("%s: link %r resolves outside %s through another link of the archive; refusing "
+                               "the archive" % (label, rel, dest))
     return written
 
 
@@ -176,7 +200,7 @@ def safe_extract(archive, dest, label, **checks):
     try:
         with tarfile.open(archive, "r:*") as tar:
             planned = plan_members(tar, label, **checks)
-            extract(tar, planned, dest)
+            extract(tar, planned, dest, label)
     except BaseException as error:
         shutil.rmtree(dest, ignore_errors=True)
         if isinstance(error, UNREADABLE):
@@ -198,7 +222,7 @@ def read_member(archive, name, label, limit=1 << 20):
     try:
         with tarfile.open(archive, "r:*") as tar:
             # Match on the clean path, so that "./PACK.json" (tar -C dir .) counts as "PACK.json".
-            found = [m for m in tar.getmembers() if _dot_slash_stripped(m.name) == name]
+            found = [m for m in members(tar, label) if _dot_slash_stripped(m.name) == name]
             member = found[0] if len(found) == 1 else None
             if member is None or not member.isreg():
                 raise ArchiveError("%s: has no %s" % (label, name))
