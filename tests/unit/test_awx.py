@@ -288,16 +288,27 @@ def test_the_spec_compatibility_check_refuses_a_wrong_type():
     assert _compatible({"type": "integer"}, {"type": "float"})
 
 
-def test_playbook_specs_document_the_rollout_settings_of_docs_rollout():
-    """The variables docs/rollout.md proposes are documented for update.yml and plan.yml."""
+def _rollout_settings_table():
+    """{variable: default column} of the settings table in docs/rollout.md."""
     text = (REPO / "docs" / "rollout.md").read_text(encoding="utf-8")
-    proposed = set(re.findall(r"\(`?(?:proposed )?`?(update_[a-z_]+)`\)", text))
-    proposed |= set(re.findall(r"proposed `(update_[a-z_]+)`", text))
-    assert proposed, "docs/rollout.md no longer names its variables the way this test reads them"
+    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(update_[a-z_]+)` \| ([^|]*) \|", section, re.M))
+
+
+def test_playbook_specs_document_the_rollout_settings_of_docs_rollout():
+    """Every setting docs/rollout.md lists is documented for update.yml and plan.yml, with its default."""
+    table = _rollout_settings_table()
+    assert table, "docs/rollout.md has no settings table this test can read"
     for entry in ("update", "plan"):
-        documented = {name for name, owners in SPECS.items()
-                      for role, ep, _ in owners if role == PLAYBOOK_SPECS and ep == entry}
-        assert proposed <= documented, f"{entry}: {sorted(proposed - documented)} undocumented"
+        documented = {name: option for name, owners in SPECS.items()
+                      for role, ep, option in owners if role == PLAYBOOK_SPECS and ep == entry}
+        assert set(table) <= set(documented), f"{entry}: {sorted(set(table) - set(documented))} undocumented"
+        for name, column in table.items():
+            literal = re.match(r"`([^`]*)`", column.strip())
+            if literal:
+                assert documented[name].get("default") == yaml.safe_load(literal.group(1)), name
+            elif column.strip().startswith("unset"):
+                assert "default" not in documented[name], name
 
 
 # --- job templates and the workflow ---------------------------------------------------------------
@@ -489,9 +500,9 @@ def _occurrences(rrule, count):
     return list(itertools.islice(iter(rule), count))
 
 
-def _outside_window(rrule, region, min_minutes, count=OCCURRENCES):
+def _outside_window(rrule, region, min_minutes, count=OCCURRENCES, settings=None):
     """The occurrences that are not inside the region's window with min_minutes of it left."""
-    settings = REGIONS[region]
+    settings = settings or REGIONS[region]
     bad = []
     for when in _occurrences(rrule, count):
         assert when.tzinfo is not None, f"{rrule}: occurrences without a timezone"
@@ -520,11 +531,24 @@ def test_schedule_rrule_is_one_awx_accepts_in_the_regions_timezone(schedule):
     assert len(_occurrences(rrule, 5)) == 5
 
 
+def _production_settings(region):
+    """The region as the production inventory overrides it (group_vars/region_<name>.yml), if it does."""
+    path = REPO / "inventories" / "production" / "group_vars" / f"region_{region}.yml"
+    return _yaml(path).get("pos_region_settings") if path.exists() else None
+
+
 @pytest.mark.parametrize("schedule", CFG["awx_schedules"], ids=lambda s: s["region"])
 def test_schedule_occurrences_fall_inside_the_regions_window(schedule):
-    rollout.parse_window(REGIONS[schedule["region"]]["maintenance_window"])
-    bad = _outside_window(schedule["rrule"], schedule["region"], CFG["awx_rollout_min_window_minutes"])
-    assert bad == [], f"{schedule['name']}: {bad[:5]}"
+    """Inside the window of the shared region data and of the production inventory's override, which
+    is what update.yml reads in production."""
+    region = schedule["region"]
+    for settings in (REGIONS[region], _production_settings(region)):
+        if settings is None:
+            continue
+        rollout.parse_window(settings["maintenance_window"])
+        assert schedule["rrule"].startswith(f"DTSTART;TZID={settings['timezone']}:")
+        bad = _outside_window(schedule["rrule"], region, CFG["awx_rollout_min_window_minutes"], settings=settings)
+        assert bad == [], f"{schedule['name']}: {bad[:5]}"
 
 
 def test_the_window_check_sees_a_schedule_outside_the_window():
