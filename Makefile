@@ -46,7 +46,7 @@ apt: .make/apt.stamp
 	@mkdir -p .make && touch $@
 
 venv: .make/venv.stamp
-.make/venv.stamp: requirements.txt
+.make/venv.stamp: requirements.txt awx/awx-collection.txt
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "posfleet: no Python 3.12 or newer found. ansible-core 2.21 needs it on the control node:" >&2; \
 	  echo "  install python3.12 (or newer) from your distribution or pyenv, or run make PYTHON=/path/to/python3.12" >&2; \
@@ -54,6 +54,7 @@ venv: .make/venv.stamp
 	@echo "posfleet: creating $(VENV) with $(PYTHON)"
 	@[ -x $(VBIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VBIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	@$(VBIN)/python awx/install_awx_collection.py
 	@mkdir -p .make && touch $@
 
 demo: deps
