@@ -4,6 +4,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import awx_job
 from conftest import latest_report, poslab, rows_by_serial, run
 
 VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
@@ -64,11 +65,29 @@ def ledger_totals():
     return json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
 
 
-def test_baseline_then_upgrade_across_all_models_and_regions(lab):
+def test_an_awx_job_brings_the_fleet_to_the_baseline(lab, tmp_path):
     for spec in ("baseline", "upgrade", "broken"):
         publish(spec)
-    update("2026.11.0")
+    # The "posfleet update" job template with its survey's defaults, as AWX launches it. The lab runs
+    # at any hour, so its operator answers the windows question with "true".
+    job = awx_job.finish(*awx_job.start(tmp_path, "posfleet update",
+                                        {"update_release": "2026.11.0", "update_ignore_windows": "true"}))
+    assert (job["rc"], job["status"]) == (0, "successful"), job["stdout"][-3000:]
     assert {v[:3] for v in fleet_versions().values()} == {("1.0.0", "2026.11.0", "2026.11.0")}
+    # The job's events are what AWX shows and stores: every terminal verified, and the run's stats.
+    verified = {e["event_data"]["host"] for e in job["events"]
+                if e["event"] == "runner_on_ok" and e["event_data"].get("task_action") == "pos_verify"}
+    assert verified == set(lab)
+    stats = next(e for e in job["events"] if e["event"] == "playbook_on_stats")["event_data"]
+    assert not stats["failures"] and not stats["dark"]
+    assert any(e["event"] == "verbose" and "posfleet: wave" in e.get("stdout", "") for e in job["events"]), \
+        "the progress line reaches the job's output"
+    report = json.loads((job["report_dir"] / "report.json").read_text())
+    assert report["totals"]["updated"] == len(lab) and report["settings"]["ignore_windows"] is True
+    assert report["settings"]["batch_size"] == 100, "the survey's default reached the run"
+
+
+def test_baseline_then_upgrade_across_all_models_and_regions(lab):
     # Offline sales waiting on one terminal must reach the acquirer before its backup is taken.
     serial = next(iter(lab))
     pending = json.loads(poslab("exec", serial, "--", "posctl", "make_pending", "count=5").stdout)["ids"]

@@ -6,8 +6,10 @@ Runs after test_update.py (file order): the fleet starts on 2026.11.0, one heron
 
 import csv
 import json
+import subprocess
 import sys
 
+import awx_job
 import pytest
 from conftest import COMMAND_LOG, OUTPUT_DIR, REPORT_DIR, ROOT, latest_report, poslab, rows_by_serial, run
 
@@ -102,10 +104,38 @@ def test_plan_predicts_what_the_update_does(lab, regions):
     assert "posfleet: wave 1 of 1" in update.stdout, "the progress line"
 
 
-def test_error_budget_stops_mid_rollout_and_the_retry_converges(lab):
-    # Everyone back on the baseline, so that the upgrade has a canary and two waves to go.
-    playbook("update.yml", "2026.11.0")
+def test_three_job_slices_share_one_budget_and_merge_into_the_fleet_report(lab, tmp_path):
+    # Everyone back on the baseline, as AWX would do it with job slicing: three jobs at once, each on
+    # every third terminal of the inventory, sharing one error budget file. An unsliced run in check
+    # mode first says what the fleet as a whole would do.
+    playbook("update.yml", "2026.11.0", "--check")
+    whole = latest_report()
+    serials = sorted(lab)
+    budget = tmp_path / "budget.json"
+    answers = {"update_release": "2026.11.0", "update_ignore_windows": "true", "update_budget_file": str(budget)}
+    started = [awx_job.start(tmp_path / f"slice{k}", "posfleet update", answers, limit=",".join(serials[k::3]),
+                             ident=f"slice{k}") for k in range(3)]
+    jobs = [awx_job.finish(*job) for job in started]
+    assert [(job["rc"], job["status"]) for job in jobs] == [(0, "successful")] * 3, jobs[0]["stdout"][-2000:]
     assert set(versions().values()) == {"1.0.0"}
+    # Every slice counted against the one budget: the file holds the whole fleet's outcomes.
+    recorded = json.loads(budget.read_text())
+    assert sorted(recorded) == sorted(row["serial"] for row in whole["terminals"] if row["status"] == "would_update")
+    assert set(recorded.values()) == {"updated"}
+
+    merged_dir = tmp_path / "merged"
+    subprocess.run([str(ROOT / "bin" / "posfleet-report"), "merge", "--out", str(merged_dir),
+                    *(str(job["report_dir"]) for job in jobs)], check=True, capture_output=True, text=True)
+    merged = json.loads((merged_dir / "latest" / "report.json").read_text())
+    posreport.validate(merged)
+    expected = {"would_update": "updated", "current": "current"}
+    assert {row["serial"]: (expected[row["status"]], row["before"], row["after"]) for row in whole["terminals"]} == \
+        {row["serial"]: (row["status"], row["before"], row["after"]) for row in merged["terminals"]}
+    assert merged["totals"]["updated"] == whole["totals"]["would_update"]
+
+
+def test_error_budget_stops_mid_rollout_and_the_retry_converges(lab):
+    assert set(versions().values()) == {"1.0.0"}, "the slices brought everyone back on the baseline"
     playbook("plan.yml", "2026.12.0")
     waves = latest_report()["waves"]
     assert len(waves) >= 3, waves
