@@ -98,6 +98,15 @@ def terminal_python():
 TERMINAL_PYTHON = terminal_python()
 
 
+def ansible_tool(name):
+    """The path of an Ansible command (ansible, ansible-playbook, ...) of this Python, else on PATH."""
+    beside_python = Path(sys.executable).with_name(name)
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} not found next to this Python or on PATH")
+    return found
+
+
 def wait_for(predicate, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+from conftest import ansible_tool
 
 REPO = Path(__file__).resolve().parents[2]
 AWX = REPO / "awx"
@@ -79,14 +79,6 @@ def _render(value, context=CFG):
     return value
 
 
-def _tool(name):
-    beside_python = Path(sys.executable).with_name(name)
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} not found next to this Python or on PATH")
-    return found
-
-
 def _env():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSLAB_"))}
     env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", NO_COLOR="1")
@@ -141,7 +133,7 @@ def test_ee_python_covers_what_the_control_node_code_imports():
 
 def test_ansible_builder_creates_the_build_context(tmp_path):
     """`ansible-builder create` accepts the definition and writes a context with our pins in it."""
-    builder = _tool("ansible-builder")
+    builder = ansible_tool("ansible-builder")
     context = tmp_path / "context"
     proc = subprocess.run(
         [builder, "create", "-f", str(REPO / "execution-environment.yml"), "-c", str(context),
@@ -442,7 +434,7 @@ def test_workflow_filter_refuses_an_unknown_node_or_limit():
 
 def _hosts(pattern):
     proc = subprocess.run(
-        [_tool("ansible"), pattern, "-i", str(REPO / "inventories" / "production"), "--list-hosts"],
+        [ansible_tool("ansible"), pattern, "-i", str(REPO / "inventories" / "production"), "--list-hosts"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -453,7 +445,7 @@ def test_canary_pilot_stores_cover_every_model_of_their_region_in_the_sample_reg
     """The pilot stores of the sample registry are in their region and hold each model it has.
     (The production registry is the operator's: the same check is in docs/awx.md.)"""
     inventory = subprocess.run(
-        [_tool("ansible-inventory"), "-i", str(REPO / "inventories" / "production"), "--list"],
+        [ansible_tool("ansible-inventory"), "-i", str(REPO / "inventories" / "production"), "--list"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60, check=True,
     )
     hostvars = json.loads(inventory.stdout)["_meta"]["hostvars"]
@@ -569,7 +561,7 @@ def test_the_window_check_sees_a_schedule_outside_the_window():
 
 def _awx_collection():
     proc = subprocess.run(
-        [_tool("ansible-galaxy"), "collection", "list", "awx.awx", "--format", "json"],
+        [ansible_tool("ansible-galaxy"), "collection", "list", "awx.awx", "--format", "json"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60, check=False,
     )
     found = {}
@@ -594,7 +586,7 @@ def test_awx_playbooks_pass_syntax_check(playbook):
     if playbook == "awx/configure.yml":
         assert _awx_collection() == installer.VERSION
     proc = subprocess.run(
-        [_tool("ansible-playbook"), "--syntax-check", "-i", str(REPO / "inventories" / "production"), playbook],
+        [ansible_tool("ansible-playbook"), "--syntax-check", "-i", str(REPO / "inventories" / "production"), playbook],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -604,7 +596,7 @@ def test_awx_folder_passes_ansible_lint():
     _awx_collection()
     env = dict(_env(), ANSIBLE_INVENTORY=str(REPO / "inventories" / "production"))
     proc = subprocess.run(
-        [_tool("ansible-lint"), "--offline", "--profile", "production", "awx/", "execution-environment.yml",
+        [ansible_tool("ansible-lint"), "--offline", "--profile", "production", "awx/", "execution-environment.yml",
          f"roles/{PLAYBOOK_SPECS}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
     )

@@ -6,13 +6,12 @@ of them. ansible.cfg is the repository's, so the plugin is found the way a playb
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ansible_tool
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / "inventories" / "shared"
@@ -21,14 +20,6 @@ LAB = REPO / "inventories" / "lab"
 MODELS = yaml.safe_load((SHARED / "models.yml").read_text())["models"]
 REGIONS = yaml.safe_load((SHARED / "regions.yml").read_text())["regions"]
 HEADER = "serial,model,region,merchant_id,terminal_id,merchant_name,store,ip"
-
-
-def _tool(name):
-    beside_python = Path(sys.executable).with_name(name)
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} not found next to this Python or on PATH")
-    return found
 
 
 def run_inventory(source, *args, fatal=True, env=None, tool="ansible-inventory"):
@@ -45,7 +36,7 @@ def run_inventory(source, *args, fatal=True, env=None, tool="ansible-inventory")
         run_env["ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED"] = "true"
     run_env.update(env or {})
     return subprocess.run(
-        [_tool(tool), "-i", str(source), *args],
+        [ansible_tool(tool), "-i", str(source), *args],
         cwd=REPO, env=run_env, capture_output=True, text=True, timeout=60, check=False,
     )
 

@@ -17,13 +17,13 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ansible_tool
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -775,14 +775,6 @@ def _ansible_env():
     return env
 
 
-def _tool(name):
-    beside_python = Path(sys.executable).with_name(name)
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} not found next to this Python or on PATH")
-    return found
-
-
 def _messages(stdout):
     result = json.loads(stdout)
     return [host["msg"] for play in result["plays"] for task in play["tasks"] for host in task["hosts"].values()
@@ -793,7 +785,7 @@ def test_filters_load_in_ansible_with_the_production_inventory():
     # The region settings come from the production inventory, as a playbook would read them.
     expression = ("{{ hostvars['PTR00003'].pos_region_settings | pos_window('2026-03-29T01:00:00Z') }}")
     proc = subprocess.run(
-        [_tool("ansible"), "localhost", "-m", "ansible.builtin.debug", "-a", f"msg={expression}"],
+        [ansible_tool("ansible"), "localhost", "-m", "ansible.builtin.debug", "-a", f"msg={expression}"],
         cwd=REPO, env=dict(_ansible_env(), ANSIBLE_INVENTORY="inventories/production"),
         capture_output=True, text=True, timeout=120, check=False,
     )
@@ -844,7 +836,7 @@ def test_ansible_runs_the_waves_as_its_batches(tmp_path):
     inventory.write_text("\n".join(lines) + "\n")
     (tmp_path / "waves.yml").write_text(PLAYBOOK)
     proc = subprocess.run(
-        [_tool("ansible-playbook"), "-i", str(inventory), str(tmp_path / "waves.yml")],
+        [ansible_tool("ansible-playbook"), "-i", str(inventory), str(tmp_path / "waves.yml")],
         cwd=REPO, env=_ansible_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
