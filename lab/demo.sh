@@ -22,7 +22,10 @@ ansible-playbook playbooks/publish.yml -e release_spec=releases/lab/upgrade.yml
 echo "==> Bringing the fleet to the baseline release 2026.11.0 (playbooks/update.yml)"
 ansible-playbook playbooks/update.yml -e update_release=2026.11.0 "${vault[@]}"
 
-echo "==> Rolling out the upgrade 2026.12.0 while the terminals keep selling"
+echo "==> Previewing the upgrade's waves, changing nothing (playbooks/plan.yml)"
+ansible-playbook playbooks/plan.yml -e update_release=2026.12.0 "${vault[@]}"
+
+echo "==> Rolling out the upgrade 2026.12.0 in waves while the terminals keep selling"
 ansible-playbook playbooks/update.yml -e update_release=2026.12.0 "${vault[@]}"
 
 echo "==> Lab status"
@@ -31,5 +34,6 @@ poslab status
 echo "==> Reconciling every terminal journal with the acquirer ledger"
 poslab ledger
 echo
+echo "Every run's report is under reports/ (reports/latest/report.html is the upgrade's)."
 echo "The lab stays up for you to explore: 'poslab status', 'poslab exec SERIAL -- posctl status',"
 echo "'ansible-playbook playbooks/facts.yml'. Remove it with 'make lab-down' (or 'poslab down')."
