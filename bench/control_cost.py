@@ -69,7 +69,7 @@ BASELINE = "bench/baseline/update_builtin.yml"
 DEFAULT_FORKS = 25
 SIZES = {"full": [10, 25, 50, 100], "quick": [10, 25]}
 MATRIX_SIZE = {"full": 100, "quick": 25}
-NOPIPE_SIZE = {"full": 50, "quick": 10}
+NOPIPE_SIZE = {"full": 25, "quick": 10}
 MATRIX_FORKS = {"full": [10, 50], "quick": [10]}
 BYTES_TERMINALS = 3
 TARGET_NOOP_CPU = 0.3  # control-node CPU seconds per terminal
@@ -413,7 +413,8 @@ def assemble(partial, mode, date, out_json, png):
             scale.setdefault(kind, {})["update_nopipe"] = {run["terminals"]: {
                 "cpu_s_per_terminal": per_terminal(run), "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
                 "rc": run["rc"], "forks": run["forks"], "pipelining": False}}
-    biggest = max(n for n in SIZES[mode] if n in scale.get("ours", {}).get("update", {}))
+    both = [n for n in SIZES[mode] if all(n in scale.get(k, {}).get("update", {}) for k in ("ours", "baseline"))]
+    biggest = max(both)
     ours_update = scale["ours"]["update"][biggest]["cpu_s_per_terminal"]
     base_update = scale["baseline"]["update"][biggest]["cpu_s_per_terminal"]
     ours_noop = max(v["cpu_s_per_terminal"] for v in scale["ours"]["noop"].values())
@@ -427,7 +428,9 @@ def assemble(partial, mode, date, out_json, png):
         "delta_le_5pct_full": {"value": round(max(delta) / max(full), 4), "target": 0.05,
                                "met": max(delta) <= 0.05 * max(full)},
     }
+    lab_terminal_s = data[f"ours-{biggest}"]["runs"]["update"].get("step_seconds_per_terminal", {})
     result = {
+        "projection": projection(ours_update, round(sum(lab_terminal_s.values()), 1)),
         "date": date, "mode": mode,
         "command": "make bench" if mode == "full" else "make bench BENCH_ARGS=--quick",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
@@ -451,6 +454,43 @@ def assemble(partial, mode, date, out_json, png):
     print(f"written: {out_json.relative_to(ROOT)}, {png.relative_to(ROOT)}")
 
 
+def window_hours(window):
+    start, end = window.split("-")
+    minutes = [int(t[:2]) * 60 + int(t[3:]) for t in (start, end)]
+    return ((minutes[1] - minutes[0]) % (24 * 60)) / 60
+
+
+def projection(cpu_per_terminal, lab_terminal_s, fleet=100_000, forks=(25, 50), real_terminal_s=300,
+               margin_h=0.5, cores_per_node=2):
+    """A projection, not a measurement: AWX job slices needed to update `fleet` terminals in one night.
+
+    Assumptions (all in the result): the fleet is split evenly over the regions of
+    inventories/shared/regions.yml; each region runs in its own window less `margin_h` for the
+    canary, the budget checks and the settle play; one slice is one ansible-playbook with `forks`
+    terminals in flight, each taking `real_terminal_s` of wall time on a real terminal (the lab's,
+    measured, is far shorter: no cellular latency); a slice is limited either by that latency
+    (forks / real_terminal_s terminals per second) or by its node's CPU (cores / CPU-s per terminal),
+    whichever is lower; the control-node CPU per terminal is the lab's, measured at its largest fleet.
+    """
+    regions = yaml.safe_load((ROOT / "inventories" / "shared" / "regions.yml").read_text())["regions"]
+    per_region = fleet / len(regions)
+    out = {"fleet": fleet, "cpu_s_per_terminal": cpu_per_terminal, "lab_terminal_wall_s": lab_terminal_s,
+           "assumed_real_terminal_wall_s": real_terminal_s, "window_margin_h": margin_h,
+           "cores_per_execution_node": cores_per_node, "total_cpu_hours": round(fleet * cpu_per_terminal / 3600, 1),
+           "regions": {}}
+    for name, region in sorted(regions.items()):
+        hours = window_hours(region["maintenance_window"]) - margin_h
+        row = {"window": region["maintenance_window"], "usable_h": hours, "terminals": round(per_region)}
+        for f in forks:
+            rate = min(f / real_terminal_s, cores_per_node / cpu_per_terminal)
+            slices = -(-per_region // (rate * hours * 3600))
+            row[f"forks_{f}"] = {"terminals_per_slice_per_h": round(rate * 3600), "slices": int(slices),
+                                 "bound": "latency" if f / real_terminal_s < cores_per_node / cpu_per_terminal
+                                 else "cpu", "cores_busy": round(slices * rate * cpu_per_terminal, 1)}
+        out["regions"][name] = row
+    return out
+
+
 def table(r):
     lines = []
     rows = r["bytes"]["rows"]
@@ -458,7 +498,7 @@ def table(r):
     c = r["bytes"]["catalog"]
     lines.append(f"Bytes per terminal, catalog pack {OLD} -> {NEW} ({c['records_changed']} records changed), "
                  "measured in the lab")
-    lines.append(f"  {'method':<44} {'bytes':>8} {'% full':>8} {'x floor':>8}")
+    lines.append(f"  {'method':<50} {'bytes':>8} {'% full':>8} {'x floor':>8}")
     for name, label in (("full", "full download (pos_data_sync delta: false)"),
                         ("rsync_unpacked", "rsync, unpacked pack (ansible.posix.synchronize)"),
                         ("rsync_archive", "rsync, .tar.gz (ansible.posix.synchronize)"),
@@ -466,9 +506,9 @@ def table(r):
                         ("floor", f"floor ({r['bytes']['floor']})")):
         value = rows[name]
         if value is None:
-            lines.append(f"  {label:<44} {'n/a':>8}")
+            lines.append(f"  {label:<50} {'n/a':>8}")
         else:
-            lines.append(f"  {label:<44} {value:>8} {100 * value / full:>7.2f}% {value / floor:>8.2f}")
+            lines.append(f"  {label:<50} {value:>8} {100 * value / full:>7.2f}% {value / floor:>8.2f}")
     lines.append("")
     lines.append("Control-node CPU seconds per terminal (wall seconds), forks 25, pipelining on")
     sizes = r["settings"]["sizes"]
