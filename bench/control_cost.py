@@ -219,6 +219,11 @@ def release_pack(version, name):
     return archive, tar, entry
 
 
+def member(tar_bytes, name):
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        return tar.extractfile(name).read()
+
+
 def stats_bytes(result):
     text = "\n".join(result.get("stdout_lines", []))
     sent = re.search(r"Total bytes sent: ([\d,]+)", text)
@@ -247,8 +252,9 @@ def step_bytes(work, mode):
         floors["line_diff_xz"] = {"bytes": size, "how": text}
         binary = {k: v for k, v in floors.items() if k != "line_diff_xz"} or floors
         floor = min(binary, key=lambda k: binary[k]["bytes"])
-        old_lines, new_lines = old_tar.split(b"\n"), new_tar.split(b"\n")
+        old_lines, new_lines = (member(t, "catalog.csv").splitlines() for t in (old_tar, new_tar))
         out["catalog"] = {"full_archive_bytes": new_archive.stat().st_size, "tar_bytes": len(new_tar),
+                          "records": len(new_lines) - 1,
                           "records_changed": sum(a != b for a, b in zip(old_lines, new_lines)),
                           "deltas_in_manifest": [d["size"] for d in new_entry.get("deltas", [])]}
         out["floors"], out["floor"] = floors, floor
