@@ -30,6 +30,7 @@ def start(data_dir, template, answers, limit=None, ident="job"):
     data = yaml.safe_load((ROOT / "awx" / "config" / "job_templates.yml").read_text())
     job = next(t for t in data["awx_job_templates"] if t["name"] == template)
     extravars = dict(survey_defaults(template), **answers)
+    data_dir.mkdir(parents=True, exist_ok=True)
     return ansible_runner.run_async(
         private_data_dir=str(data_dir), project_dir=str(ROOT), playbook=job["playbook"],
         inventory=str(ROOT / "inventories" / "lab"), extravars=extravars, limit=limit, ident=ident,
