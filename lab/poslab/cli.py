@@ -1,4 +1,4 @@
-"""Command line of the lab: `poslab up|down|status|exec|fault|acquirer|ledger`."""
+"""Command line of the lab: `poslab up|down|status|exec|fault|acquirer|dp|ledger`."""
 
 import argparse
 import json
@@ -94,6 +94,10 @@ def parser():
     fa.add_argument("args", nargs="*")
     ac = sub.add_parser("acquirer", help="take the acquirer host down or up")
     ac.add_argument("mode", choices=["down", "up"])
+    dp = sub.add_parser("dp", help="damage a region's distribution point: " + ", ".join(faults.DP_ACTIONS))
+    dp.add_argument("region")
+    dp.add_argument("action")
+    dp.add_argument("args", nargs="*")
     le = sub.add_parser("ledger", help="reconcile terminal journals against the acquirer ledger")
     le.add_argument("--json", action="store_true")
     sub.add_parser("_supervise", help=argparse.SUPPRESS)
@@ -126,6 +130,9 @@ def main(argv=None):
         return 0
     if args.cmd == "acquirer":
         faults.acquirer(args.mode)
+        return 0
+    if args.cmd == "dp":
+        faults.distribution_point(args.region, args.action, args.args)
         return 0
     if args.cmd == "ledger":
         return cmd_ledger(args)

@@ -6,6 +6,7 @@ power (its init, killed without a shutdown), its flash, its battery, or its sale
 
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.request
@@ -19,6 +20,9 @@ KINDS = {
     "net-up": "plug the cable back in and lift any rate limit",
     "slow": "limit the link to RATE (tc tbf), e.g. `slow 256kbit`; `slow off` lifts it",
     "power-cut": "cut the power at once (no shutdown); it boots again after ARG seconds (default 3)",
+    "power-hold": "the next time the terminal goes down (a reboot, a power cut) it stays off for ARG seconds "
+                  "(default 3600): a reboot that never comes back",
+    "power-on": "end a power cut or a power-hold now: the terminal boots at once (or stays up)",
     "disk-full": "fill the terminal's flash, leaving ARG KiB free (default 0)",
     "disk-ok": "free the space disk-full took",
     "battery": "set the battery to PCT percent; add `charging` as a further word to plug in the charger",
@@ -56,6 +60,13 @@ def apply(terminal, kind, args):
             raise SystemExit(f"poslab: terminal {terminal['serial']} is already powered off")
         (supervisor.terminal_dir(terminal) / "power-off-until").write_text(str(time.time() + delay))
         os.kill(pid, signal.SIGKILL)
+    elif kind == "power-hold":
+        # The supervisor reads this only once the terminal's init has exited, so it waits for the
+        # terminal's own next shutdown.
+        delay = float(args[0]) if args else 3600.0
+        (supervisor.terminal_dir(terminal) / "power-off-until").write_text(str(time.time() + delay))
+    elif kind == "power-on":
+        (supervisor.terminal_dir(terminal) / "power-off-until").unlink(missing_ok=True)
     elif kind == "disk-full":
         keep_kib = int(args[0]) if args else 0
         script = (f'free=$(( $(stat -f -c "%a*%S" /) / 1024 - {keep_kib} )); '
@@ -103,3 +114,55 @@ def acquirer(mode):
         log(f"acquirer: {response.read().decode().strip()}")
 
 
+
+
+DP_ACTIONS = {
+    "corrupt": "change bytes in the middle of FILE (a path under the distribution point's root), same size",
+    "tamper": "change the manifest of release ARG, so that its signature no longer matches",
+    "restore": "put back every file corrupt or tamper changed",
+}
+
+
+def distribution_point(region, action, args):
+    """Damage what a region's distribution point serves, as a bad mirror or an attacker would.
+
+    The original is moved aside (into the lab's state, never served) and a changed copy written in
+    its place, so that a file the build or another region shares is never changed in place;
+    `restore` moves the originals back.
+    """
+    if action not in DP_ACTIONS:
+        raise SystemExit(f"poslab: unknown distribution point fault {action!r}; one of: " +
+                         "; ".join(f"{k} ({v})" for k, v in DP_ACTIONS.items()))
+    if region not in config.load_regions():
+        raise SystemExit(f"poslab: no region {region!r}; one of: {', '.join(sorted(config.load_regions()))}")
+    root = (config.REPO / region).resolve()
+    saved = config.STATE / "dp-saved" / region
+    if action == "restore":
+        for original in sorted(p for p in saved.rglob("*") if p.is_file()) if saved.exists() else []:
+            os.replace(original, root / original.relative_to(saved))
+        shutil.rmtree(saved, ignore_errors=True)
+        log(f"distribution point {region}: restored")
+        return
+    if action == "corrupt":
+        relative = need(args, "a FILE under the distribution point, e.g. pool/<sha256>/<name>")
+    else:
+        relative = f"releases/{need(args, 'a RELEASE id')}/manifest.yml"
+    path = (root / relative).resolve()
+    if root not in path.parents or not path.is_file():
+        raise SystemExit(f"poslab: {relative} is not a file on the {region} distribution point")
+    data = path.read_bytes()
+    if action == "corrupt":
+        middle = len(data) // 2
+        changed = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
+    else:
+        changed = data.replace(b"\ndescription: ", b"\ndescription: TAMPERED ", 1)
+        if changed == data:
+            changed = data + b"# tampered\n"
+    keep = saved / path.relative_to(root)
+    if not keep.exists():
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, keep)
+    tmp = path.with_name(path.name + ".poslab-tmp")
+    tmp.write_bytes(changed)
+    os.replace(tmp, path)
+    log(f"distribution point {region}: {action} {relative}")
