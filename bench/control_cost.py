@@ -12,17 +12,20 @@ with update.yml) and leaves it down. Each step appends its figures to a partial 
 and the table, so a step can be re-run on its own (`step NAME`) and `run --resume` skips the steps
 already in the partial file.
 
-Steps (`--quick`: sizes 10 and 25, the pipelining/forks matrix at 25):
+Steps (`--quick`: bytes, both-10, both-25, the matrix at 25):
 
 - bytes: 3 terminals. rsync for real (bench/rsync_catalog.yml: ansible.posix.synchronize over the
-  lab's SSH); our delta and the full download from pos_data_sync's `transfers` result (update.yml to
-  2026.12.0, then back to 2026.11.0 and again with pos_data_sync_delta=false); the floor from
-  bench/delta_bytes.py, on the catalog tars of the releases just published. Also counts the tasks
-  each terminal runs (ansible.posix.json callback) for a full update and a no-op, ours and baseline.
-- ours-N / baseline-N for N in 10, 25, 50, 100: a full update 2026.11.0 -> 2026.12.0 with
-  playbooks/update.yml or bench/baseline/update_builtin.yml, then a no-op re-run (fleet current);
-  at the matrix size also no-op re-runs with forks 10 and 50 and with pipelining off.
-- ours-nopipe / baseline-nopipe: a full update with pipelining off at the matrix size.
+  lab's SSH); the full download (update.yml with pos_data_sync_delta=false, one terminal) and our delta
+  (update.yml, the two others) from pos_data_sync's `transfers` result; the floor from
+  bench/delta_bytes.py, on the catalog tars of the releases just published. Also the tasks each
+  terminal runs (ansible.posix.json callback) and a per-task profile (ansible.posix.profile_tasks).
+- ours-N / baseline-N: a full update 2026.11.0 -> 2026.12.0 with playbooks/update.yml or
+  bench/baseline/update_builtin.yml on a fresh fleet, then a no-op re-run (fleet current); at the
+  matrix size also no-op re-runs with forks 10 and 50 and with pipelining off. both-N does ours-N and
+  then baseline-N in one lab session (the fleet put back on 2026.11.0 in between), and at the
+  no-pipelining size a full update of each with pipelining off: fewer holds of the lock.
+- full plan: bytes, ours-10, baseline-10, both-25 (with pipelining off), both-50, ours-100 (matrix),
+  baseline-100 (matrix); every step holds the lock for at most about 15 minutes.
 
 Every measured run is `bench/tree_cpu.py -- ansible-playbook ...`: user + system CPU of the
 ansible-playbook process tree on the control node (docs/performance.md says what that includes).
@@ -69,7 +72,7 @@ BASELINE = "bench/baseline/update_builtin.yml"
 DEFAULT_FORKS = 25
 SIZES = {"full": [10, 25, 50, 100], "quick": [10, 25]}
 MATRIX_SIZE = {"full": 100, "quick": 25}
-NOPIPE_SIZE = {"full": 25, "quick": 10}
+NOPIPE_SIZE = {"full": 25, "quick": 25}
 MATRIX_FORKS = {"full": [10, 50], "quick": [10]}
 BYTES_TERMINALS = 3
 TARGET_NOOP_CPU = 0.3  # control-node CPU seconds per terminal
@@ -358,12 +361,50 @@ def step_nopipe(work, kind, terminals):
     return out
 
 
+def step_both(work, terminals, matrix, nopipe, mode):
+    """ours-N and baseline-N in one lab session (one hold of the lock): ours first, on a fresh fleet;
+    then the fleet back on 2026.11.0 (update.yml) and the baseline. Terminals then still hold 2026.12.0
+    as their previous version, which only saves terminal-side work (downloads, unpacking)."""
+    lab = Lab(work, terminals)
+    timings, first = lab.up()
+    out = {f"ours-{terminals}": {"lab": timings, "to_baseline": first, "runs": {}},
+           f"baseline-{terminals}": {"lab": timings, "runs": {}}}
+    nopipe_runs = {}
+    for kind, playbook in (("ours", UPDATE), ("baseline", BASELINE)):
+        runs = out[f"{kind}-{terminals}"]["runs"]
+        if kind == "baseline":
+            out[f"{kind}-{terminals}"]["to_baseline"] = lab.measure("back-to-baseline", UPDATE,
+                                                                    ["-e", f"update_release={OLD}"])
+        runs["update"] = lab.measure(f"{kind}-update", playbook, ["-e", f"update_release={NEW}"])
+        runs["noop"] = lab.measure(f"{kind}-noop", playbook, ["-e", f"update_release={NEW}"])
+        if matrix:
+            for forks in MATRIX_FORKS[mode]:
+                runs[f"noop_forks{forks}"] = lab.measure(f"{kind}-noop-f{forks}", playbook,
+                                                         ["-e", f"update_release={NEW}"], forks=forks)
+            runs["noop_nopipe"] = lab.measure(f"{kind}-noop-nopipe", playbook, ["-e", f"update_release={NEW}"],
+                                              pipelining=False)
+    if nopipe:
+        for kind, playbook in (("ours", UPDATE), ("baseline", BASELINE)):
+            lab.measure("back-to-baseline", UPDATE, ["-e", f"update_release={OLD}"])
+            nopipe_runs[f"{kind}-nopipe"] = {"runs": {"update_nopipe": lab.measure(
+                f"{kind}-update-nopipe", playbook, ["-e", f"update_release={NEW}"], pipelining=False)}}
+    lab.down()
+    out.update(nopipe_runs)
+    return out
+
+
+def step_keys(name, mode):
+    if not name.startswith("both-"):
+        return [name]
+    n = int(name.split("-")[1])
+    return [f"ours-{n}", f"baseline-{n}"] + (["ours-nopipe", "baseline-nopipe"] if n == NOPIPE_SIZE[mode] else [])
+
+
 def plan(mode):
-    steps = ["bytes"]
-    for n in SIZES[mode]:
-        steps += [f"ours-{n}", f"baseline-{n}"]
-    steps += ["ours-nopipe", "baseline-nopipe"]
-    return steps
+    """Steps, each one hold of the lab's lock of at most about 15 minutes."""
+    if mode == "quick":
+        return ["bytes", "both-10", "both-25"]
+    return ["bytes", "ours-10", "baseline-10", "both-25", "both-50", "ours-100", "baseline-100"]
 
 
 def run_step(name, mode, partial):
@@ -372,20 +413,27 @@ def run_step(name, mode, partial):
     log(f"step {name} ({mode}), work dir {work}")
     try:
         if name == "bytes":
-            result = step_bytes(work, mode)
+            results = {name: step_bytes(work, mode)}
         elif name.endswith("-nopipe"):
-            result = step_nopipe(work, name.split("-")[0], NOPIPE_SIZE[mode])
+            results = {name: step_nopipe(work, name.split("-")[0], NOPIPE_SIZE[mode])}
+        elif name.startswith("both-"):
+            n = int(name.split("-")[1])
+            results = step_both(work, n, n == MATRIX_SIZE[mode], n == NOPIPE_SIZE[mode], mode)
         else:
             kind, n = name.split("-")
-            result = step_fleet(work, kind, int(n), int(n) == MATRIX_SIZE[mode], mode)
+            results = {name: step_fleet(work, kind, int(n), int(n) == MATRIX_SIZE[mode], mode)}
     finally:
         # Whatever happened, the lab is left down for the next user of the lock.
         sh(["poslab", "down"], base_env(work), work / "lab.log", check=False)
-    result["step_wall_s"] = round(time.monotonic() - started, 1)
+    # The step's wall time is shared out evenly over what it measured, for the total.
+    wall = round(time.monotonic() - started, 1)
     data = json.loads(partial.read_text()) if partial.exists() else {}
-    data.setdefault(mode, {})[name] = result
+    for key, result in results.items():
+        result["step_wall_s"] = round(wall / len(results), 1)
+        result["step"] = name
+        data.setdefault(mode, {})[key] = result
     partial.write_text(json.dumps(data, indent=1) + "\n")
-    log(f"step {name} done in {result['step_wall_s']} s")
+    log(f"step {name} done in {wall} s")
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -597,7 +645,8 @@ def main(argv=None):
         if not args.resume and partial.exists():
             partial.unlink()
         for name in plan(mode):
-            if name in done:
+            keys = step_keys(name, mode)
+            if all(key in done for key in keys):
                 log(f"step {name}: already in {partial.name}, skipped")
                 continue
             # Each step holds the lab's lock only for itself, so others can use the lab in between.
