@@ -24,8 +24,8 @@ Steps (`--quick`: bytes, both-10, both-25, the matrix at 25):
   matrix size also no-op re-runs with forks 10 and 50 and with pipelining off. both-N does ours-N and
   then baseline-N in one lab session (the fleet put back on 2026.11.0 in between), and at the
   no-pipelining size a full update of each with pipelining off: fewer holds of the lock.
-- full plan: bytes, ours-10, baseline-10, both-25 (with pipelining off), both-50, ours-100 (matrix),
-  baseline-100 (matrix); every step holds the lock for at most about 15 minutes.
+- full plan: bytes, ours-100 (matrix), baseline-100 (matrix), ours-10, baseline-10, both-25 (with
+  pipelining off), both-50; every step holds the lock for at most about 15 minutes.
 
 Every measured run is `bench/tree_cpu.py -- ansible-playbook ...`: user + system CPU of the
 ansible-playbook process tree on the control node (docs/performance.md says what that includes).
@@ -404,7 +404,7 @@ def plan(mode):
     """Steps, each one hold of the lab's lock of at most about 15 minutes."""
     if mode == "quick":
         return ["bytes", "both-10", "both-25"]
-    return ["bytes", "ours-10", "baseline-10", "both-25", "both-50", "ours-100", "baseline-100"]
+    return ["bytes", "ours-100", "baseline-100", "ours-10", "baseline-10", "both-25", "both-50"]
 
 
 def run_step(name, mode, partial):
