@@ -25,7 +25,7 @@ PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
               [ -x "$$p" ] && "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
                 && { echo "$$p"; exit 0; }; done; done)
 
-.PHONY: help deps apt venv demo test lint unit integration molecule bench lab-up lab-down clean
+.PHONY: help deps apt venv demo test lint unit integration faults molecule bench lab-up lab-down clean
 
 help:
 	@echo "make demo   boot the lab fleet and run the main job against it"
@@ -74,6 +74,10 @@ unit: venv
 
 integration: deps
 	pytest -q tests/integration
+
+# Faults during a rolling update on an 18-terminal lab (docs/faults.md).
+faults: deps
+	pytest -q tests/faults
 
 molecule: deps
 	molecule test -s default

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every quality gate and test, in the order that fails fastest: lint, unit tests, then the lab
-# (integration over real SSH, then the molecule scenario). Prints one closing line for CI.
+# (integration over real SSH, fault injection, then the molecule scenario). Prints one closing line for CI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 terminals=${1:-6}
@@ -20,6 +20,8 @@ step ansible-lint env ANSIBLE_INVENTORY=inventories/production ansible-lint --of
 step unit pytest -q -p no:cacheprovider tests/unit
 # The lab steps need root; each starts from a clean lab and leaves none behind.
 step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider tests/integration
+# Faults during a rolling update (its own 18-terminal lab, about 6 minutes): docs/faults.md.
+step faults pytest -q -p no:cacheprovider tests/faults
 step molecule molecule test -s default
 
 if [ ${#failed[@]} -gt 0 ]; then

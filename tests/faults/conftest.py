@@ -1,0 +1,226 @@
+"""The fault-injection suite's lab: one fleet for the whole session, faults caught at their moment.
+
+Everything that touches the lab happens in the session fixtures below, in this order, and the
+tests only assert on what they recorded (see README.md):
+
+1. `lab`: `poslab down`, `poslab up` (18 terminals, seed 1: every model in every region twice),
+   publish the baseline and the upgrade.
+2. `tampered_release`: update.yml given a tampered manifest, then a bad signature: refused before
+   any terminal is touched.
+3. `fault_round`: one rolling update of the whole fleet from its factory state to the baseline, in
+   one batch, while posd sells; every terminal is one case (cases.py) and a watcher thread injects
+   each case's fault the moment the terminal's flash shows it has reached the step.
+4. `converged`: the faults lifted, update.yml again with `--limit @retry.limit`.
+5. `acquirer_down`: sales pending on one terminal while the acquirer answers 503: deferred, untouched.
+6. `interrupted`: the update to the upgrade, ansible-playbook killed (SIGKILL, process group) as soon
+   as the batch has started its data switch; then the plain re-run.
+
+The lab is shared: run this suite only under `flock /tmp/poslab.lock`. The session ends with
+`poslab down`.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from cases import CASES, assign, summary_lines, tampered_manifests
+from faultkit import (
+    BASELINE,
+    KIT,
+    SEED,
+    SUMMARY,
+    TERMINALS,
+    UPGRADE,
+    finish,
+    release_manifest,
+    report_of,
+    start_update,
+    update,
+    wait_all_answering,
+)
+from labkit import STATE, flash
+
+
+class Watcher(threading.Thread):
+    """Polls the terminals' flash every 10 ms and walks each case's steps in order.
+
+    A step fires when its `when` predicate sees the moment (or, without one, `delay` seconds after
+    the step before it); what fired and when is recorded in the case, for its test and the summary.
+    """
+
+    def __init__(self, cases):
+        super().__init__(daemon=True)
+        self.cases = [c for c in cases if c.steps]
+        self.halt = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self):
+        progress = {c.name: 0 for c in self.cases}
+        last = {c.name: self.t0 for c in self.cases}
+        while not self.halt.is_set():
+            for case in self.cases:
+                index = progress[case.name]
+                if index >= len(case.steps):
+                    continue
+                step = case.steps[index]
+                now = time.monotonic()
+                try:
+                    due = now - last[case.name] >= step.delay if step.when is None else step.when(case.serial)
+                except OSError:
+                    due = False  # a file vanished between two looks: look again
+                if not due:
+                    continue
+                try:
+                    step.act(case.serial)
+                    case.fired.append(f"{now - self.t0:.1f}s {step.what}: {step.act.__doc__}")
+                except (Exception, SystemExit) as error:  # recorded for the case's test
+                    case.errors.append(f"{step.what}: {step.act.__doc__}: {error}")
+                progress[case.name] += 1
+                last[case.name] = time.monotonic()
+            time.sleep(0.01)
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    KIT.poslab("down")
+    try:
+        KIT.poslab("up", "--terminals", TERMINALS, "--seed", SEED, timeout=600)
+        for spec in ("baseline", "upgrade"):
+            KIT.playbook("publish.yml", "-e", f"release_spec=releases/lab/{spec}.yml")
+        yield KIT.status()
+    finally:
+        for region in ("eu_central", "eu_west", "us_east"):
+            KIT.poslab("dp", region, "restore", check=False)
+        KIT.poslab("acquirer", "up", check=False)
+        KIT.poslab("down", check=False)
+
+
+@pytest.fixture(scope="session")
+def tampered_release(lab, tmp_path_factory):
+    """update.yml against a manifest changed after signing, then against another release's signature."""
+    before = KIT.status()
+    backups = sorted(str(p) for p in (STATE / "backups").rglob("*")) if (STATE / "backups").exists() else []
+    results = {}
+    for name, manifest in tampered_manifests(STATE / "build" / "releases", tmp_path_factory.mktemp("tamper"),
+                                             BASELINE, UPGRADE):
+        results[name] = update(BASELINE, "-e", f"update_manifest={manifest}")
+    after = KIT.status()
+    backups_after = sorted(str(p) for p in (STATE / "backups").rglob("*")) if (STATE / "backups").exists() else []
+    return {"results": results, "before": before, "after": after, "backups": (backups, backups_after)}
+
+
+@pytest.fixture(scope="session")
+def fault_round(lab, tampered_release):
+    """The factory fleet to the baseline, one fault per terminal.
+
+    A case with `own_run` (the reboot that never returns, which waits out its model's whole
+    reboot_timeout) gets an ansible-playbook of its own, side by side with the others' run, as AWX
+    job slices would: the fleet's batch does not wait two minutes for it.
+    """
+    assign(CASES, lab)
+    before = KIT.status()
+    ledger_before = KIT.ledger()["totals"]
+    for case in CASES:
+        for act in case.before:
+            act(case.serial)
+    alone = [c.serial for c in CASES if c.own_run]
+    watcher = Watcher(CASES)
+    watcher.start()
+    try:
+        side = start_update(BASELINE, "--limit", ",".join(alone))
+        result = update(BASELINE, "--limit", "all:" + ":".join(f"!{s}" for s in alone))
+        side_output = finish(side, timeout=400).stdout
+    finally:
+        watcher.stop()
+        for case in CASES:
+            for act in case.after:
+                try:
+                    act(case.serial)
+                except (Exception, SystemExit) as error:  # every fault must be lifted
+                    case.errors.append(f"lifting the fault: {act.__doc__}: {error}")
+    reports = [report_of(result.stdout), report_of(side_output)]
+    rows = {row["serial"]: row for report in reports for row in report["terminals"] if row["serial"] not in alone
+            or report is reports[1]}
+    after = wait_all_answering()
+    return {"cases": CASES, "before": before, "after": after, "rows": rows, "reports": reports, "result": result,
+            "ledger_before": ledger_before, "ledger": KIT.ledger()}
+
+
+@pytest.fixture(scope="session")
+def converged(fault_round):
+    limit = sorted({line for report in fault_round["reports"]
+                    for line in (KIT.report_dir / report["run_id"] / "retry.limit").read_text().split()})
+    result = update(BASELINE, "--limit", ",".join(limit))
+    report = report_of(result.stdout)
+    status = wait_all_answering()
+    SUMMARY["ledger"] = (ledger := KIT.ledger())["totals"]
+    return {"result": result, "report": report, "limit": limit, "status": status, "ledger": ledger}
+
+
+@pytest.fixture(scope="session")
+def acquirer_down(converged):
+    """Offline sales on one terminal while the acquirer is down: no update may start on it."""
+    serial = sorted(converged["status"])[0]
+    KIT.poslab("fault", serial, "txn-pending", "5")
+    KIT.poslab("acquirer", "down")
+    try:
+        before = KIT.status()[serial]
+        result = update(UPGRADE, "--limit", serial)
+        report = report_of(result.stdout)
+        after = KIT.status()[serial]
+    finally:
+        KIT.poslab("acquirer", "up")
+    staged = sorted(p.name for p in flash(serial, "/var/lib/pos/staging").glob("*")) \
+        if flash(serial, "/var/lib/pos/staging").exists() else []
+    return {"serial": serial, "before": before, "after": after, "report": report, "result": result,
+            "staged": staged}
+
+
+@pytest.fixture(scope="session")
+def interrupted(acquirer_down):
+    """The control node killed mid-batch, as soon as the batch starts switching data packs; then re-run."""
+    manifest = release_manifest(UPGRADE)
+    new_params = manifest["models"]["kestrel_k200"]["packs"]["params"]["version"]
+    before = KIT.status()
+    started = time.monotonic()
+    proc = start_update(UPGRADE)
+    # The moment: the first terminal with the new params pack staged has finished its package step.
+    def switching():
+        return [s for s in before if flash(s, f"/var/lib/pos/packs/params/{new_params}.staging").exists()
+                or flash(s, f"/var/lib/pos/packs/params/{new_params}").exists()]
+    seen = None
+    while proc.poll() is None and time.monotonic() - started < 300:
+        seen = switching()
+        if seen:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    finish(proc, timeout=120, note=f"killed with SIGKILL after {time.monotonic() - started:.1f}s\n" if seen else "")
+    time.sleep(3)  # the modules that were running on the terminals lose their session and end
+    after_kill = wait_all_answering()
+    rerun = update(UPGRADE)
+    report = report_of(rerun.stdout)
+    status = wait_all_answering()
+    SUMMARY["ledger"] = (ledger := KIT.ledger())["totals"]
+    return {"seen": seen, "returncode": proc.returncode, "before": before, "after_kill": after_kill,
+            "rerun": rerun, "report": report, "status": status, "ledger": ledger, "manifest": manifest}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        SUMMARY["results"][report.nodeid] = outcome
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in summary_lines(SUMMARY):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"commands and reports of this run: {KIT.output_dir}")
