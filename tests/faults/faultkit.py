@@ -27,7 +27,9 @@ KIT = labkit.Kit(labkit.new_output_dir("posfleet-faults-"))
 # budget (one case's failure must not stop the others), and short waits where a variable exists.
 FAST = ["-e", "update_canary_per_model=100%", "-e", '{"update_waves": [100]}',
         "-e", '{"update_max_failed_pct": null}', "-e", "pos_quiesce_timeout=8",
-        "-e", "pos_package_timeout=6", "-e", "pos_data_sync_timeout=6"]
+        "-e", "pos_package_timeout=6", "-e", "pos_data_sync_timeout=6",
+        # A lab terminal boots in seconds: 30 s is long enough to see one come back after a power cut.
+        "-e", "update_recovery_timeout=30"]
 # What the summary prints: filled by the fixtures and by pytest_runtest_logreport.
 SUMMARY = {"results": {}, "ledger": None, "runs": []}
 
