@@ -30,7 +30,7 @@ PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
 help:
 	@echo "make demo   boot the lab fleet and run the main job against it"
 	@echo "make test   every quality gate and test (lint, unit, lab integration, molecule)"
-	@echo "make bench  benchmark on the lab: control-node CPU and bytes per terminal vs baselines (about 1 h 15;"
+	@echo "make bench  benchmark on the lab: control-node CPU and bytes per terminal vs baselines (about 1 h;"
 	@echo "            make bench BENCH_ARGS=--quick: about 20 min), then lab boot time and memory"
 	@echo "make lab-down   remove the lab completely"
 
