@@ -20,7 +20,6 @@ The lab is shared: run this suite only under `flock /tmp/poslab.lock`. The sessi
 """
 
 import os
-import signal
 import threading
 import time
 
@@ -34,6 +33,7 @@ from faultkit import (
     TERMINALS,
     UPGRADE,
     finish,
+    kill_control_node,
     release_manifest,
     report_of,
     start_update,
@@ -200,7 +200,7 @@ def interrupted(acquirer_down):
     while proc.poll() is None and time.monotonic() - started < 300:
         seen = switching()
         if seen:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_control_node(proc)
             break
         time.sleep(0.01)
     finish(proc, timeout=120, note=f"killed with SIGKILL after {time.monotonic() - started:.1f}s\n" if seen else "")

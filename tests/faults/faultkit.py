@@ -1,7 +1,10 @@
 """What the fault suite's fixtures, cases and tests share: the kit, the releases, the fault actions."""
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +45,31 @@ def start_update(release, *extra):
     proc.label = f"update {release} {' '.join(extra)}".strip()
     proc.started = time.monotonic()
     return proc
+
+
+def kill_control_node(proc):
+    """SIGKILL an ansible-playbook started by start_update and every process under it.
+
+    Killing its process group is not enough: Ansible's worker processes each start a session of their
+    own (setsid), so they would outlive the kill as orphans, blocked for ever. They are found by
+    their parent before anything is killed, and killed by PID.
+    """
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grown = {proc.pid}, True
+    while grown:
+        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grown = bool(below)
+        tree |= below
+    for pid in sorted(tree):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def finish(proc, timeout=600, note=""):
