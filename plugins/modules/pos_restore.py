@@ -137,6 +137,7 @@ from ansible.module_utils.pos_terminal import (
     PACKS_DIR,
     ROLLBACK_DIR,
     SEQUENCE_GAPS,
+    STAGING_DIR,
     PosdError,
     app_version,
     atomic_symlink,
@@ -190,6 +191,10 @@ def extract_one(tar, name, dest):
         os.fsync(handle.fileno())
 
 
+# Room the restore wants beyond the journal and packs it may unpack: SQLite's own scratch and the links.
+RESTORE_MARGIN = 1 << 20
+
+
 class Restore:
     def __init__(self, module):
         self.module = module
@@ -231,6 +236,30 @@ class Restore:
         for required in ("journal.db", "etc/pos/terminal.json"):
             if required not in self.members:
                 self.fail("the snapshot %s has no %s" % (self.params["src"], required))
+
+    def make_room(self, scratch, needed):
+        """Free flash for the way back: a full flash, often what failed the update, must not stop the restore.
+
+        Only downloads in the staging directory are removed, largest first, and only while the flash has
+        less than `needed` bytes free: they are caches that the next update fetches again.
+        """
+        def free():
+            stat = os.statvfs(scratch)
+            return stat.f_bavail * stat.f_frsize
+        if free() >= needed:
+            return
+        staging = terminal_path(STAGING_DIR)
+        try:
+            names = os.listdir(staging)
+        except OSError:
+            return
+        files = [os.path.join(staging, name) for name in names if os.path.isfile(os.path.join(staging, name))]
+        for path in sorted(files, key=lambda item: -os.path.getsize(item)):
+            if free() >= needed:
+                break
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                self.module.warn("removed the download %s to make room for the restore" % path)
 
     # --- planning ----------------------------------------------------------------------------------
 
@@ -406,6 +435,11 @@ class Restore:
         # A scratch directory beside the journal (same filesystem: a rename into place stays atomic); in check
         # mode one outside the terminal's state, removed again.
         scratch = tempfile.gettempdir() if module.check_mode else os.path.dirname(terminal_path(JOURNAL))
+        if not module.check_mode:
+            with tarfile.open(self.src, "r:") as tar:
+                needed = tar.getmember("journal.db").size + sum(
+                    member.size for member in tar.getmembers() if member.name.startswith("packs/"))
+            self.make_room(scratch, needed + RESTORE_MARGIN)
         self.work = tempfile.mkdtemp(prefix=".pos-restore-", dir=scratch)
         prepared = os.path.join(self.work, "journal.db")
         with tarfile.open(self.src, "r:") as tar:
