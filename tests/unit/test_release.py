@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ansible_tool
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "bin" / "posfleet-release"
@@ -444,11 +445,7 @@ def test_publish_refuses_an_unknown_region(release, tmp_path):
 
 def ansible_pos_release(tmp_path, **args):
     """Run `ansible localhost -m pos_release` with the repository's ansible.cfg; the host's result."""
-    ansible = Path(sys.executable).with_name("ansible")
-    if not ansible.exists():
-        ansible = shutil.which("ansible")
-    if not ansible:
-        pytest.skip("ansible not found next to this Python or on PATH")
+    ansible = ansible_tool("ansible")
     inventory = tmp_path / "hosts.ini"
     inventory.write_text("localhost ansible_connection=local\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}

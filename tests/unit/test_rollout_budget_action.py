@@ -2,23 +2,17 @@
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from conftest import ansible_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def budget(tmp_path, check=False, **args):
     """Run `ansible localhost -m pos_rollout_budget` with the repository's ansible.cfg; the result."""
-    ansible = Path(sys.executable).with_name("ansible")
-    if not ansible.exists():
-        ansible = shutil.which("ansible")
-    if not ansible:
-        pytest.skip("ansible not found next to this Python or on PATH")
+    ansible = ansible_tool("ansible")
     inventory = tmp_path / "hosts.ini"
     inventory.write_text("localhost ansible_connection=local\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
