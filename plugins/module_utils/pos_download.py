@@ -33,6 +33,14 @@ class DownloadError(Exception):
     """The artifact could not be fetched or is not the one the manifest describes; says which and why."""
 
 
+# The options every module that downloads with fetch() takes (documented in doc_fragments/pos_download.py).
+DOWNLOAD_OPTIONS = {
+    "staging_dir": {"type": "str", "default": "/var/lib/pos/staging"},
+    "retries": {"type": "int", "default": 3},
+    "retry_delay": {"type": "float", "default": 2.0},
+}
+
+
 def _sha256_of(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

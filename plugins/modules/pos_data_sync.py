@@ -47,22 +47,10 @@ options:
   merchant:
     description: The merchant profile (the content of C(profile.json)) rendered for this terminal.
     type: dict
-  staging_dir:
-    description: Where downloads are kept until installed.
-    type: str
-    default: /var/lib/pos/staging
   timeout:
     description: Seconds a download request may wait for data.
     type: float
     default: 60
-  retries:
-    description: How many times a broken download is resumed within this run.
-    type: int
-    default: 3
-  retry_delay:
-    description: Seconds before the first retry; each further retry waits that much longer.
-    type: float
-    default: 2
   reload:
     description: Ask posd to reload its packs after the switch.
     type: bool
@@ -71,6 +59,8 @@ options:
     description: Use a pack's deltas when the terminal has a base for one; C(false) always downloads the full archive.
     type: bool
     default: true
+extends_documentation_fragment:
+  - pos_download
 notes:
   - Supports check mode; in check mode nothing is downloaded or switched.
   - Supports diff mode (pack versions before and after).
@@ -154,7 +144,7 @@ from ansible.module_utils.pos_archive import (
     verify_files,
 )
 from ansible.module_utils.pos_delta import DeltaError, apply_delta, pack_dir_members, write_pack_tar
-from ansible.module_utils.pos_download import SHA256_RE, DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, SHA256_RE, DownloadError, fetch, partial_bytes
 from ansible.module_utils.pos_terminal import (
     PACK_NAMES,
     PACKS_DIR,
@@ -409,10 +399,8 @@ def main():
         argument_spec=dict(
             packs=dict(type="dict", default={}),
             merchant=dict(type="dict"),
-            staging_dir=dict(type="str", default="/var/lib/pos/staging"),
             timeout=dict(type="float", default=60.0),
-            retries=dict(type="int", default=3),
-            retry_delay=dict(type="float", default=2.0),
+            **DOWNLOAD_OPTIONS,
             reload=dict(type="bool", default=True),
             delta=dict(type="bool", default=True),
         ),

@@ -54,26 +54,16 @@ options:
     type: str
     required: true
     choices: [dpkg, bundle]
-  staging_dir:
-    description: Where downloads are kept until installed.
-    type: str
-    default: /var/lib/pos/staging
   timeout:
     description: Seconds a download request may wait for data; also how long to wait for posd after a restart.
     type: float
     default: 60
-  retries:
-    description: How many times a broken download is resumed within this run.
-    type: int
-    default: 3
-  retry_delay:
-    description: Seconds before the first retry; each further retry waits that much longer.
-    type: float
-    default: 2
   restart:
     description: Restart posd after installing. Set to V(false) when a reboot follows.
     type: bool
     default: true
+extends_documentation_fragment:
+  - pos_download
 notes:
   - Supports check mode; in check mode nothing is downloaded or installed.
   - Supports diff mode (the app version before and after).
@@ -147,7 +137,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe_extract
-from ansible.module_utils.pos_download import DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, fetch, partial_bytes
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
@@ -366,10 +356,8 @@ def main():
             size=dict(type="int", required=True),
             version=dict(type="str", required=True),
             style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
-            staging_dir=dict(type="str", default="/var/lib/pos/staging"),
             timeout=dict(type="float", default=60.0),
-            retries=dict(type="int", default=3),
-            retry_delay=dict(type="float", default=2.0),
+            **DOWNLOAD_OPTIONS,
             restart=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
