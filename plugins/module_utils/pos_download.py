@@ -23,6 +23,8 @@ import time
 import urllib.error
 import urllib.request
 
+from ansible.module_utils.pos_guard import LeaseLost, heartbeat
+
 CHUNK = 64 * 1024
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Errors after which trying again can help: the link dropped, the server was briefly unwell.
@@ -123,6 +125,11 @@ def _attempt(url, part, size, timeout, state):
                 handle.write(block)
                 have += len(block)
                 state["bytes"] += len(block)
+                # A download on a slow link can outlast the update's lease: keep it alive while bytes come.
+                try:
+                    heartbeat()
+                except LeaseLost as error:
+                    raise _Fatal("download of %s stopped: %s" % (url, error)) from error
             handle.flush()
             os.fsync(handle.fileno())
     if have < size:

@@ -22,6 +22,9 @@ description:
     C(MANIFEST.json), and only then renamed to C(snapshot.tar), so O(dest) always holds one whole snapshot.
   - Take it with the terminal in maintenance and its sales uploaded (M(pos_maintenance), M(pos_txn_upload)).
   - A new snapshot is always a change.
+  - When the terminal holds an update lease (M(pos_maintenance) with its C(lease) option), the app and
+    pack versions just recorded become what the update guard switches back to should the control node go
+    silent from here on.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -118,6 +121,7 @@ from ansible.module_utils.pos_archive import (
     tree_files,
     verify_files,
 )
+from ansible.module_utils.pos_guard import LeaseLost, begin_change
 from ansible.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
 from ansible.module_utils.pos_terminal import (
     JOURNAL,
@@ -283,6 +287,15 @@ def main():
         module.fail_json(msg="cannot write the snapshot in %s: %s" % (dest_param, error))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # From here on the update may change the terminal: should the control node go silent, the update
+    # guard switches it back to what was just recorded (see pos_maintenance's lease).
+    try:
+        begin_change({"package_style": style, "app_version": version, "packs": packs})
+    except LeaseLost as error:
+        module.fail_json(msg="the snapshot was taken, but %s" % error, changed=True)
+    except OSError as error:
+        module.fail_json(msg="the snapshot was taken, but the update's lease could not be written: %s" % error,
+                         changed=True)
     module.exit_json(changed=True, sha256=digest, size=size, manifest=manifest, journal_rows=copied["rows"],
                      counters=copied["counters"], **result)
 

@@ -145,6 +145,7 @@ from ansible.module_utils.pos_archive import (
 )
 from ansible.module_utils.pos_delta import DeltaError, apply_delta, pack_dir_members, write_pack_tar
 from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, SHA256_RE, DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_guard import LeaseLost, switching
 from ansible.module_utils.pos_terminal import (
     PACK_NAMES,
     PACKS_DIR,
@@ -477,11 +478,18 @@ def main():
 
     counters_before = counters_now()
     try:
-        for name, path in staged.items():
-            move_into_place(name, wanted[name], path)
-        # Every pack is in place and verified: only now switch, one rename per pack.
-        for name in todo:
-            atomic_symlink(wanted[name], os.path.join(pack_base(name), "current"))
+        # Under the update's lease: the update guard neither acts in the middle of the switch nor lets it
+        # begin once it has put the terminal back (LeaseLost).
+        with switching():
+            for name, path in staged.items():
+                move_into_place(name, wanted[name], path)
+            # Every pack is in place and verified: only now switch, one rename per pack.
+            for name in todo:
+                atomic_symlink(wanted[name], os.path.join(pack_base(name), "current"))
+    except LeaseLost as error:
+        for path in staged.values():
+            shutil.rmtree(path, ignore_errors=True)
+        module.fail_json(msg="%s; no pack was switched" % error, **result)
     except OSError as error:
         module.fail_json(msg="switching the data packs failed: %s" % error, changed=True, **result)
     for name in todo:

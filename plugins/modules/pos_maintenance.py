@@ -19,6 +19,13 @@ description:
   - V(ready) waits, at most O(timeout) seconds, until posd answers after a restart or a reboot and
     returns its status. It changes nothing.
   - Maintenance survives a restart of posd and a reboot of the terminal, until V(selling) ends it.
+  - "With O(lease), V(maintenance) also takes the update's lease on the terminal and installs the update guard
+    (C(/usr/local/sbin/pos-update-guard)), which the terminal's init runs at boot and every few seconds while a
+    lease is held. Every later step renews the lease (M(pos_backup), M(pos_package), M(pos_data_sync),
+    M(pos_restore), M(pos_verify), V(ready)). When the control node is not heard of for O(lease) seconds, the
+    guard puts the terminal back in service, switching the app and data packs back to the versions recorded
+    by M(pos_backup) first if the change had begun. V(selling) (and M(pos_verify) leaving maintenance) ends the
+    lease."
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -33,6 +40,19 @@ options:
       - Seconds to wait for the sale in progress (V(maintenance)) or for posd to come up (V(ready)).
     type: float
     default: 60
+  lease:
+    description:
+      - With V(maintenance), seconds the terminal waits without hearing from the control node before its
+        update guard undoes the update and puts it back in service. V(0) takes no lease.
+      - It must outlast the longest silence of an update, that is the longest step of the slowest terminal
+        of a batch (a download on a slow link renews the lease while it runs) plus the reboot and recovery
+        waits.
+    type: float
+    default: 0
+  release:
+    description: With O(lease), the release being installed, recorded in the lease for the guard's messages.
+    type: str
+    default: ""
 notes:
   - Supports check mode; in check mode V(maintenance) and V(selling) only report whether they would change the
     state.
@@ -46,6 +66,12 @@ EXAMPLES = r"""
     state: maintenance
     timeout: 90
   register: pos_quiesce_result
+
+- name: Stop selling for an update, with a one-hour lease for the update guard
+  pos_maintenance:
+    state: maintenance
+    lease: 3600
+    release: 2026.12.0
 
 - name: Wait for the payment app after the reboot
   pos_maintenance:
@@ -76,9 +102,22 @@ deferred:
   returned: failure
   type: bool
   sample: true
+lease:
+  description: The lease held on the terminal after the module ran (V(maintenance) with O(lease)).
+  returned: when a lease was taken
+  type: dict
+  sample: {phase: quiesced, release: 2026.12.0, ttl: 3600, expires: 1795000000.0}
+guard_installed:
+  description: Whether the update guard's files were written or replaced (V(maintenance) with O(lease)).
+  returned: when a lease was taken
+  type: bool
+  sample: false
 """
 
+import sys
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pos_guard import end_lease, install, renew, take
 from ansible.module_utils.pos_terminal import PosdError, posd, posd_wait, wait_posd_ready
 
 
@@ -91,18 +130,25 @@ def main():
         argument_spec=dict(
             state=dict(type="str", required=True, choices=["maintenance", "selling", "ready"]),
             timeout=dict(type="float", default=60.0),
+            lease=dict(type="float", default=0.0),
+            release=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
     state, timeout = module.params["state"], module.params["timeout"]
     if timeout < 0:
         module.fail_json(msg="timeout must be 0 or more seconds, not %s" % timeout)
+    lease = module.params["lease"]
+    if lease < 0:
+        module.fail_json(msg="lease must be 0 (none) or more seconds, not %s" % lease)
 
     if state == "ready":
         try:
             status = wait_posd_ready(timeout)
         except PosdError as error:
             module.fail_json(msg="%s; look at /var/log/posd.log on the terminal" % error)
+        if not module.check_mode:
+            renew(forward=False)  # the control node is still there: the wait for a reboot is over
         module.exit_json(changed=False, status=clean(status))
 
     try:
@@ -112,7 +158,13 @@ def main():
     wanted = state == "maintenance"
     diff = {"before": {"maintenance": bool(before.get("maintenance"))}, "after": {"maintenance": wanted}}
     if bool(before.get("maintenance")) == wanted:
-        module.exit_json(changed=False, status=clean(before))
+        if module.check_mode:
+            module.exit_json(changed=False, status=clean(before))
+        if wanted and lease:
+            # Already out of service (left so by an earlier run): the lease is taken all the same.
+            module.exit_json(changed=True, status=clean(before), **hold(module, lease))
+        # Selling already: a lease left behind (the guard's outcome, say) ends all the same.
+        module.exit_json(changed=(not wanted and end_lease()), status=clean(before))
     if module.check_mode:
         module.exit_json(changed=True, status=clean(before), diff=diff)
 
@@ -131,12 +183,25 @@ def main():
             posd("maintenance_leave")
         except PosdError as error:
             module.fail_json(msg="cannot put the terminal back in service: %s" % error)
+        end_lease()
+    held = hold(module, lease) if wanted and lease else {}
     try:
         after = posd("status")
     except PosdError as error:
         module.fail_json(msg="the state changed but posd did not answer status afterwards: %s" % error,
                          changed=True)
-    module.exit_json(changed=True, status=clean(after), diff=diff)
+    module.exit_json(changed=True, status=clean(after), diff=diff, **held)
+
+
+def hold(module, lease):
+    """Install the update guard and take the update's lease: the terminal's own way back to service."""
+    try:
+        installed = install(sys.executable)
+        taken = take(lease, module.params["release"])
+    except OSError as error:
+        module.fail_json(msg="the terminal is in maintenance, but its update guard could not be armed: %s; "
+                         "nothing was changed, put it back with state=selling" % error, changed=True)
+    return {"lease": taken, "guard_installed": installed}
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe_extract
 from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_guard import LeaseLost, switching
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
@@ -407,12 +408,17 @@ def main():
 
     rollback = {"previous_version": previous, "style": style}
     try:
-        if style == "bundle":
-            install_bundle(module, download["path"], version, previous)
-            if download["path"]:
-                os.unlink(download["path"])
-        else:
-            rollback.update(install_deb(module, download["path"], version, previous, staging))
+        # Under the update's lease: the update guard neither acts in the middle of the switch nor lets it
+        # begin once it has put the terminal back (LeaseLost).
+        with switching():
+            if style == "bundle":
+                install_bundle(module, download["path"], version, previous)
+                if download["path"]:
+                    os.unlink(download["path"])
+            else:
+                rollback.update(install_deb(module, download["path"], version, previous, staging))
+    except LeaseLost as error:
+        module.fail_json(msg="not installing posd %s: %s" % (version, error), **result)
     except OSError as error:
         module.fail_json(msg="installing posd %s failed: %s" % (version, error), changed=True, **result)
     installed = app_version(style)

@@ -122,6 +122,7 @@ from ansible.module_utils.pos_archive import (
     member_path,
     pack_intact,
 )
+from ansible.module_utils.pos_guard import renew
 from ansible.module_utils.pos_journal import (
     COUNTERS,
     connect_ro,
@@ -427,6 +428,10 @@ class Restore:
         if found not in (None, style):
             self.fail("the terminal has a %s app but package_style is %s" % (found, style))
         self.load_snapshot()
+        if not module.check_mode:
+            # The control node is putting the terminal back itself: keep the update guard out of its way
+            # (a restore that the guard has already done is found to have nothing left to do).
+            renew(forward=False)
         version = self.app["version"]
         installed = app_version(style)
         before = {"app_version": installed, "packs": pack_versions()}

@@ -23,8 +23,8 @@ description:
     999999 to 1), batches never go down, and the counters are not below the highest numbers in the journal."
   - When a check fails the module fails with a message listing the failed checks, and returns RV(checks) and
     RV(drift).
-  - When every check passes and O(leave_maintenance) is set, the terminal goes back in service (the only
-    change this module makes).
+  - When every check passes and O(leave_maintenance) is set, the terminal goes back in service and the update's
+    lease ends (see M(pos_maintenance)): the only changes this module makes.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -88,6 +88,7 @@ import sqlite3
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, read_pack_manifest, verify_files
+from ansible.module_utils.pos_guard import end_lease
 from ansible.module_utils.pos_journal import connect_ro, integrity, sequence_problems
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
@@ -216,7 +217,9 @@ def main():
             except PosdError as error:
                 module.fail_json(msg="every check passed but the terminal could not leave maintenance: %s"
                                  % error, checks=checks, drift=drift)
-    module.exit_json(changed=left, checks=checks, drift=drift,
+    # Verified and selling: the update is over, and with it the update guard's lease.
+    lease_ended = module.params["leave_maintenance"] and not module.check_mode and end_lease()
+    module.exit_json(changed=left or lease_ended, checks=checks, drift=drift,
                      left_maintenance=left and not module.check_mode)
 
 

@@ -24,7 +24,7 @@ import threading
 import time
 
 import pytest
-from cases import CASES, assign, summary_lines, tampered_manifests
+from cases import CASES, KILLED_LEASE, SHORT_LEASE, assign, summary_lines, tampered_manifests
 from faultkit import (
     BASELINE,
     KIT,
@@ -39,6 +39,7 @@ from faultkit import (
     start_update,
     update,
     wait_all_answering,
+    wait_in_service,
 )
 from labkit import STATE, flash
 
@@ -135,7 +136,7 @@ def fault_round(lab, tampered_release):
     watcher = Watcher(CASES)
     watcher.start()
     try:
-        side = start_update(BASELINE, "--limit", ",".join(alone))
+        side = start_update(BASELINE, "--limit", ",".join(alone), "-e", f"pos_quiesce_lease={SHORT_LEASE}")
         result = update(BASELINE, "--limit", "all:" + ":".join(f"!{s}" for s in alone))
         side_output = finish(side, timeout=400).stdout
     finally:
@@ -149,6 +150,8 @@ def fault_round(lab, tampered_release):
     reports = [report_of(result.stdout), report_of(side_output)]
     rows = {row["serial"]: row for report in reports for row in report["terminals"] if row["serial"] not in alone
             or report is reports[1]}
+    # The terminal whose reboot never came back is powered on only now: its update guard needs a moment.
+    wait_in_service(timeout=120)
     after = wait_all_answering()
     return {"cases": CASES, "before": before, "after": after, "rows": rows, "reports": reports, "result": result,
             "ledger_before": ledger_before, "ledger": KIT.ledger()}
@@ -191,7 +194,7 @@ def interrupted(acquirer_down):
     new_params = manifest["models"]["kestrel_k200"]["packs"]["params"]["version"]
     before = KIT.status()
     started = time.monotonic()
-    proc = start_update(UPGRADE)
+    proc = start_update(UPGRADE, "-e", f"pos_quiesce_lease={KILLED_LEASE}")
     # The moment: the first terminal with the new params pack staged has finished its package step.
     def switching():
         return [s for s in before if flash(s, f"/var/lib/pos/packs/params/{new_params}.staging").exists()
@@ -205,6 +208,9 @@ def interrupted(acquirer_down):
         time.sleep(0.01)
     finish(proc, timeout=120, note=f"killed with SIGKILL after {time.monotonic() - started:.1f}s\n" if seen else "")
     time.sleep(3)  # the modules that were running on the terminals lose their session and end
+    # No control node any more: each terminal of the batch waits out its lease, then its update guard
+    # puts it back in service on one release.
+    wait_in_service(timeout=KILLED_LEASE + 90)
     after_kill = wait_all_answering()
     rerun = update(UPGRADE)
     report = report_of(rerun.stdout)

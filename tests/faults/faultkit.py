@@ -127,6 +127,20 @@ def installed_app(serial):
     return words[0] if len(words) == 1 or words[1:] == ["ii"] else " ".join(words) or "unknown"
 
 
+def wait_in_service(timeout):
+    """Wait, at most `timeout` seconds, until no terminal is in maintenance; whether that happened.
+
+    It only waits: the tests that follow say which terminal is not selling, and why, if one is left.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = KIT.status()
+        if all(r["reachable"] and r["state"] not in ("maintenance", "unknown") for r in rows.values()):
+            return True
+        time.sleep(2)
+    return False
+
+
 def wait_all_answering(timeout=120):
     """Every terminal powered, on ssh and answering posd's status; each row with `installed_app`."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,355 @@
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The update guard: a terminal is never left out of service, or half-updated, because its control node went away.
+
+When the control node puts a terminal in maintenance for an update it takes a *lease* on it
+(M(pos_maintenance) with `lease`), and every later step renews it. The lease is a file on the
+terminal's flash. The guard (`pos-update-guard`, which pos_maintenance installs from this file) is run
+by the terminal's init at boot and every few seconds while a lease is on the flash; it acts only once the
+lease has run out, that is once the control node has not been heard of for the lease's `ttl` seconds
+(killed, cut off, or gave up waiting for a terminal that came back too late):
+
+- nothing was changed yet (phase `quiesced`): the terminal goes back in service;
+- the change had begun (phase `changing`, set by pos_backup once the snapshot is taken): the app and
+  every data pack are switched back to the versions recorded with the snapshot (pos_package and
+  pos_data_sync keep the previous version for exactly this), posd is restarted on them and the terminal
+  goes back in service. Everything needed is checked before anything is switched; when something is
+  missing nothing is switched, the terminal stays in maintenance and the lease says why (phase `stuck`):
+  restoring from the backup is then the control node's job (rollback.yml).
+
+The outcome stays in the lease file (phase `undone`, `resumed` or `stuck`) until the terminal is next put
+in service by the control node, so that a control node that comes back does not carry on with an update
+the terminal has undone (renew() raises LeaseLost) and the next survey can say what happened.
+
+Runs on terminals: standard library only, Python 3.9 or newer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib
+import inspect
+import json
+import os
+import subprocess
+import time
+
+from ansible.module_utils.pos_archive import pack_intact
+from ansible.module_utils.pos_terminal import (
+    APP_DIR,
+    PACKS_DIR,
+    ROLLBACK_DIR,
+    PosdError,
+    app_version,
+    atomic_symlink,
+    atomic_write,
+    dpkg_argv,
+    pack_versions,
+    posd,
+    read_json,
+    restart_posd,
+    terminal_path,
+    wait_posd_ready,
+)
+
+LEASE = "/var/lib/pos/update-lease.json"
+LEASE_LOCK = "/var/lib/pos/.update-lease.lock"
+INSTALL_DIR = "/usr/local/lib/posfleet"
+COMMAND = "/usr/local/sbin/pos-update-guard"
+# The phases in which the control node holds the terminal; the others are the guard's outcomes.
+ACTIVE = ("quiesced", "changing")
+# How often a long step (a download) renews the lease while it runs.
+HEARTBEAT_S = 30.0
+# The module_utils the guard imports, installed beside it in the same package layout.
+GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_guard")
+COMMAND_TEXT = """#!%(python)s
+# posfleet's update guard, installed by the pos_maintenance module (the code is pos_guard.py in %(lib)s).
+# The terminal's init runs it at boot and every few seconds while %(lease)s exists;
+# `pos-update-guard --status` prints the lease. docs/update-pipeline.md explains it.
+import sys
+
+sys.path.insert(0, %(lib)r)
+from ansible.module_utils.pos_guard import main
+
+sys.exit(main())
+"""
+
+
+class LeaseLost(Exception):
+    """The guard has already acted on this terminal's update: the control node must not go on with it."""
+
+
+@contextlib.contextmanager
+def _locked(blocking=True):
+    """Hold the lease's lock; yields False (and holds nothing) when not blocking and another holds it."""
+    path = terminal_path(LEASE_LOCK)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_lease():
+    """The lease on the flash (a dict), or None when the terminal has none."""
+    return read_json(LEASE)
+
+
+def _write(lease):
+    atomic_write(terminal_path(LEASE), json.dumps(lease, indent=1, sort_keys=True) + "\n", mode=0o600)
+
+
+def _stamp(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def describe(lease):
+    """One sentence on what the guard did to the update the lease was for."""
+    guard = lease.get("guard") or {}
+    what = {"undone": "switched the terminal back to the versions it ran before the update and put it back in "
+                      "service",
+            "resumed": "put the terminal back in service (nothing had been changed yet)",
+            "stuck": "could not undo the update and left the terminal in maintenance: %s"
+                     % guard.get("reason", "no reason recorded")}.get(lease.get("phase"), "acted")
+    return ("the terminal's update guard %s at %s, because the control node had not been heard of for %d s "
+            "(the lease of the update to %s ran out); re-run update.yml for this terminal"
+            % (what, guard.get("at", "?"), int(lease.get("ttl", 0)), lease.get("release") or "?"))
+
+
+def take(ttl, release, now=None):
+    """Start a lease of `ttl` seconds for an update to `release` (phase quiesced); returns it."""
+    now = time.time() if now is None else now
+    lease = {"phase": "quiesced", "release": release, "ttl": float(ttl), "taken": now, "renewed": now,
+             "expires": now + float(ttl), "before": None, "guard": None}
+    with _locked():
+        _write(lease)
+    return lease
+
+
+def renew(forward=True, now=None):
+    """Push the lease `ttl` seconds on; a no-op (None) when the terminal has no lease.
+
+    A step that goes on with the update (`forward`) raises LeaseLost when the guard has already acted;
+    a step that puts the terminal back (pos_restore) does not, and leaves the guard's outcome alone.
+    """
+    with _locked():
+        return _renewed(read_lease(), forward, now)
+
+
+def _renewed(lease, forward, now):
+    """(Under the lock.) The lease pushed on and written; see renew()."""
+    if not lease:
+        return None
+    if lease.get("phase") not in ACTIVE:
+        if forward:
+            raise LeaseLost(describe(lease))
+        return lease
+    lease["renewed"] = time.time() if now is None else now
+    lease["expires"] = lease["renewed"] + float(lease.get("ttl", 0))
+    _write(lease)
+    return lease
+
+
+@contextlib.contextmanager
+def switching():
+    """Hold the lease while the caller switches the terminal over (links, dpkg).
+
+    The guard cannot act in the middle of a switch (it skips a run while the lock is held), and a switch
+    does not begin once the guard has acted: LeaseLost is raised before the caller's block runs.
+    """
+    with _locked():
+        yield _renewed(read_lease(), True, None)
+
+
+def begin_change(before, now=None):
+    """Record, once the snapshot is taken, what the terminal ran before the change (phase changing).
+
+    `before` is {"package_style", "app_version", "packs": {name: version}}. A no-op without a lease.
+    """
+    with _locked():
+        lease = read_lease()
+        if lease and lease.get("phase") in ACTIVE:
+            lease.update(phase="changing", before=before)
+        return _renewed(lease, True, now)
+
+
+def end_lease():
+    """The terminal is back in service on the control node's word: the lease ends. True if there was one."""
+    with _locked():
+        path = terminal_path(LEASE)
+        if not os.path.lexists(path):
+            return False
+        os.unlink(path)
+        return True
+
+
+_last_beat = [0.0]
+
+
+def heartbeat():
+    """Renew the lease at most every HEARTBEAT_S seconds; for loops that may run long (downloads)."""
+    if time.time() - _last_beat[0] >= HEARTBEAT_S:
+        _last_beat[0] = time.time()
+        renew(forward=True)
+
+
+# --- installing the guard ---------------------------------------------------------------------------------
+
+
+def _source(name):
+    module = importlib.import_module("ansible.module_utils." + name)
+    loader = getattr(module, "__loader__", None)
+    text = loader.get_source(module.__name__) if loader is not None and hasattr(loader, "get_source") else None
+    return text if text is not None else inspect.getsource(module)
+
+
+def install(python):
+    """Write the guard (this file and the module_utils it imports) and its command; True when a file changed.
+
+    `python` is the interpreter the command runs with: the one running this module on the terminal.
+    """
+    lib = terminal_path(INSTALL_DIR)
+    package = os.path.join(lib, "ansible", "module_utils")
+    files = {os.path.join(lib, "ansible", "__init__.py"): ("", 0o644),
+             os.path.join(package, "__init__.py"): ("", 0o644),
+             terminal_path(COMMAND): (COMMAND_TEXT % {"python": python, "lib": lib, "lease": LEASE}, 0o755)}
+    for name in GUARD_MODULES:
+        files[os.path.join(package, name + ".py")] = (_source(name), 0o644)
+    changed = False
+    for path, (text, mode) in sorted(files.items()):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                if handle.read() == text:
+                    continue
+        except OSError:
+            pass
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        atomic_write(path, text, mode=mode)
+        changed = True
+    return changed
+
+
+# --- the guard itself -------------------------------------------------------------------------------------
+
+
+def _plan_undo(before):
+    """(switches, problems): the switches back to `before`, each (what, callable), or why it cannot be done."""
+    switches, problems = [], []
+    style, version = before.get("package_style"), before.get("app_version")
+    if version and app_version(style) != version:
+        if style == "bundle":
+            if os.path.isdir(terminal_path(os.path.join(APP_DIR, version))):
+                link = terminal_path(os.path.join(APP_DIR, "current"))
+                switches.append(("app %s" % version, lambda: atomic_symlink(version, link)))
+            else:
+                problems.append("the app's previous version %s is gone from %s" % (version, APP_DIR))
+        else:
+            deb = terminal_path(os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version))
+            if os.path.isfile(deb):
+                # First: the only switch that can fail half-way, so that nothing else is switched if it does.
+                switches.insert(0, ("app %s" % version, lambda: _dpkg_install(deb)))
+            else:
+                problems.append("the kept package of the app's previous version %s is gone (%s)" % (version, deb))
+    for name, pack_version in sorted((before.get("packs") or {}).items()):
+        if not pack_version:
+            continue
+        base = terminal_path(os.path.join(PACKS_DIR, name))
+        try:
+            current = os.readlink(os.path.join(base, "current"))
+        except OSError:
+            current = None
+        if current == pack_version:
+            continue
+        if pack_intact(os.path.join(base, pack_version), name, pack_version):
+            switches.append(("pack %s %s" % (name, pack_version),
+                             lambda b=base, v=pack_version: atomic_symlink(v, os.path.join(b, "current"))))
+        else:
+            problems.append("the %s pack's previous version %s is missing or damaged" % (name, pack_version))
+    return switches, problems
+
+
+def _dpkg_install(deb):
+    proc = subprocess.run(dpkg_argv("dpkg", "-i", deb), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          check=False)
+    if proc.returncode != 0:
+        raise OSError("dpkg -i %s failed (exit %d): %s"
+                      % (deb, proc.returncode, proc.stdout.decode("utf-8", "replace").strip()[-400:]))
+
+
+def _undo(before, posd_timeout):
+    switches, problems = _plan_undo(before)
+    if problems:
+        return "stuck", "; ".join(problems) + "; nothing was switched: restore it with rollback.yml", []
+    done = []
+    try:
+        for what, switch in switches:
+            switch()
+            done.append(what)
+        if done:
+            restart_posd(posd_timeout)
+        else:
+            wait_posd_ready(posd_timeout)
+        posd("maintenance_leave")
+    except (OSError, PosdError) as error:
+        return "stuck", "%s (switched back: %s)" % (error, ", ".join(done) or "nothing"), done
+    wrong = []
+    if before.get("app_version") and app_version(before.get("package_style")) != before["app_version"]:
+        wrong.append("app")
+    wrong += [name for name, version in pack_versions().items()
+              if version and (before.get("packs") or {}).get(name) not in (None, version)]
+    if wrong:
+        return "stuck", "switched back, but %s still differ from before the update" % ", ".join(wrong), done
+    return "undone", "", done
+
+
+def check(now=None, posd_timeout=60.0):
+    """One run of the guard: what it did, as a dict with `action` none, busy, waiting, resumed, undone or stuck."""
+    with _locked(blocking=False) as got:
+        if not got:
+            return {"action": "busy"}
+        lease = read_lease()
+        if not lease or lease.get("phase") not in ACTIVE:
+            return {"action": "none"}
+        now = time.time() if now is None else now
+        if now < float(lease.get("expires", 0)):
+            return {"action": "waiting", "expires": _stamp(float(lease["expires"]))}
+        if lease["phase"] == "quiesced" or not lease.get("before"):
+            try:
+                wait_posd_ready(posd_timeout)
+                posd("maintenance_leave")
+                phase, reason, done = "resumed", "", []
+            except PosdError as error:
+                phase, reason, done = "stuck", str(error), []
+        else:
+            phase, reason, done = _undo(lease["before"], posd_timeout)
+        lease.update(phase=phase, guard={"at": _stamp(time.time()), "reason": reason, "switched": done,
+                                         "silent_s": round(now - float(lease.get("renewed", now)))})
+        _write(lease)
+        return {"action": phase, "release": lease.get("release"), "reason": reason, "switched": done,
+                "message": describe(lease)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pos-update-guard",
+                                     description="End an update whose control node has gone away (posfleet).")
+    parser.add_argument("--status", action="store_true", help="print the lease and change nothing")
+    args = parser.parse_args(argv)
+    # A timer or an init may start it with a bare PATH; dpkg calls ldconfig and friends from the sbin dirs.
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in path])
+    if args.status:
+        print(json.dumps(read_lease(), indent=1, sort_keys=True))
+        return 0
+    result = check()
+    if result["action"] not in ("none", "busy", "waiting"):
+        print(json.dumps(dict(result, at=_stamp(time.time())), sort_keys=True), flush=True)
+    return 1 if result["action"] == "stuck" else 0
