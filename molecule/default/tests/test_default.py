@@ -47,3 +47,10 @@ def test_terminal_has_no_default_route(host):
 def test_control_node_files_are_not_visible(host):
     assert not host.file("/var/lib/poslab").exists
     assert not host.file("/root/.ssh/id_ed25519").exists
+
+
+def test_update_guard_installed_and_no_lease_left_after_the_update(host):
+    guard = host.file("/usr/local/sbin/pos-update-guard")
+    assert guard.exists and guard.mode & 0o111, "pos_maintenance installs the update guard on the first update"
+    assert not host.file("/var/lib/pos/update-lease.json").exists, "a verified update ends its lease"
+    assert host.run("/usr/local/sbin/pos-update-guard --status").stdout.strip() == "null"
