@@ -20,7 +20,8 @@ lease has run out, that is once the control node has not been heard of for the l
 
 The outcome stays in the lease file (phase `undone`, `resumed` or `stuck`) until the terminal is next put
 in service by the control node, so that a control node that comes back does not carry on with an update
-the terminal has undone (renew() raises LeaseLost) and the next survey can say what happened.
+the terminal has undone (renew() raises LeaseLost), and so that `pos-update-guard --status` shows what
+happened.
 
 Runs on terminals: standard library only, Python 3.9 or newer.
 """
