@@ -24,7 +24,7 @@ description:
   - When a check fails the module fails with a message listing the failed checks, and returns RV(checks) and
     RV(drift).
   - When every check passes and O(leave_maintenance) is set, the terminal goes back in service and the update's
-    lease ends (see M(pos_maintenance)): the only changes this module makes.
+    lease ends (see M(pos_maintenance)); these are the only changes this module makes.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
