@@ -127,11 +127,19 @@ def describe(lease):
 
 
 def take(ttl, release, now=None):
-    """Start a lease of `ttl` seconds for an update to `release` (phase quiesced); returns it."""
+    """Start a lease of `ttl` seconds for an update to `release` (phase quiesced); returns it.
+
+    A terminal still in the middle of an earlier update's change (an earlier lease in phase `changing`,
+    its control node gone, the guard not yet run) keeps that phase and what it ran before that update:
+    the way back stays the way to the last whole release, and pos_backup takes it before its snapshot.
+    """
     now = time.time() if now is None else now
     lease = {"phase": "quiesced", "release": release, "ttl": float(ttl), "taken": now, "renewed": now,
              "expires": now + float(ttl), "before": None, "guard": None}
     with _locked():
+        earlier = read_lease() or {}
+        if earlier.get("phase") == "changing" and earlier.get("before"):
+            lease.update(phase="changing", before=earlier["before"])
         _write(lease)
     return lease
 
@@ -178,9 +186,23 @@ def begin_change(before, now=None):
     """
     with _locked():
         lease = read_lease()
-        if lease and lease.get("phase") in ACTIVE:
+        if lease and lease.get("phase") in ACTIVE and not lease.get("before"):
             lease.update(phase="changing", before=before)
         return _renewed(lease, True, now)
+
+
+def undo_interrupted(posd_timeout=60.0):
+    """Before a snapshot: switch back what an earlier, interrupted update left half-way (see take()).
+
+    Returns what was switched ([] when the terminal runs what it ran before that update). The terminal
+    stays in maintenance. Raises OSError, naming what is missing, when it cannot be switched back; then
+    nothing was switched.
+    """
+    with _locked():
+        lease = read_lease() or {}
+        if lease.get("phase") != "changing" or not lease.get("before"):
+            return []
+        return _switch_back(lease["before"], posd_timeout)
 
 
 def end_lease():
@@ -286,10 +308,15 @@ def _dpkg_install(deb):
                       % (deb, proc.returncode, proc.stdout.decode("utf-8", "replace").strip()[-400:]))
 
 
-def _undo(before, posd_timeout):
+def _switch_back(before, posd_timeout):
+    """Switch the app and packs back to `before` and restart posd on them; what was switched.
+
+    Raises OSError when something needed is missing (nothing switched) or a switch fails (the message
+    says what was switched before it).
+    """
     switches, problems = _plan_undo(before)
     if problems:
-        return "stuck", "; ".join(problems) + "; nothing was switched: restore it with rollback.yml", []
+        raise OSError("; ".join(problems) + "; nothing was switched: restore it with rollback.yml")
     done = []
     try:
         for what, switch in switches:
@@ -299,9 +326,17 @@ def _undo(before, posd_timeout):
             restart_posd(posd_timeout)
         else:
             wait_posd_ready(posd_timeout)
+    except (OSError, PosdError) as error:
+        raise OSError("%s (switched back: %s)" % (error, ", ".join(done) or "nothing")) from error
+    return done
+
+
+def _undo(before, posd_timeout):
+    try:
+        done = _switch_back(before, posd_timeout)
         posd("maintenance_leave")
     except (OSError, PosdError) as error:
-        return "stuck", "%s (switched back: %s)" % (error, ", ".join(done) or "nothing"), done
+        return "stuck", str(error), []
     wrong = []
     if before.get("app_version") and app_version(before.get("package_style")) != before["app_version"]:
         wrong.append("app")

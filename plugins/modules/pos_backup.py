@@ -25,6 +25,9 @@ description:
   - When the terminal holds an update lease (M(pos_maintenance) with its C(lease) option), the app and
     pack versions just recorded become what the update guard switches back to should the control node go
     silent from here on.
+  - When an earlier update of the terminal stopped half-way (its lease still in phase C(changing)), the app and
+    packs are first switched back to what the terminal ran before that update (RV(switched_back)), so that the
+    snapshot is of one whole release; when that cannot be done the module fails and changes nothing.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -92,6 +95,12 @@ counters:
   returned: always
   type: dict
   sample: {stan: 118, batch: 7, invoice: 118}
+switched_back:
+  description: What was switched back, before the snapshot, from an earlier update that stopped half-way.
+  returned: always
+  type: list
+  elements: str
+  sample: [app 1.0.0, pack params 2026.11.0]
 app_version:
   description: The app version recorded.
   returned: always
@@ -121,7 +130,7 @@ from ansible.module_utils.pos_archive import (
     tree_files,
     verify_files,
 )
-from ansible.module_utils.pos_guard import LeaseLost, begin_change
+from ansible.module_utils.pos_guard import LeaseLost, begin_change, undo_interrupted
 from ansible.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
 from ansible.module_utils.pos_terminal import (
     JOURNAL,
@@ -207,6 +216,15 @@ def main():
     if found_style not in (None, style):
         module.fail_json(msg="the terminal has a %s app but package_style is %s; fix the model profile"
                          % (found_style, style))
+    # A snapshot is of one whole release: what an earlier update left half-way (its control node gone
+    # before the update guard's lease ran out) is switched back first.
+    switched_back = []
+    if not module.check_mode:
+        try:
+            switched_back = undo_interrupted()
+        except OSError as error:
+            module.fail_json(msg="an earlier update of this terminal stopped half-way and cannot be switched back "
+                             "before the backup: %s" % error)
     version = app_version(style)
     if not version:
         module.fail_json(msg="no %s payment app is installed, so there is no app version to back up; "
@@ -230,7 +248,7 @@ def main():
     estimate = sum(os.path.getsize(p) for p in sources.values()) + os.path.getsize(journal)
     if os.path.exists(journal + "-wal"):
         estimate += os.path.getsize(journal + "-wal")
-    result = dict(path=path, app_version=version, packs=packs)
+    result = dict(path=path, app_version=version, packs=packs, switched_back=switched_back)
 
     if module.check_mode:
         try:

@@ -44,10 +44,10 @@ def versions(terminal):
     return {"app_version": status["app_version"], "packs": status["packs"]}
 
 
-def quiesce(run_module, terminal, ttl=600):
+def quiesce(run_module, terminal, ttl=600, phase="quiesced"):
     result = run_module("pos_maintenance", {"state": "maintenance", "lease": ttl, "release": "2026.11.0"},
                         terminal.root)
-    assert result["changed"] and result["lease"]["phase"] == "quiesced", result
+    assert result["changed"] and result["lease"]["phase"] == phase, result
     return result
 
 
@@ -166,3 +166,23 @@ def test_a_verified_update_ends_the_lease(make_terminal, run_module, dist, artif
 
     assert result["changed"] and result["left_maintenance"], result
     assert lease(terminal) is None and terminal.status()["maintenance"] is False
+
+
+def test_a_re_run_before_the_lease_runs_out_backs_up_the_release_before_the_interrupted_update(
+        make_terminal, run_module, dist, artifacts):
+    """The control node died half-way and the operator re-ran at once: the new run's snapshot is of the old
+    release, whole, not of the mix the dead run left, and the way back stays the way to that release."""
+    terminal = make_terminal(style="bundle")
+    update_halfway(run_module, terminal, dist, artifacts, "bundle")
+    packs_dir = terminal.path("/var/lib/pos/packs/params/current")
+    packs_dir.unlink()
+    packs_dir.symlink_to("2026.01.0")  # the dead run got as far as one pack of three
+
+    quiesce(run_module, terminal, phase="changing")  # the interrupted change is remembered
+    backup = run_module("pos_backup", {"package_style": "bundle"}, terminal.root)
+
+    assert backup["changed"] and backup["switched_back"] == ["app 1.0.0", "pack catalog 2026.01.0",
+                                                             "pack merchant m1"], backup
+    assert (backup["app_version"], backup["packs"]) == (FACTORY["app_version"], FACTORY["packs"])
+    assert versions(terminal) == FACTORY and terminal.status()["maintenance"] is True
+    assert lease(terminal)["before"]["app_version"] == "1.0.0"
