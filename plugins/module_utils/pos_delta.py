@@ -1,14 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: posfleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Delta files for data packs: what the publisher computes and what a terminal applies.
+"""Delta files for data packs and app bundles: what the publisher computes and what a terminal applies.
 
 A pack ships as a .tar.gz, but deltas are always computed between the *uncompressed* tar streams of two
 versions (a compressed stream changes everywhere when one byte of its input does), and the delta itself
 is sent compressed. The tar layout is fixed here (`write_pack_tar`): members sorted, regular files only,
 mode 0644, mtime 0, owner root 0/0, ustar. The publisher builds pack archives with it and a terminal
 rebuilds the tar of the pack version it has installed with it, byte for byte, so the installed
-directory is the base and no archive has to be kept on the terminal's flash.
+directory is the base and no archive has to be kept on the terminal's flash. An app bundle has its own
+fixed layout (`write_bundle_tar`: the top directory `<version>/`, directories, files with their
+permission bits, symlinks), which the publisher makes from the bundle archive as `safe_extract` would
+leave it on a terminal (`bundle_archive_entries`) and a terminal makes from /opt/pos/app/<version>/
+(`bundle_dir_entries`).
 
 A delta file is an lzma stream (.lzma "alone" format, preset 9e: the smallest container; integrity
 comes from the sha256s in the manifest, not from the container) of:
@@ -53,23 +57,30 @@ class DeltaError(Exception):
 
 # --- the pack tar layout ---------------------------------------------------------------------------
 
+def _header(name, kind, mode):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = kind, mode, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _add_file(tar, info, content):
+    """Add a regular file whose content is bytes, or the path of a file to read."""
+    if isinstance(content, bytes):
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    else:
+        info.size = os.path.getsize(content)
+        with open(content, "rb") as handle:
+            tar.addfile(info, handle)
+
+
 def write_pack_tar(fileobj, members):
     """Write the tar of a pack to `fileobj`: `members` is {relpath: bytes or a path to read}."""
     with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for relpath in sorted(members):
-            content = members[relpath]
-            info = tarfile.TarInfo(relpath)
-            info.type = tarfile.REGTYPE
-            info.mode, info.mtime = 0o644, 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if isinstance(content, bytes):
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            else:
-                info.size = os.path.getsize(content)
-                with open(content, "rb") as handle:
-                    tar.addfile(info, handle)
+            _add_file(tar, _header(relpath, tarfile.REGTYPE, 0o644), members[relpath])
 
 
 def pack_dir_members(directory, files):
@@ -77,6 +88,84 @@ def pack_dir_members(directory, files):
     members = {relpath: os.path.join(directory, relpath) for relpath in files}
     members["PACK.json"] = os.path.join(directory, "PACK.json")
     return members
+
+
+# --- the app bundle tar layout -----------------------------------------------------------------------
+# entries: {relpath: ("dir", None) | ("file", (permission bits, bytes or a path)) | ("link", target)}.
+# Python's bytecode caches are no part of a bundle (posd writes them beside its sources at run time).
+
+SKIPPED_DIR = "__pycache__"
+
+
+def write_bundle_tar(fileobj, version, entries):
+    """Write the tar of an app bundle: `<version>/`, then every entry sorted; directories 0755."""
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(_header(version, tarfile.DIRTYPE, 0o755))
+        for relpath in sorted(entries):
+            kind, value = entries[relpath]
+            name = "%s/%s" % (version, relpath)
+            if kind == "dir":
+                tar.addfile(_header(name, tarfile.DIRTYPE, 0o755))
+            elif kind == "link":
+                info = _header(name, tarfile.SYMTYPE, 0o777)
+                info.linkname = value
+                tar.addfile(info)
+            else:
+                _add_file(tar, _header(name, tarfile.REGTYPE, value[0] & 0o777), value[1])
+
+
+def bundle_dir_entries(directory):
+    """The entries of an installed bundle directory (what a terminal rebuilds its base tar from)."""
+    entries = {}
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            relpath = os.path.relpath(path, directory).replace(os.sep, "/")
+            status = os.lstat(path)
+            if os.path.islink(path):
+                entries[relpath] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                if name != SKIPPED_DIR:
+                    entries[relpath] = ("dir", None)
+            elif os.path.isfile(path):
+                entries[relpath] = ("file", (status.st_mode & 0o777, path))
+            else:
+                raise DeltaError("%s is neither a file, a directory nor a link" % path)
+        dirnames[:] = [name for name in dirnames if name != SKIPPED_DIR
+                       and not os.path.islink(os.path.join(dirpath, name))]
+    return entries
+
+
+def bundle_archive_entries(tar, version):
+    """The entries of a bundle archive (an open tarfile) as `safe_extract` leaves them on a terminal.
+
+    Files get the permission bits the terminal writes (the archive's, plus owner read), a hard link
+    becomes a copy of its file, and the parents of every member are directories.
+    """
+    entries = {}
+    for member in tar:
+        parts = [part for part in member.name.split("/") if part not in ("", ".")]
+        if not parts or parts[0] != version:
+            raise DeltaError("bundle member %r is not under the top directory %s/" % (member.name, version))
+        relpath = "/".join(parts[1:])
+        if not relpath or SKIPPED_DIR in parts:
+            continue
+        for depth in range(2, len(parts)):
+            entries.setdefault("/".join(parts[1:depth]), ("dir", None))
+        if member.isdir():
+            entries[relpath] = ("dir", None)
+        elif member.issym():
+            entries[relpath] = ("link", member.linkname)
+        elif member.isreg():
+            entries[relpath] = ("file", ((member.mode & 0o777) | 0o400, tar.extractfile(member).read()))
+        elif member.islnk():
+            target = "/".join(part for part in member.linkname.split("/") if part not in ("", "."))
+            if target.partition("/")[2] not in entries:
+                raise DeltaError("bundle hard link %r does not point to an earlier file" % member.name)
+            entries[relpath] = entries[target.partition("/")[2]]
+        else:
+            raise DeltaError("bundle member %r is a device or another special file" % member.name)
+    return entries
 
 
 # --- varints -----------------------------------------------------------------------------------------

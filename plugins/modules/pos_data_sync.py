@@ -143,8 +143,16 @@ from ansible.module_utils.pos_archive import (
     safe_extract,
     verify_files,
 )
-from ansible.module_utils.pos_delta import DeltaError, apply_delta, pack_dir_members, write_pack_tar
-from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, SHA256_RE, DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_delta import pack_dir_members, write_pack_tar
+from ansible.module_utils.pos_delta_fetch import (
+    candidates,
+    check_delta_fields,
+    fetch_cheapest,
+    new_transfer,
+    planned,
+    refusal,
+)
+from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, partial_bytes
 from ansible.module_utils.pos_guard import LeaseLost, switching
 from ansible.module_utils.pos_terminal import (
     PACK_NAMES,
@@ -154,7 +162,6 @@ from ansible.module_utils.pos_terminal import (
     free_bytes,
     pack_versions,
     posd,
-    sha256_file,
     terminal_path,
 )
 
@@ -205,105 +212,24 @@ def check_specs(module, packs):
 
 
 def check_deltas(module, name, spec):
-    deltas = spec.get("deltas") or []
-    if not deltas:
-        return
-    where = "packs.%s" % name
-    if not isinstance(deltas, list) or not all(isinstance(delta, dict) for delta in deltas):
-        module.fail_json(msg="%s.deltas must be a list of dicts; check the release manifest" % where)
-    try:
-        spec["tar_size"] = int(spec.get("tar_size"))
-    except (TypeError, ValueError):
-        module.fail_json(msg="%s has deltas but no tar_size (bytes of its tar); check the release manifest" % where)
-    for index, delta in enumerate([spec, *deltas]):
-        label = where if index == 0 else "%s.deltas.%d" % (where, index - 1)
-        keys = ("tar_sha256",) if index == 0 else ("from_version", "from_tar_sha256", "url", "sha256", "size")
-        missing = [key for key in keys if delta.get(key) in (None, "")]
-        if missing:
-            module.fail_json(msg="%s lacks %s; check the release manifest" % (label, ", ".join(missing)))
-        for key in ("tar_sha256", "from_tar_sha256", "sha256"):
-            if key in keys and not SHA256_RE.match(str(delta[key]).lower()):
-                module.fail_json(msg="%s.%s is not 64 hex digits; check the release manifest" % (label, key))
-        if index:
-            delta["from_version"] = str(delta["from_version"])
-            delta["from_tar_sha256"] = str(delta["from_tar_sha256"]).lower()
-            try:
-                delta["size"] = int(delta["size"])
-            except (TypeError, ValueError):
-                module.fail_json(msg="%s.size must be a number of bytes, not %r" % (label, delta["size"]))
-    spec["tar_sha256"] = str(spec["tar_sha256"]).lower()
-
-
-def delta_url(pack_url, url):
-    """A delta's full URL: the manifest's pool/... path against the root the pack's own URL was made from."""
-    if url.startswith(("http://", "https://")):
-        return url
-    cut = pack_url.rfind("/pool/")
-    if cut < 0:
-        cut = pack_url.find("/", pack_url.find("//") + 2)
-    return pack_url[:cut + 1] + url.lstrip("/")
+    error = check_delta_fields(spec, "packs.%s" % name)
+    if error:
+        module.fail_json(msg=error)
 
 
 def delta_candidates(name, spec):
     """(the deltas whose base version the terminal holds intact, current version first; why none if so)."""
-    deltas = spec.get("deltas") or []
-    if not deltas:
-        return [], "the release has no delta for this pack"
-    current = current_target(name)
-    held = [delta for delta in deltas if intact(name, delta["from_version"])]
-    held.sort(key=lambda delta: delta["from_version"] != current)
-    if not held:
-        return [], ("no usable base: the release has deltas from %s, the terminal holds none of them intact"
-                    % ", ".join(delta["from_version"] for delta in deltas))
-    return held, None
+    return candidates(spec.get("deltas") or [], lambda version: intact(name, version), current_target(name),
+                      "pack")
 
 
-def rebuild_base(name, delta, staging):
-    """Write the tar of the installed base version into staging; DeltaError unless it is the delta's base."""
-    directory = os.path.join(pack_base(name), delta["from_version"])
-    path = os.path.join(staging, "%s-%s.base.tar" % (name, delta["from_version"]))
-    manifest = read_pack_manifest(directory, name)
-    try:
-        with open(path, "wb") as handle:
-            write_pack_tar(handle, pack_dir_members(directory, manifest["files"]))
-        same = sha256_file(path) == delta["from_tar_sha256"]
-    except BaseException:
-        if os.path.exists(path):
-            os.unlink(path)
-        raise
-    if not same:
-        os.unlink(path)
-        raise DeltaError("the installed %s %s does not rebuild, byte for byte, the tar the delta was made from"
-                         % (name, delta["from_version"]))
-    return path
-
-
-def fetch_by_delta(module, name, spec, staging, count):
-    """The verified tar of the wanted version rebuilt from a delta, and the delta's base version.
-
-    Raises DeltaError, DownloadError, ArchiveError or OSError when no delta can be used.
-    """
-    candidates, reason = delta_candidates(name, spec)
-    if not candidates:
-        raise DeltaError(reason)
-    os.makedirs(staging, mode=0o755, exist_ok=True)
-    rebuilt = os.path.join(staging, spec["tar_sha256"] + ".tar")
-    delta = candidates[0]
-    if os.path.isfile(rebuilt) and sha256_file(rebuilt) == spec["tar_sha256"]:
-        return rebuilt, delta["from_version"]  # rebuilt by an interrupted run, and still the right bytes
-    base = rebuild_base(name, delta, staging)
-    try:
-        download = fetch(delta_url(spec["url"], delta["url"]), staging, delta["sha256"], delta["size"],
-                         timeout=module.params["timeout"], retries=module.params["retries"],
-                         retry_delay=module.params["retry_delay"])
-        count(download)
-        try:
-            apply_delta(base, download["path"], rebuilt, spec["tar_sha256"], spec["tar_size"])
-        finally:
-            os.unlink(download["path"])
-    finally:
-        os.unlink(base)
-    return rebuilt, delta["from_version"]
+def write_base(name):
+    """write(version, handle): the tar of an installed version of the pack, in the release's layout."""
+    def write(version, handle):
+        directory = os.path.join(pack_base(name), version)
+        manifest = read_pack_manifest(directory, name)
+        write_pack_tar(handle, pack_dir_members(directory, manifest["files"]))
+    return write
 
 
 def fetch_pack(module, name, spec, staging, result, no_delta):
@@ -312,25 +238,10 @@ def fetch_pack(module, name, spec, staging, result, no_delta):
     `no_delta` is why a delta must not be tried (None: try one). result["transfers"][name] says how it
     came, and counts the bytes of a delta that did not work out too.
     """
-    transfer = result["transfers"][name] = {"transfer": "full", "bytes_downloaded": 0, "from_version": None,
-                                            "fallback_reason": no_delta}
-
-    def count(download):
-        transfer["bytes_downloaded"] += download["bytes_downloaded"]
-        result["bytes_downloaded"] += download["bytes_downloaded"]
-        result["resumed"] = result["resumed"] or download["resumed"]
-
-    if no_delta is None:
-        try:
-            path, transfer["from_version"] = fetch_by_delta(module, name, spec, staging, count)
-            transfer["transfer"] = "delta"
-            return path
-        except (DeltaError, DownloadError, ArchiveError, OSError) as error:
-            transfer["fallback_reason"] = str(error)
-    download = fetch(spec["url"], staging, spec["sha256"], spec["size"], timeout=module.params["timeout"],
-                     retries=module.params["retries"], retry_delay=module.params["retry_delay"])
-    count(download)
-    return download["path"]
+    found, reason = delta_candidates(name, spec)
+    transfer = result["transfers"][name] = new_transfer(no_delta or reason)
+    return fetch_cheapest(spec, staging, result, transfer, found, name, write_base(name),
+                          {key: module.params[key] for key in ("timeout", "retries", "retry_delay")})
 
 
 def stage_download(module, name, spec, staging, result, no_delta):
@@ -440,20 +351,10 @@ def main():
                          % (", ".join(downloads), need // (1 << 20) + 1, free // (1 << 20)), **result)
     # Applying a delta needs the rebuilt tars of the base and of the new version beside the download.
     delta_need = need + sum(2 * packs[name].get("tar_size", 0) for name in downloads if packs[name].get("deltas"))
-    no_delta = None
-    if not module.params["delta"]:
-        no_delta = "deltas are turned off (delta: false)"
-    elif free < delta_need:
-        no_delta = ("not enough free space to rebuild a pack from a delta (%d MB needed, %d MB free)"
-                    % (delta_need // (1 << 20) + 1, free // (1 << 20)))
+    no_delta = refusal(module.params["delta"], free, delta_need, "a pack")
     if module.check_mode:
         for name in downloads:
-            candidates, reason = delta_candidates(name, packs[name])
-            usable = candidates and no_delta is None
-            result["transfers"][name] = {
-                "transfer": "delta" if usable else "full", "bytes_downloaded": 0,
-                "from_version": candidates[0]["from_version"] if usable else None,
-                "fallback_reason": None if usable else (no_delta or reason)}
+            result["transfers"][name] = planned(*delta_candidates(name, packs[name]), no_delta)
         module.exit_json(changed=True, versions_after=after, diff=diff, **result)
 
     staged, fetched = {}, []
