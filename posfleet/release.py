@@ -90,14 +90,14 @@ def _artifact(optional=None, **fields):
             "properties": dict(properties, **(optional or {}))}
 
 
-# A pack may list deltas from earlier versions (docs/performance.md, Delta sync). They are computed on
-# the uncompressed tar, so the entry then also names that tar's sha256 and size: what a terminal
-# checks after rebuilding it from a delta.
+# A pack or an app bundle may list deltas from earlier versions (docs/performance.md, Delta sync). They
+# are computed on the uncompressed tar, so the entry then also names that tar's sha256 and size: what a
+# terminal checks after rebuilding it from a delta.
 DELTA = _artifact(from_version=VERSION, from_tar_sha256=SHA256)
-PACK = dict(_artifact(version=VERSION, optional={
-    "tar_sha256": SHA256, "tar_size": SIZE,
-    "deltas": {"type": "array", "items": DELTA, "minItems": 1},
-}), dependentRequired={"deltas": ["tar_sha256", "tar_size"]})
+DELTA_FIELDS = {"tar_sha256": SHA256, "tar_size": SIZE, "deltas": {"type": "array", "items": DELTA, "minItems": 1}}
+PACK = dict(_artifact(version=VERSION, optional=DELTA_FIELDS), dependentRequired={"deltas": ["tar_sha256", "tar_size"]})
+APP = dict(_artifact(version=VERSION, style={"enum": sorted(APP_FILES)}, optional=DELTA_FIELDS),
+           dependentRequired={"deltas": ["tar_sha256", "tar_size"]})
 
 
 MANIFEST_SCHEMA = {
@@ -116,7 +116,7 @@ MANIFEST_SCHEMA = {
                 "type": "object", "additionalProperties": False,
                 "required": ["app", "packs", "reboot", "storage_mb"],
                 "properties": {
-                    "app": _artifact(version=VERSION, style={"enum": sorted(APP_FILES)}),
+                    "app": APP,
                     "packs": {"type": "object", "additionalProperties": False, "required": list(PACK_NAMES),
                               "properties": {name: PACK for name in PACK_NAMES}},
                     "reboot": {"type": "boolean"},
@@ -451,13 +451,18 @@ def validate_manifest(manifest, profiles=None, what=MANIFEST):
             for path, item in _artifact_items(model, entry):
                 if item["url"].split("/")[1] != item["sha256"]:
                     errors.append(f"{path}.url: the pool directory must be the entry's sha256")
-            for name, pack in entry["packs"].items():
-                bases = [delta["from_tar_sha256"] for delta in pack.get("deltas", [])]
+            for path, item in [(f"models.{model}.app", entry["app"])] + [
+                    (f"models.{model}.packs.{name}", pack) for name, pack in entry["packs"].items()]:
+                bases = [delta["from_tar_sha256"] for delta in item.get("deltas", [])]
                 if len(set(bases)) != len(bases):
-                    errors.append(f"models.{model}.packs.{name}.deltas: two deltas from the same base")
-                if pack.get("tar_sha256") in bases:
-                    errors.append(f"models.{model}.packs.{name}.deltas: a delta from the pack to itself")
+                    errors.append(f"{path}.deltas: two deltas from the same base")
+                if item.get("tar_sha256") in bases:
+                    what = "pack" if ".packs." in path else "bundle"
+                    errors.append(f"{path}.deltas: a delta from the {what} to itself")
             style = entry["app"]["style"]
+            if style != "bundle" and "tar_sha256" in entry["app"]:
+                errors.append(f"models.{model}.app: a {style} app has no tar_sha256, tar_size or deltas "
+                              "(only bundles are sent as deltas)")
             if not entry["app"]["url"].endswith(APP_SUFFIX[style]):
                 errors.append(f"models.{model}.app.url: a {style} app must be a {APP_SUFFIX[style]} file")
             if profiles is not None:
@@ -502,11 +507,11 @@ def check_location(manifest, location, what=MANIFEST):
 
 def _artifact_items(model, entry):
     """[(field path, entry)] of every downloadable file of one model: app, packs and their deltas."""
-    items = [(f"models.{model}.app", entry["app"])]
-    for name, pack in entry["packs"].items():
-        items.append((f"models.{model}.packs.{name}", pack))
-        items += [(f"models.{model}.packs.{name}.deltas.{index}", delta)
-                  for index, delta in enumerate(pack.get("deltas", []))]
+    items = []
+    for path, item in [(f"models.{model}.app", entry["app"])] + [
+            (f"models.{model}.packs.{name}", pack) for name, pack in entry["packs"].items()]:
+        items.append((path, item))
+        items += [(f"{path}.deltas.{index}", delta) for index, delta in enumerate(item.get("deltas", []))]
     return items
 
 
@@ -603,7 +608,27 @@ def _build_app(version, broken, out_dir):
     if result.returncode != 0:
         raise ReleaseError(f"building posd {version} failed: {(result.stderr or result.stdout).strip()}")
     built = json.loads(result.stdout)["artifacts"]
-    return {style: _describe_file(built[kind]["path"]) for style, kind in APP_FILES.items()}
+    apps = {style: dict(_describe_file(built[kind]["path"]), version=version) for style, kind in APP_FILES.items()}
+    tar = bundle_tar(apps["bundle"]["path"], version)
+    if tar is not None:
+        apps["bundle"].update(tar=tar, tar_sha256=hashlib.sha256(tar).hexdigest())
+    return apps
+
+
+def bundle_tar(path, version):
+    """The uncompressed tar of an app bundle in the delta layout (pos_delta.write_bundle_tar): the tree a
+    terminal unpacks from the bundle, which it rebuilds from /opt/pos/app/<version>/ byte for byte.
+    None when the layout cannot hold the bundle (a name too long for ustar): it then gets no deltas."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            entries = packs.delta.bundle_archive_entries(archive, version)
+        raw = io.BytesIO()
+        packs.delta.write_bundle_tar(raw, version, entries)
+    except ValueError:
+        return None
+    except (OSError, tarfile.TarError, EOFError, packs.delta.DeltaError) as exc:
+        raise ReleaseError(f"cannot read the app bundle {path}: {exc}") from None
+    return raw.getvalue()
 
 
 def _describe_file(path, unpacked=None):
@@ -621,11 +646,12 @@ def _build_pack(name, version, files, out_dir):
                 tar_sha256=hashlib.sha256(tar).hexdigest())
 
 
-def _earlier_packs(out, release_id, created, name, version):
-    """[(version, archive path)] of `name` in the build directory's releases made before this one.
+def _earlier(out, release_id, created, version, pick):
+    """[(version, artifact path)] of the artifacts `pick(model entry)` names (or None) in the build
+    directory's releases made before this one.
 
-    Newest first, one per content, at most DELTA_BASES: the versions terminals most likely hold when
-    this release reaches them. A release whose manifest or archive cannot be read is no base.
+    Newest first, one per version, at most DELTA_BASES: the versions terminals most likely hold when
+    this release reaches them. A release whose manifest or artifact cannot be read is no base.
     """
     found = []
     for manifest_path in sorted((out / "releases").glob(f"*/{MANIFEST}")):
@@ -636,9 +662,9 @@ def _earlier_packs(out, release_id, created, name, version):
         if manifest["release"] == release_id or manifest["created"] > created:
             continue
         for entry in manifest["models"].values():
-            pack = entry["packs"][name]
-            if pack["version"] != version and same_file(out / pack["url"], pack["sha256"], pack["size"]):
-                found.append((manifest["created"], manifest["release"], pack["version"], pack["url"]))
+            item = pick(entry)
+            if item and item["version"] != version and same_file(out / item["url"], item["sha256"], item["size"]):
+                found.append((manifest["created"], manifest["release"], item["version"], item["url"]))
     bases, seen = [], set()
     for _, _, base_version, url in sorted(found, reverse=True):
         if base_version not in seen and len(bases) < DELTA_BASES:
@@ -647,14 +673,20 @@ def _earlier_packs(out, release_id, created, name, version):
     return bases
 
 
-def _build_deltas(name, pack, bases, out_dir):
-    """Delta artifacts to `pack` from each base archive, computed on the uncompressed tars."""
+def _pack_base_tar(base_version, base_path):
+    try:
+        return gzip.decompress(Path(base_path).read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ReleaseError(f"cannot read the earlier pack {base_path} to compute a delta: {exc}") from None
+
+
+def _build_deltas(name, pack, bases, out_dir, base_tar_of=_pack_base_tar):
+    """Delta artifacts to `pack` (or an app bundle) from each base, computed on the uncompressed tars."""
     deltas = []
     for base_version, base_path in bases:
-        try:
-            base_tar = gzip.decompress(Path(base_path).read_bytes())
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise ReleaseError(f"cannot read the earlier pack {base_path} to compute a delta: {exc}") from None
+        base_tar = base_tar_of(base_version, base_path)
+        if base_tar is None:
+            continue
         data = packs.delta.make_delta(base_tar, pack["tar"])
         if len(data) > DELTA_MAX_SHARE * pack["size"]:
             continue
@@ -670,12 +702,13 @@ def _entry(artifact, **fields):
                 size=artifact["size"])
 
 
-def _pack_entry(pack):
-    entry = _entry(pack, version=pack["version"])
-    if pack.get("deltas"):
-        entry.update(tar_sha256=pack["tar_sha256"], tar_size=len(pack["tar"]),
+def _delta_entry(item, **fields):
+    """The manifest entry of a pack or an app: with tar_sha256, tar_size and deltas when it has deltas."""
+    entry = _entry(item, version=item["version"], **fields)
+    if item.get("deltas"):
+        entry.update(tar_sha256=item["tar_sha256"], tar_size=len(item["tar"]),
                      deltas=[_entry(delta, from_version=delta["from_version"],
-                                    from_tar_sha256=delta["from_tar_sha256"]) for delta in pack["deltas"]])
+                                    from_tar_sha256=delta["from_tar_sha256"]) for delta in item["deltas"]])
     return entry
 
 
@@ -685,7 +718,7 @@ def storage_needed(style, app, pack_artifacts):
     kept = app["size"] if style == "dpkg" else 0
     # A delta is applied to the tar of the installed version, rebuilt in staging, and writes the new tar
     # beside it: two tars more than a full download needs (the delta itself is smaller than the archive).
-    rebuilt = sum(2 * len(item["tar"]) for item in pack_artifacts if item.get("deltas"))
+    rebuilt = sum(2 * len(item["tar"]) for item in [app, *pack_artifacts] if item.get("deltas"))
     return math.ceil((download + unpacked + kept + rebuilt) * STORAGE_MARGIN / MIB) + STORAGE_FLOOR_MB
 
 
@@ -728,22 +761,30 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
                           for name in PACK_NAMES}
         created = _created(spec)
         for name, item in pack_artifacts.items():
-            bases = _earlier_packs(out, spec["release"], created, name, item["version"])
+            bases = _earlier(out, spec["release"], created, item["version"],
+                             lambda entry, name=name: entry["packs"][name])
             item["deltas"] = _build_deltas(name, item, bases, tmp)
+        bundle_versions = {versions[model] for model in models if profiles[model]["package_style"] == "bundle"}
+        for version in sorted(bundle_versions):
+            bundle = apps[version]["bundle"]
+            bases = _earlier(out, spec["release"], created, version,
+                             lambda entry: entry["app"] if entry["app"]["style"] == "bundle" else None)
+            bundle["deltas"] = (_build_deltas("posd", bundle, bases, tmp, lambda base, path: bundle_tar(path, base))
+                                if "tar" in bundle else [])
         entries, used = {}, []
         for model in models:
             style = profiles[model]["package_style"]
             app = apps[versions[model]][style]
             asks = reboot.get(model, False) if isinstance(reboot, dict) else reboot
             entries[model] = {
-                "app": _entry(app, version=versions[model], style=style),
-                "packs": {name: _pack_entry(item) for name, item in pack_artifacts.items()},
+                "app": _delta_entry(app, style=style),
+                "packs": {name: _delta_entry(item) for name, item in pack_artifacts.items()},
                 # A release may ask for a reboot; it cannot waive one the model's profile requires.
                 "reboot": bool(asks or profiles[model].get("reboot_required", False)),
                 "storage_mb": storage_needed(style, app, list(pack_artifacts.values())),
             }
             used += [app, *pack_artifacts.values()]
-            used += [delta for item in pack_artifacts.values() for delta in item["deltas"]]
+            used += [delta for item in [app, *pack_artifacts.values()] for delta in item.get("deltas", [])]
         manifest = {"schema": SCHEMA_VERSION, "release": spec["release"], "created": created,
                     "description": spec.get("description", f"posd {app_spec['version']}"), "models": entries}
         manifest_bytes = render_manifest(manifest)
@@ -773,8 +814,10 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
                 atomic_write(manifest_path, manifest_bytes)
     return {"changed": bool(written or removed), "dry_run": dry_run, "release": spec["release"],
             "release_dir": str(release_dir), "written": sorted(written), "removed": removed,
-            "deltas": {name: [delta["from_version"] for delta in item["deltas"]]
-                       for name, item in pack_artifacts.items()},
+            "deltas": dict({name: [delta["from_version"] for delta in item["deltas"]]
+                            for name, item in pack_artifacts.items()},
+                           app={version: [delta["from_version"] for delta in apps[version]["bundle"]["deltas"]]
+                                for version in sorted(bundle_versions)}),
             "models": {model: {"app": entry["app"]["version"], "style": entry["app"]["style"],
                                "reboot": entry["reboot"], "storage_mb": entry["storage_mb"]}
                        for model, entry in entries.items()}}

@@ -211,6 +211,10 @@ DELTA_ENTRY = {"from_version": "2026.10.0", "from_tar_sha256": "a" * 64,
     (lambda m: m["models"]["heron_h5"]["packs"]["catalog"].update(
         tar_sha256="a" * 64, tar_size=10, deltas=[DELTA_ENTRY]),
      "models.heron_h5.packs.catalog.deltas: a delta from the pack to itself"),
+    (lambda m: m["models"]["heron_h5"]["app"].update(deltas=[DELTA_ENTRY]),
+     "models.heron_h5.app.tar_sha256: missing (needed with deltas)"),
+    (lambda m: m["models"]["kestrel_k200"]["app"].update(tar_sha256="c" * 64, tar_size=10, deltas=[DELTA_ENTRY]),
+     "models.kestrel_k200.app: a dpkg app has no tar_sha256, tar_size or deltas (only bundles are sent as deltas)"),
 ])
 def test_a_signed_manifest_that_breaks_the_schema_is_refused_naming_the_field(release, change, expected):
     """The signature is good here (re-signed after the change): the schema alone must refuse it."""
@@ -318,9 +322,10 @@ def test_the_lab_release_specs_build(tmp_path):
     results = {name: ok("build", "--spec", REPO / "releases" / "lab" / f"{name}.yml", "--out", tmp_path)
                for name in ("baseline", "upgrade", "broken")}
     assert [r["release"] for r in results.values()] == ["2026.11.0", "2026.12.0", "2026.12.1-broken"]
-    # the broken release has the upgrade's packs: only its apps and manifest are new in the pool
+    # the broken release has the upgrade's packs: only its apps, their bundle deltas and its manifest
+    # are new in the pool
     assert not [w for w in results["broken"]["written"] if "params-" in w or "catalog-" in w]
-    assert len(results["broken"]["written"]) == 3
+    assert len(results["broken"]["written"]) == 5
     manifests = {name: yaml.safe_load((tmp_path / "releases" / r["release"] / "manifest.yml").read_text())
                  for name, r in results.items()}
     for model, profile in MODELS.items():
@@ -340,10 +345,12 @@ def test_the_lab_release_specs_build(tmp_path):
 
     # Deltas: none for the first release; the next ones have one per pack from the baseline's version,
     # which rebuilds the new pack's tar byte for byte from the baseline's.
-    assert results["baseline"]["deltas"] == {"params": [], "catalog": []}
+    assert results["baseline"]["deltas"] == {"params": [], "catalog": [], "app": {"1.0.0": []}}
     assert "deltas" not in manifests["baseline"]["models"]["heron_h5"]["packs"]["catalog"]
-    assert results["upgrade"]["deltas"] == results["broken"]["deltas"] == {"params": ["2026.11.0"],
-                                                                           "catalog": ["2026.11.0"]}
+    assert "deltas" not in manifests["baseline"]["models"]["heron_h5"]["app"]
+    packs_from = {"params": ["2026.11.0"], "catalog": ["2026.11.0"]}
+    assert results["upgrade"]["deltas"] == dict(packs_from, app={"1.1.0": ["1.0.0"]})
+    assert results["broken"]["deltas"] == dict(packs_from, app={"1.1.1": ["1.1.0", "1.0.0"]})
     old, new = (manifests[name]["models"]["heron_h5"]["packs"]["catalog"] for name in ("baseline", "upgrade"))
     (entry,) = new["deltas"]
     assert entry["from_version"] == "2026.11.0" and entry["size"] <= 0.05 * new["size"]
@@ -360,7 +367,7 @@ def test_deltas_are_verified_and_published_with_their_release(release, tmp_path)
                       packs={"params": dict(SPEC["packs"]["params"], version="2026.12.0"),
                              "catalog": {"version": "2026.12.0", "records": 300, "changed_ratio": 0.01}})
     assert ok("build", "--spec", spec, "--out", release.out)["deltas"] == {"params": ["2026.11.0"],
-                                                                        "catalog": ["2026.11.0"]}
+                                                                        "catalog": ["2026.11.0"], "app": {"1.0.0": []}}
     next_dir = release.out / "releases" / "2026.12.0"
     ok("sign", "--release", next_dir, "--key", release.key)
     checked = ok("verify", "--release", next_dir, "--pubkey", release.pub, "--root", release.out)
