@@ -24,6 +24,16 @@ description:
     no earlier run of this module left it there (or in O(staging_dir)), it is rebuilt from the installed files
     with C(dpkg-deb) after C(dpkg --verify) found them intact. Then C(dpkg -i) installs the new one, whose
     C(.deb) is kept in C(/var/lib/pos/rollback/) as well, for the next update."
+  - "Delta sync (V(bundle) only): when the release lists C(deltas) for the bundle and the terminal holds one of
+    their C(from_version)s intact in C(/opt/pos/app/) (the running version first, then the kept previous one), the
+    module rebuilds that version's uncompressed tar from the installed directory (the layout of
+    C(module_utils/pos_delta.py): directories, files with their permission bits, links; Python's bytecode caches
+    left out), checks it against the delta's C(from_tar_sha256), downloads only the delta, applies it and checks the
+    result against O(tar_sha256) and O(tar_size) before it is unpacked and checked exactly as a full download would
+    be. Any problem (no installed base, a base that does not rebuild byte for byte, a missing or damaged delta, a
+    result with another sha256, a rebuilt bundle that is refused, too little free space) falls back to the full
+    download in the same run; RV(transfer) says which way the app came and why."
+  - V(dpkg) models always download the whole C(.deb).
   - C(/var/lib/pos/rollback/app.json) records the previous version and the style for M(pos_restore).
   - With O(restart), posd is restarted (its pid from C(/run/pos/posd.pid); the terminal's init starts it
     again) and the module waits until it answers with the new version.
@@ -60,6 +70,26 @@ options:
     default: 60
   restart:
     description: Restart posd after installing. Set to V(false) when a reboot follows.
+    type: bool
+    default: true
+  tar_sha256:
+    description:
+      - sha256 of the bundle's uncompressed tar in the delta layout (the manifest's C(tar_sha256)).
+      - Needed with O(deltas).
+    type: str
+  tar_size:
+    description: Size in bytes of that tar (the manifest's C(tar_size)); needed with O(deltas).
+    type: int
+  deltas:
+    description:
+      - The manifest's C(deltas) of the bundle, dicts with C(from_version), C(from_tar_sha256), C(url), C(sha256) and
+        C(size). A relative C(url) (C(pool/...)) is resolved against the root of O(url).
+      - Ignored for V(dpkg).
+    type: list
+    elements: dict
+    default: []
+  delta:
+    description: Use a bundle delta when the terminal has a base for one; V(false) always downloads the full bundle.
     type: bool
     default: true
 extends_documentation_fragment:
@@ -117,8 +147,19 @@ rollback:
     style: dpkg
     deb: /var/lib/pos/rollback/posd_1.0.0_all.deb
     deb_source: repacked
+transfer:
+  description:
+    - "How the app came (would come, in check mode): C(transfer) is C(delta), C(full) or C(kept) (an earlier run
+      left it, nothing downloaded), C(bytes_downloaded) what it took (a delta that did not work out counts too),
+      C(from_version) the base of a delta and C(fallback_reason) why the full artifact was used."
+    - In check mode C(delta) means a delta from an installed version exists; the base is only rebuilt and checked
+      for real.
+  returned: when the versions differ
+  type: dict
+  sample: {transfer: delta, bytes_downloaded: 2108, from_version: 1.0.0, fallback_reason: null}
 would_download:
-  description: In check mode, the bytes a real run would download (less when a partial download is kept).
+  description: In check mode, the bytes a real run would download (the delta's size when it would use one; less
+    when a partial download is kept).
   returned: check mode
   type: int
   sample: 13432
@@ -135,9 +176,11 @@ import shutil
 import tempfile
 import time
 
+from ansible.module_utils import pos_delta_fetch as by_delta
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe_extract
-from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, fetch, partial_bytes
+from ansible.module_utils.pos_delta import bundle_dir_entries, write_bundle_tar
+from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, partial_bytes
 from ansible.module_utils.pos_guard import LeaseLost, switching
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
@@ -176,11 +219,9 @@ def bundle_dirs():
                   and os.path.isdir(os.path.join(base, n)) and not os.path.islink(os.path.join(base, n)))
 
 
-def install_bundle(module, artifact, version, previous):
-    """Unpack (unless `artifact` is None: already unpacked), verify, move into place, switch `current`."""
+def install_bundle(version, previous):
+    """Switch `current` to the unpacked, verified version; keep the previous one, remove older ones."""
     base = terminal_path(APP_DIR)
-    if artifact is not None:
-        unpack_bundle(module, artifact, version, base)
     write_rollback_record({"previous_version": previous, "style": "bundle", "version": version})
     atomic_symlink(version, os.path.join(base, "current"))
     for name in bundle_dirs():
@@ -188,7 +229,12 @@ def install_bundle(module, artifact, version, previous):
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
-def unpack_bundle(module, artifact, version, base):
+def unpack_bundle(artifact, version):
+    """Unpack the bundle (a .tar.gz, or the tar rebuilt from a delta) into /opt/pos/app/<version>, verified.
+
+    ArchiveError says what is wrong; nothing but a leftover .staging directory is touched then.
+    """
+    base = terminal_path(APP_DIR)
     final = os.path.join(base, version)
     staging = final + ".staging"
     os.makedirs(base, mode=0o755, exist_ok=True)
@@ -197,12 +243,12 @@ def unpack_bundle(module, artifact, version, base):
     try:
         safe_extract(artifact, staging, "bundle %s" % version, strip=version, allow_links=True)
     except ArchiveError as error:
-        module.fail_json(msg="refusing the app bundle: %s" % error)
+        raise ArchiveError("refusing the app bundle: %s" % error) from error
     problem = bundle_problems(staging, version)
     if problem:
         shutil.rmtree(staging, ignore_errors=True)
-        module.fail_json(msg="the app bundle %s does not match its MANIFEST.json: %s; the release is "
-                         "damaged, republish it" % (version, problem))
+        raise ArchiveError("the app bundle %s does not match its MANIFEST.json: %s; the release is damaged, "
+                           "republish it" % (version, problem))
     if os.path.lexists(final):  # damaged (an intact one is never unpacked again): replace it
         aside = final + ".old"
         shutil.rmtree(aside, ignore_errors=True)
@@ -349,6 +395,37 @@ def kept_artifact(style, version, sha256, size):
     return None
 
 
+def bundle_intact(version):
+    final = terminal_path(os.path.join(APP_DIR, version))
+    return os.path.isdir(final) and not os.path.islink(final) and not bundle_problems(final, version)
+
+
+def write_bundle_base(version, handle):
+    """The tar of the installed bundle `version`, in the layout its deltas are made on."""
+    write_bundle_tar(handle, version, bundle_dir_entries(terminal_path(os.path.join(APP_DIR, version))))
+
+
+def fetch_and_unpack_bundle(module, spec, found, transfer, result, staging, options):
+    """Download the bundle (by delta when `transfer` allows one) and unpack it; a refused delta result
+    falls back to the full bundle. Fails the module when the full bundle is refused too."""
+    version = spec["version"]
+    path = by_delta.fetch_cheapest(spec, staging, result, transfer, found, "posd", write_bundle_base, options)
+    try:
+        unpack_bundle(path, version)
+    except ArchiveError as error:
+        if transfer["transfer"] != "delta":
+            module.fail_json(msg=str(error), **result)
+        os.unlink(path)
+        transfer.update(transfer="full", from_version=None,
+                        fallback_reason="the bundle rebuilt from the delta was refused: %s" % error)
+        path = by_delta.fetch_cheapest(spec, staging, result, transfer, [], "posd", None, options)
+        try:
+            unpack_bundle(path, version)
+        except ArchiveError as again:
+            module.fail_json(msg=str(again), **result)
+    os.unlink(path)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -360,6 +437,10 @@ def main():
             timeout=dict(type="float", default=60.0),
             **DOWNLOAD_OPTIONS,
             restart=dict(type="bool", default=True),
+            tar_sha256=dict(type="str"),
+            tar_size=dict(type="int"),
+            deltas=dict(type="list", elements="dict", default=[]),
+            delta=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -380,10 +461,17 @@ def main():
         module.exit_json(changed=False, seconds=round(time.time() - started, 3), **result)
     diff = {"before": {"app_version": previous}, "after": {"app_version": version}}
 
+    spec = {key: params[key] for key in ("url", "sha256", "size", "version", "tar_sha256", "tar_size")}
+    spec.update(sha256=params["sha256"].lower(), deltas=[dict(delta) for delta in params["deltas"]])
+    if style == "dpkg":
+        spec["deltas"] = []
+    error = by_delta.check_delta_fields(spec, "app")
+    if error:
+        module.fail_json(msg=error, **result)
     staging = terminal_path(params["staging_dir"])
-    kept = kept_artifact(style, version, params["sha256"].lower(), size)
+    kept = kept_artifact(style, version, spec["sha256"], size)
     factor = 3 if style == "bundle" else 2
-    have = size if kept else partial_bytes(staging, params["sha256"].lower())
+    have = size if kept else partial_bytes(staging, spec["sha256"])
     need = 0 if kept else factor * size - have
     free = free_bytes(params["staging_dir"])
     if free < need:
@@ -391,20 +479,36 @@ def main():
                          "%d MB are free in %s; free some space on the terminal"
                          % (version, need // (1 << 20) + 1, factor, size, free // (1 << 20),
                             params["staging_dir"]), need_bytes=need, free_bytes=free, **result)
+    # Applying a delta needs the rebuilt tars of the base and of the new version beside the download.
+    found, reason = [], "a dpkg model downloads the whole .deb (packages have no deltas)"
+    if style == "bundle":
+        found, reason = by_delta.candidates(spec["deltas"], bundle_intact, previous, "app bundle")
+    no_delta = by_delta.refusal(params["delta"], free, need + 2 * (spec["tar_size"] or 0), "the app bundle")
+    if kept:
+        result["transfer"] = dict(by_delta.new_transfer(None), transfer="kept")
     if module.check_mode:
-        module.exit_json(changed=True, diff=diff, would_download=max(size - have, 0),
+        would = max(size - have, 0)
+        if not kept:
+            result["transfer"] = by_delta.planned(found, reason, no_delta)
+            if result["transfer"]["transfer"] == "delta":
+                would = found[0]["size"]
+        module.exit_json(changed=True, diff=diff, would_download=would,
                          seconds=round(time.time() - started, 3), **result)
 
+    options = {key: params[key] for key in ("timeout", "retries", "retry_delay")}
+    path = kept["path"] if kept else None
     try:
-        download = kept or fetch(
-            params["url"], staging, params["sha256"], size, timeout=params["timeout"],
-            retries=params["retries"], retry_delay=params["retry_delay"])
+        if not kept:
+            transfer = result["transfer"] = by_delta.new_transfer(no_delta or reason)
+            if style == "bundle":
+                fetch_and_unpack_bundle(module, spec, found, transfer, result, staging, options)
+            else:
+                path = by_delta.fetch_cheapest(spec, staging, result, transfer, [], "posd", None, options)
     except DownloadError as error:
         module.fail_json(msg=str(error), **result)
     except OSError as error:
-        module.fail_json(msg="cannot write the download into %s: %s" % (params["staging_dir"], error),
-                         **result)
-    result.update(bytes_downloaded=download["bytes_downloaded"], resumed=download["resumed"])
+        module.fail_json(msg="cannot write the download of posd %s into %s or unpack it: %s"
+                         % (version, params["staging_dir"], error), **result)
 
     rollback = {"previous_version": previous, "style": style}
     try:
@@ -412,11 +516,9 @@ def main():
         # begin once it has put the terminal back (LeaseLost).
         with switching():
             if style == "bundle":
-                install_bundle(module, download["path"], version, previous)
-                if download["path"]:
-                    os.unlink(download["path"])
+                install_bundle(version, previous)
             else:
-                rollback.update(install_deb(module, download["path"], version, previous, staging))
+                rollback.update(install_deb(module, path, version, previous, staging))
     except LeaseLost as error:
         module.fail_json(msg="not installing posd %s: %s" % (version, error), **result)
     except OSError as error:
