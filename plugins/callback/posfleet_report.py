@@ -180,13 +180,21 @@ class CallbackModule(CallbackBase):
             return
         state = self.hosts.setdefault(serial, {})
         state.update(mine)
-        wave = state.get("pos_update_wave")
+        wave = self._wave(serial)
         if mine.get("pos_update_started") and isinstance(wave, int):
             self.waves_seen.setdefault(wave, [_now(), None])
         if state.get("pos_update_started") and state.get("pos_update_status") in FINAL:
             if isinstance(wave, int):
                 self.waves_seen.setdefault(wave, [_now(), None])[1] = _now()
             self._progress(serial)
+
+    def _wave(self, serial):
+        """The terminal's wave index, or None: the plan's wave_of (rollout_plan.yml sets no per-terminal
+        fact for it), else a pos_update_wave fact where a playbook sets one."""
+        wave = ((self.run.get("update_plan") or {}).get("wave_of") or {}).get(serial)
+        if wave is None:
+            wave = self.hosts.get(serial, {}).get("pos_update_wave")
+        return wave if isinstance(wave, int) else None
 
     # --- the progress line -----------------------------------------------------------------------
 
@@ -227,7 +235,7 @@ class CallbackModule(CallbackBase):
             return "failed", None, self.failures[serial]
         if state.get("pos_update_started"):
             return "unreachable", None, "stopped answering in the middle of its update"
-        if isinstance(state.get("pos_update_wave"), int):
+        if self._wave(serial) is not None:
             halt = self.run.get("update_halt")
             if halt:
                 return "deferred", "budget", f"not started, the rollout stopped: {halt}"
@@ -247,7 +255,7 @@ class CallbackModule(CallbackBase):
             "serial": serial,
             "model": str(variables.get("pos_model", "?")),
             "region": str(variables.get("pos_region", "?")),
-            "wave": state.get("pos_update_wave") if isinstance(state.get("pos_update_wave"), int) else None,
+            "wave": self._wave(serial),
             "status": status, "deferred_by": deferred_by, "reason": str(reason),
             "window_opens_at": window.get("opens_at_utc") if deferred_by == "window" else None,
             "before": _versions(before), "after": _versions(after),

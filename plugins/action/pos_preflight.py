@@ -1,0 +1,117 @@
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pos_preflight: the pos_preflight role's whole decision in one task (docs/update-pipeline.md, step 1).
+
+An action plugin, so that the steps that need no terminal run in the controller's process instead of
+as tasks of their own (the control node pays for every task on every terminal, docs/performance.md):
+
+1. what the terminal should run once on the release (the model's entry, the target versions with the
+   merchant profile's version), as the pos_release_target filter computes it;
+2. the maintenance window, on the control node's clock (pos_window); outside it the terminal is
+   deferred and not contacted at all, not even read;
+3. inside it, the pos_facts module on the terminal (one round trip; its result becomes the
+   pos_terminal fact, as when pos_facts runs as a task), then the verdict (pos_preflight_verdict).
+
+It returns what the role records with one set_fact: `target`, `entry`, `merchant_profile`, `window`
+(absent when windows are ignored), `status` (current, deferred or go), `reason`, `deferred_by`
+(window, preflight or null) and `before` (the versions the terminal runs; null when not contacted).
+The decisions are the filters' own code (plugins/filter), loaded from there, not copied.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+
+from ansible.errors import AnsibleFilterError
+from ansible.plugins.action import ActionBase
+
+_FILTERS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "filter")
+
+
+def _load(name):
+    """A filter plugin file of this repository as a module (its functions are the filters)."""
+    spec = importlib.util.spec_from_file_location(f"_posfleet_preflight_{name}", os.path.join(_FILTERS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fleet = _load("posfleet")
+_rollout = _load("posfleet_rollout")
+
+# The role's options (roles/pos_preflight/meta/argument_specs.yml) are validated here, with the same
+# types, so that the role needs no argument-spec task of its own per terminal.
+ARGUMENT_SPEC = {
+    "release": {"type": "dict", "required": True},
+    "model": {"type": "str", "required": True},
+    "model_profile": {"type": "dict", "required": True},
+    "region_settings": {"type": "dict", "required": True},
+    "merchant_profile": {"type": "dict", "required": True},
+    "clock_utc": {"type": "str", "default": ""},
+    "ignore_windows": {"type": "bool", "default": False},
+    "maintenance_window": {"type": "str"},
+    "probe_timeout": {"type": "float", "default": 10},
+    "min_kbps": {"type": "int", "default": 32},
+    "storage_margin_mb": {"type": "int", "default": 2},
+}
+
+
+def window_reason(window):
+    """Why a terminal outside its window is deferred, with when the window opens next."""
+    return (f"outside its maintenance window {window['window']} ({window['timezone']}, {window['source']}); "
+            f"it opens next at {window['opens_at_local']}")
+
+
+def decide(terminal, args, entry):
+    """status, reason, deferred_by and before, from the terminal's pos_facts."""
+    verdict = _fleet.pos_preflight_verdict(terminal, args["model_profile"], entry, args["min_kbps"],
+                                           args["storage_margin_mb"])
+    return {"status": verdict["status"], "reason": verdict["reason"],
+            "deferred_by": "preflight" if verdict["status"] == "deferred" else None,
+            "before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            target = _fleet.pos_release_target(args["release"], args["model"], args["merchant_profile"])
+        except ValueError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        entry = args["release"]["models"][args["model"]]
+        result.update(changed=False, target=target, entry=entry, merchant_profile=args["merchant_profile"])
+
+        # The window is decided here, on the control node's clock, before the terminal is contacted.
+        if not args["ignore_windows"]:
+            now = args["clock_utc"] or datetime.datetime.now(datetime.timezone.utc)
+            try:
+                window = _rollout.pos_window(args["region_settings"], now, args["maintenance_window"])
+            except AnsibleFilterError as exc:
+                result.update(failed=True, msg=str(exc))
+                return result
+            result["window"] = window
+            if not window["open"]:
+                result.update(status="deferred", deferred_by="window", reason=window_reason(window), before=None)
+                return result
+
+        facts = self._execute_module(
+            module_name="pos_facts",
+            module_args={"package_style": args["model_profile"].get("package_style"),
+                         "probe_url": f"{args['region_settings'].get('distribution_point')}/probe",
+                         "probe_timeout": args["probe_timeout"], "release": target},
+            task_vars=task_vars)
+        if facts.get("failed"):
+            return dict(result, failed=True, msg=facts.get("msg") or "pos_facts failed",
+                        **{k: facts[k] for k in ("rc", "module_stdout", "module_stderr") if k in facts})
+        terminal = facts["ansible_facts"]["pos_terminal"]
+        result["ansible_facts"] = facts["ansible_facts"]
+        result.update(decide(terminal, args, entry))
+        return result
