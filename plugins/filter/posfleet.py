@@ -8,6 +8,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
+
+import yaml
 
 
 def _terminal(hostvars, host):
@@ -152,6 +155,29 @@ def pos_drift_report(hostvars, hosts):
     return report
 
 
+def pos_role_options(roles, roles_dir, spec="main"):
+    """The options of several roles' argument specs (meta/argument_specs.yml), merged into one spec.
+
+    For one validate_argument_spec task that checks them all, instead of one argument-spec task per
+    role. An option two roles define differently is refused: one spec could not check both.
+    """
+    options = {}
+    for role in roles:
+        path = os.path.join(roles_dir, role, "meta", "argument_specs.yml")
+        with open(path, encoding="utf-8") as handle:
+            specs = yaml.safe_load(handle) or {}
+        try:
+            found = specs["argument_specs"][spec].get("options") or {}
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError("%s has no argument spec %r" % (path, spec)) from None
+        for name, option in found.items():
+            if name in options and options[name] != option:
+                raise ValueError("option %s is specified differently by two roles (%s among %s)"
+                                 % (name, role, ", ".join(roles)))
+            options[name] = option
+    return options
+
+
 class FilterModule:
     """posfleet filters."""
 
@@ -160,4 +186,4 @@ class FilterModule:
                 "pos_merchant_version": pos_merchant_version, "pos_release_target": pos_release_target,
                 "pos_pack_urls": pos_pack_urls, "pos_preflight_verdict": pos_preflight_verdict,
                 "pos_update_summary": pos_update_summary, "pos_update_problems": pos_update_problems,
-                "pos_drift_report": pos_drift_report}
+                "pos_drift_report": pos_drift_report, "pos_role_options": pos_role_options}
