@@ -107,6 +107,24 @@ def ansible_tool(name):
     return found
 
 
+def ansible_module_result(tmp_path, module, args, check=False,
+                         host="localhost ansible_connection=local"):
+    """Run `ansible localhost -m MODULE -a ARGS` with the repository's ansible.cfg (its action plugins
+    and modules); the task's result. `host` is the inventory line of localhost."""
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(host + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+    argv = [ansible_tool("ansible"), "localhost", "-i", str(inventory), "-m", module, "-a", json.dumps(args)]
+    proc = subprocess.run(argv + (["--check"] if check else []), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    try:
+        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError(f"unexpected ansible output:\n{proc.stdout}\n{proc.stderr}") from None
+
+
 def wait_for(predicate, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,30 +1,13 @@
 """The pos_rollout_budget action plugin, run by ansible as update.yml runs it: once per batch."""
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
-from conftest import ansible_tool
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import ansible_module_result
 
 
 def budget(tmp_path, check=False, **args):
     """Run `ansible localhost -m pos_rollout_budget` with the repository's ansible.cfg; the result."""
-    ansible = ansible_tool("ansible")
-    inventory = tmp_path / "hosts.ini"
-    inventory.write_text("localhost ansible_connection=local\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
-    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-    argv = [str(ansible), "localhost", "-i", str(inventory), "-m", "pos_rollout_budget", "-a", json.dumps(args)]
-    proc = subprocess.run(argv + (["--check"] if check else []), cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
-    try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
-        raise AssertionError(f"unexpected ansible output:\n{proc.stdout}\n{proc.stderr}") from None
+    return ansible_module_result(tmp_path, "pos_rollout_budget", args, check=check)
 
 
 def test_an_exhausted_budget_says_why_without_failing_the_task(tmp_path):

@@ -1,0 +1,99 @@
+"""Control-node steps that update.yml runs in the controller's process instead of as tasks or module
+processes of their own: pos_preflight (the survey's decision), pos_local_path (the backup's staging)
+and the pos_role_options filter (one argument-spec check for the update's roles)."""
+
+import importlib.util
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import ansible_module_result
+
+REPO = Path(__file__).resolve().parents[2]
+_SPEC = importlib.util.spec_from_file_location("posfleet_filters_for_actions",
+                                               REPO / "plugins" / "filter" / "posfleet.py")
+filters = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(filters)
+
+RELEASE = {"release": "2026.12.0", "models": {"kestrel_k200": {
+    "app": {"version": "1.1.0"}, "packs": {"catalog": {"version": "2026.12.0"}}, "storage_mb": 4}}}
+REGION = {"name": "eu_west", "timezone": "Europe/London", "maintenance_window": "01:00-05:00",
+          "distribution_point": "http://127.0.0.1:9/dp"}
+
+
+def action(tmp_path, module, args):
+    """The module's result, run by ansible on a localhost no one can reach over SSH: a step that
+    contacted the terminal would come back unreachable."""
+    return ansible_module_result(tmp_path, module, args,
+                                 host="localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9")
+
+
+def preflight(tmp_path, **overrides):
+    args = {"release": RELEASE, "model": "kestrel_k200", "model_profile": {"package_style": "dpkg"},
+            "region_settings": REGION, "merchant_profile": {"merchant_id": "M1"}}
+    args.update(overrides)
+    return action(tmp_path, "pos_preflight", args)
+
+
+def test_outside_its_window_a_terminal_is_deferred_without_being_contacted(tmp_path):
+    result = preflight(tmp_path, clock_utc="2026-11-25T12:00:00Z")
+    assert not result.get("unreachable") and not result.get("failed"), result
+    assert result["status"] == "deferred" and result["deferred_by"] == "window"
+    assert result["before"] is None and "ansible_facts" not in result
+    assert result["reason"] == ("outside its maintenance window 01:00-05:00 (Europe/London, region); "
+                                "it opens next at 2026-11-26T01:00:00+00:00")
+    assert result["target"]["app_version"] == "1.1.0"
+    assert result["target"]["packs"]["merchant"] == filters.pos_merchant_version({"merchant_id": "M1"})
+    assert result["entry"] == RELEASE["models"]["kestrel_k200"]
+
+
+def test_inside_its_window_the_terminal_is_read(tmp_path):
+    result = preflight(tmp_path, clock_utc="2026-11-25T02:00:00Z")
+    assert result.get("unreachable") is True, "inside the window the action reads the terminal (pos_facts)"
+
+
+def test_a_terminal_override_of_the_window_is_used(tmp_path):
+    result = preflight(tmp_path, clock_utc="2026-11-25T02:00:00Z", maintenance_window="10:00-11:00")
+    assert result["status"] == "deferred" and result["window"]["source"] == "override"
+
+
+def test_the_roles_option_types_are_checked(tmp_path):
+    result = preflight(tmp_path, min_kbps="fast")
+    assert result["failed"] is True and "min_kbps" in result["msg"]
+
+
+def test_a_model_missing_from_the_release_fails(tmp_path):
+    result = preflight(tmp_path, model="heron_h1", clock_utc="2026-11-25T12:00:00Z")
+    assert result["failed"] is True and "no entry for model heron_h1" in result["msg"]
+
+
+def test_local_path_makes_a_private_directory_and_removes_a_file(tmp_path):
+    staging = tmp_path / "store" / ".incoming"
+    made = action(tmp_path, "pos_local_path", {"path": str(staging), "state": "directory", "mode": "0700"})
+    assert made["changed"] is True and stat.S_IMODE(staging.stat().st_mode) == 0o700
+    again = action(tmp_path, "pos_local_path", {"path": str(staging), "state": "directory", "mode": "0700"})
+    assert again["changed"] is False
+    plain = staging / "KST00001.tar"
+    plain.write_bytes(b"snapshot")
+    assert action(tmp_path, "pos_local_path", {"path": str(plain), "state": "absent"})["changed"] is True
+    assert not plain.exists()
+    assert action(tmp_path, "pos_local_path", {"path": str(plain), "state": "absent"})["changed"] is False
+    refused = action(tmp_path, "pos_local_path", {"path": str(staging), "state": "absent"})
+    assert refused["failed"] is True and staging.is_dir()
+
+
+def test_role_options_merge_the_update_roles_specs():
+    roles = ["pos_txn_upload", "pos_backup", "pos_verify"]
+    options = filters.pos_role_options(roles, str(REPO / "roles"))
+    assert options["pos_txn_upload_retries"]["type"] == "int"
+    assert options["pos_backup_key"]["required"] is True
+    assert "pos_update_target" in options
+
+
+def test_role_options_refuse_an_option_two_roles_specify_differently(tmp_path):
+    for role, kind in (("a", "int"), ("b", "str")):
+        meta = tmp_path / role / "meta"
+        meta.mkdir(parents=True)
+        (meta / "argument_specs.yml").write_text(f"argument_specs:\n  main:\n    options:\n      x: {{type: {kind}}}\n")
+    with pytest.raises(ValueError, match="option x"):
+        filters.pos_role_options(["a", "b"], str(tmp_path))
