@@ -16,6 +16,9 @@ releases/lab/baseline.yml -> upgrade.yml), the delta is the one the release buil
 
 Targets (issue 7): delta <= 2x the floor and <= 5% of the full pack.
 
+A last line (and `bundle` in the JSON) gives the same for the app bundle of bundle models, posd 1.0.0
+-> 1.1.0 as lab/posd/build.py makes them: the full .tar.gz and our delta (no floor, no targets).
+
     .venv/bin/python bench/delta_bytes.py [--records 20000] [--changed-ratio 0.01] [--json PATH]
 
 Prints a table and writes the figures as JSON (default bench/results/delta-bytes-<date>.json).
@@ -41,9 +44,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from posfleet import packs  # noqa: E402  (needs the path set above)
+from posfleet import packs, release  # noqa: E402  (needs the path set above)
 
 OLD, NEW = "2026.11.0", "2026.12.0"  # the lab's baseline and upgrade catalog versions
+APP_OLD, APP_NEW = "1.0.0", "1.1.0"  # the lab's baseline and upgrade posd versions
 XZ = 9 | lzma.PRESET_EXTREME
 
 
@@ -163,6 +167,18 @@ def measure(records, changed_ratio):
     return result
 
 
+def measure_bundle():
+    """The app bundle of bundle models, posd 1.0.0 -> 1.1.0 (lab/posd/build.py): full .tar.gz and our delta."""
+    with tempfile.TemporaryDirectory(prefix="delta-bytes-app-") as tmp:
+        built = {version: release._build_app(version, False, Path(tmp) / version)["bundle"]
+                 for version in (APP_OLD, APP_NEW)}
+        old_tar = release.bundle_tar(built[APP_OLD]["path"], APP_OLD)
+        new_tar = release.bundle_tar(built[APP_NEW]["path"], APP_NEW)
+        data = packs.delta.make_delta(old_tar, new_tar)
+    return {"from_version": APP_OLD, "version": APP_NEW, "full_bytes": built[APP_NEW]["size"],
+            "tar_bytes": len(new_tar), "delta_bytes": len(data)}
+
+
 def table(result):
     full, floor = result["full_bytes"], result["floor_bytes"]
     rows = [("full download (.tar.gz)", full), ("our delta", result["delta_bytes"])]
@@ -184,6 +200,12 @@ def table(result):
         "targets: delta <= 2x floor: %s; delta <= 5%% of full: %s"
         % tuple("met" if ok else "MISSED" for ok in result["targets"].values())
     )
+    if "bundle" in result:
+        app = result["bundle"]
+        lines.append(
+            f"app bundle posd {app['from_version']} -> {app['version']}: full .tar.gz {app['full_bytes']} bytes, "
+            f"our delta {app['delta_bytes']} bytes ({100 * app['delta_bytes'] / app['full_bytes']:.2f}%)"
+        )
     return "\n".join(lines)
 
 
@@ -194,6 +216,7 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="where to write the figures (bench/results/delta-bytes-<date>.json)")
     args = parser.parse_args(argv)
     result = measure(args.records, args.changed_ratio)
+    result["bundle"] = measure_bundle()
     today = datetime.date.today().isoformat()
     result.update(
         date=today,
