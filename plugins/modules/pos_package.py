@@ -179,7 +179,7 @@ import time
 from ansible.module_utils import pos_delta_fetch as by_delta
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe_extract
-from ansible.module_utils.pos_delta import bundle_dir_entries, write_bundle_tar
+from ansible.module_utils.pos_delta import DeltaError, bundle_dir_entries, write_bundle_tar
 from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, partial_bytes
 from ansible.module_utils.pos_guard import LeaseLost, switching
 from ansible.module_utils.pos_terminal import (
@@ -402,7 +402,10 @@ def bundle_intact(version):
 
 def write_bundle_base(version, handle):
     """The tar of the installed bundle `version`, in the layout its deltas are made on."""
-    write_bundle_tar(handle, version, bundle_dir_entries(terminal_path(os.path.join(APP_DIR, version))))
+    try:
+        write_bundle_tar(handle, version, bundle_dir_entries(terminal_path(os.path.join(APP_DIR, version))))
+    except ValueError as error:  # a name or link target the layout (ustar) cannot hold: no base
+        raise DeltaError("the installed posd %s cannot be written as a tar: %s" % (version, error)) from error
 
 
 def fetch_and_unpack_bundle(module, spec, found, transfer, result, staging, options):

@@ -187,6 +187,10 @@ FALLBACKS = {
         lambda p, t: os.chmod(t.path(f"/opt/pos/app/{OLD}/bin/posctl"), 0o700),
         "the installed posd 1.0.0 does not rebuild, byte for byte",
     ),
+    "link-too-long": (
+        lambda p, t: os.symlink("x" * 200, t.path(f"/opt/pos/app/{OLD}/long")),
+        "the installed posd 1.0.0 cannot be written as a tar",
+    ),
     "bad-delta": (lambda p, t: corrupt(p), "not a valid lzma stream"),
     "404": (lambda p, t: p.dist.server.files.pop(p.delta_path), "HTTP 404"),
     "result-sha": (lambda p, t: p.tar_fields.update(tar_sha256="2" * 64), "sha256 mismatch after applying"),
