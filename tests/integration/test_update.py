@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import awx_job
+import yaml
 from conftest import latest_report, poslab, rows_by_serial, run
 
 VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
@@ -102,6 +103,17 @@ def test_baseline_then_upgrade_across_all_models_and_regions(lab):
     assert all(v[3] in ("idle", "in-transaction") for v in versions.values()), "every terminal sells again"
     totals = ledger_totals()
     assert totals["missing"] == 0 and totals["duplicated"] == 0 and totals["generated"] > 0
+    # Bundle terminals took the app as a delta from 1.0.0: less than the full bundle alone. A broken
+    # delta path would not fail the update (it falls back to the full download); this catches it.
+    manifest = yaml.safe_load(Path("/var/lib/poslab/build/releases/2026.12.0/manifest.yml").read_text())
+    downloaded = {serial: row["bytes_downloaded"] for serial, row in rows_by_serial(latest_report()).items()}
+    for serial, row in lab.items():
+        app = manifest["models"][row["model"]]["app"]
+        if app.get("deltas"):
+            assert 0 < downloaded[serial] < app["size"], (serial, downloaded[serial], app["size"])
+        else:
+            assert downloaded[serial] >= app["size"], (serial, downloaded[serial], app["size"])
+    assert any(manifest["models"][row["model"]]["app"].get("deltas") for row in lab.values())
 
 
 def test_rerun_is_a_noop(lab):
