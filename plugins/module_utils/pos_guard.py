@@ -38,7 +38,7 @@ import os
 import subprocess
 import time
 
-from ansible.module_utils.pos_archive import pack_intact
+from ansible.module_utils.pos_archive import bundle_problems, pack_intact
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
     PACKS_DIR,
@@ -270,11 +270,14 @@ def _plan_undo(before):
     style, version = before.get("package_style"), before.get("app_version")
     if version and app_version(style) != version:
         if style == "bundle":
-            if os.path.isdir(terminal_path(os.path.join(APP_DIR, version))):
+            # Checked as pos_restore checks it: there, and matching its MANIFEST.json.
+            base = terminal_path(os.path.join(APP_DIR, version))
+            problem = bundle_problems(base, version) if os.path.isdir(base) else "it is gone"
+            if problem:
+                problems.append("the app's previous version %s in %s cannot be used: %s" % (version, APP_DIR, problem))
+            else:
                 link = terminal_path(os.path.join(APP_DIR, "current"))
                 switches.append(("app %s" % version, lambda: atomic_symlink(version, link)))
-            else:
-                problems.append("the app's previous version %s is gone from %s" % (version, APP_DIR))
         else:
             deb = terminal_path(os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version))
             if os.path.isfile(deb):
