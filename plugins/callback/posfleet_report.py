@@ -76,7 +76,7 @@ FINAL = ("current", "updated", "deferred", "failed", "rolled_back", "would_updat
 RUN_ENDED = ("the run ended before its batch started (Ansible stops a play when every terminal of a batch "
              "fails or is unreachable)")
 HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_before",
-              "pos_update_target", "pos_update_wave", "pos_update_started", "pos_update_window")
+              "pos_update_target", "pos_update_started", "pos_update_window")
 RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
 
 
@@ -189,11 +189,8 @@ class CallbackModule(CallbackBase):
             self._progress(serial)
 
     def _wave(self, serial):
-        """The terminal's wave index, or None: the plan's wave_of (rollout_plan.yml sets no per-terminal
-        fact for it), else a pos_update_wave fact where a playbook sets one."""
+        """The terminal's wave index from the plan's wave_of, or None (not planned into a wave)."""
         wave = ((self.run.get("update_plan") or {}).get("wave_of") or {}).get(serial)
-        if wave is None:
-            wave = self.hosts.get(serial, {}).get("pos_update_wave")
         return wave if isinstance(wave, int) else None
 
     # --- the progress line -----------------------------------------------------------------------
