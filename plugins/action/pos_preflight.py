@@ -13,10 +13,18 @@ as tasks of their own (the control node pays for every task on every terminal, d
 3. inside it, the pos_facts module on the terminal (one round trip; its result becomes the
    pos_terminal fact, as when pos_facts runs as a task), then the verdict (pos_preflight_verdict).
 
-It returns what the role records with one set_fact: `target`, `entry`, `merchant_profile`, `window`
-(absent when windows are ignored), `status` (current, deferred or go), `reason`, `deferred_by`
-(window, preflight or null) and `before` (the versions the terminal runs; null when not contacted).
-The decisions are the filters' own code (plugins/filter), loaded from there, not copied.
+It returns `target`, `entry`, `merchant_profile`, `window` (absent when windows are ignored), `status`
+(current, deferred or go), `reason`, `deferred_by` (window, preflight or null) and `before` (the versions
+the terminal runs; null when not contacted), and records them as the pipeline's facts
+(pos_update_target, pos_update_status, ...) with set_fact's precedence, so no set_fact task follows it
+(plugins/plugin_utils/posfleet_facts.py). The decisions are the filters' own code (plugins/filter),
+loaded from there, not copied.
+
+For the check just before a terminal's change (update.yml) two more things happen in the same task:
+with `mark_started` the terminal is recorded as started (pos_update_started, and pos_update_reboot:
+whether its update ends with a reboot), and with `options_spec` the options of the update's roles are
+checked against their argument specs (as ansible.builtin.validate_argument_spec would, one task less
+per terminal), before the terminal is contacted.
 """
 
 from __future__ import annotations
@@ -26,14 +34,15 @@ import importlib.util
 import os
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
 _FILTERS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "filter")
 
 
-def _load(name):
-    """A filter plugin file of this repository as a module (its functions are the filters)."""
-    spec = importlib.util.spec_from_file_location(f"_posfleet_preflight_{name}", os.path.join(_FILTERS, f"{name}.py"))
+def _load(name, directory=_FILTERS):
+    """A plugin file of this repository as a module (a filter file's functions are the filters)."""
+    spec = importlib.util.spec_from_file_location(f"_posfleet_preflight_{name}", os.path.join(directory, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,6 +50,7 @@ def _load(name):
 
 _fleet = _load("posfleet")
 _rollout = _load("posfleet_rollout")
+_facts = _load("posfleet_facts", os.path.join(os.path.dirname(_FILTERS), "plugin_utils"))
 
 # The role's options (roles/pos_preflight/meta/argument_specs.yml) are validated here, with the same
 # types, so that the role needs no argument-spec task of its own per terminal.
@@ -56,7 +66,16 @@ ARGUMENT_SPEC = {
     "probe_timeout": {"type": "float", "default": 10},
     "min_kbps": {"type": "int", "default": 32},
     "storage_margin_mb": {"type": "int", "default": 2},
+    "mark_started": {"type": "bool", "default": False},
+    "options_spec": {"type": "dict"},
+    "options_of": {"type": "str", "default": "the update's roles"},
 }
+
+# What the action returns and what it records as the pipeline's fact of the same meaning.
+PIPELINE_FACTS = {"merchant_profile": "pos_update_merchant_profile", "target": "pos_update_target",
+                  "entry": "pos_update_entry", "window": "pos_update_window", "status": "pos_update_status",
+                  "reason": "pos_update_reason", "deferred_by": "pos_update_deferred_by",
+                  "before": "pos_update_before"}
 
 
 def window_reason(window):
@@ -81,6 +100,28 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        if args["options_spec"]:
+            errors = self._option_errors(args["options_spec"], task_vars or {})
+            if errors:
+                return dict(result, failed=True, argument_errors=errors,
+                            msg=f"the options of {args['options_of']} are not valid: {'; '.join(errors)}")
+        result = self._decide(result, args, task_vars)
+        if result.get("failed"):
+            return result
+        facts = {fact: result[key] for key, fact in PIPELINE_FACTS.items() if key in result}
+        if args["mark_started"]:
+            facts.update(pos_update_started=True,
+                         pos_update_reboot=bool(result["entry"].get("reboot") or
+                                                args["model_profile"].get("reboot_required")))
+        return _facts.record(self, result, facts, cacheable=result.pop("ansible_facts", None))
+
+    def _option_errors(self, spec, task_vars):
+        """The errors of the role options set for this terminal against their argument spec."""
+        provided = self._templar.template({name: task_vars[name] for name in spec if name in task_vars})
+        validated = ArgumentSpecValidator(spec).validate(provided, validate_role_argument_spec=True)
+        return [str(error) for error in validated.errors]
+
+    def _decide(self, result, args, task_vars):
         try:
             target = _fleet.pos_release_target(args["release"], args["model"], args["merchant_profile"])
         except ValueError as exc:

@@ -78,6 +78,9 @@ RUN_ENDED = ("the run ended before its batch started (Ansible stops a play when 
 HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_before",
               "pos_update_target", "pos_update_started", "pos_update_window")
 RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
+# The actions that set the pipeline's facts: set_fact, and the actions that record their own decision
+# with set_fact's precedence (plugins/plugin_utils/posfleet_facts.py).
+FACT_SETTERS = ("set_fact", "pos_preflight", "pos_verify")
 
 
 def _now():
@@ -146,7 +149,7 @@ class CallbackModule(CallbackBase):
         data = result._result
         action = _short(result._task.action)
         facts = data.get("ansible_facts") or {}
-        if action == "set_fact" and facts:
+        if action in FACT_SETTERS and facts:
             self._facts(serial, facts, delegated=bool(result._task.delegate_facts))
         elif action == "pos_rollout_budget":
             self.budget = {key: data.get(key) for key in ("spent", "attempted", "exhausted", "untouched", "reason")}

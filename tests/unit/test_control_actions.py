@@ -39,7 +39,9 @@ def test_outside_its_window_a_terminal_is_deferred_without_being_contacted(tmp_p
     result = preflight(tmp_path, clock_utc="2026-11-25T12:00:00Z")
     assert not result.get("unreachable") and not result.get("failed"), result
     assert result["status"] == "deferred" and result["deferred_by"] == "window"
-    assert result["before"] is None and "ansible_facts" not in result
+    # Not contacted: no pos_terminal fact, only the verdict recorded as the pipeline's facts.
+    assert result["before"] is None and "pos_terminal" not in result["ansible_facts"]
+    assert result["ansible_facts"]["pos_update_status"] == "deferred"
     assert result["reason"] == ("outside its maintenance window 01:00-05:00 (Europe/London, region); "
                                 "it opens next at 2026-11-26T01:00:00+00:00")
     assert result["target"]["app_version"] == "1.1.0"

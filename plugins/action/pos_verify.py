@@ -1,0 +1,44 @@
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pos_verify: the pos_verify module on the terminal, and with `record_status` the pipeline's verdict.
+
+The module's options pass through unchanged (plugins/modules/pos_verify.py documents them). With
+`record_status: true` (the pos_verify role in update.yml) a verification that passed records the
+terminal as updated (pos_update_status `updated`, pos_update_reason empty) with set_fact's precedence
+(plugins/plugin_utils/posfleet_facts.py), in the same task. So the status comes only from a verification
+that ran and passed: a set_fact after the step would also run when the terminal had stopped answering
+(the update's steps ignore unreachability, docs/update-pipeline.md), and it would cost a task per
+terminal.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.action import ActionBase
+from ansible.utils.vars import merge_hash
+
+_SPEC = importlib.util.spec_from_file_location(
+    "_posfleet_verify_facts",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugin_utils", "posfleet_facts.py"))
+_facts = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_facts)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        module_args = dict(self._task.args)
+        record_status = boolean(module_args.pop("record_status", False), strict=True)
+        result = merge_hash(result, self._execute_module(module_name="pos_verify", module_args=module_args,
+                                                         task_vars=task_vars))
+        self._remove_tmp_path(self._connection._shell.tmpdir)
+        if record_status and not result.get("failed") and not result.get("unreachable"):
+            _facts.record(self, result, {"pos_update_status": "updated", "pos_update_reason": ""})
+        return result

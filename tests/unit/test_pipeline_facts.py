@@ -1,0 +1,114 @@
+"""The actions that record the pipeline's state themselves (plugins/plugin_utils/posfleet_facts.py):
+pos_preflight's verdict and pos_verify's `updated` reach the later tasks and override what an earlier
+set_fact had recorded, as a set_fact of theirs would; a check that fails records nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import yaml
+from conftest import REPO, TERMINAL_PYTHON, ansible_tool
+
+RELEASE = {"release": "2026.12.0", "models": {"kestrel_k200": {
+    "app": {"version": "1.1.0"}, "packs": {"catalog": {"version": "2026.12.0"}}, "storage_mb": 4, "reboot": True}}}
+REGION = {"name": "eu_west", "timezone": "Europe/London", "maintenance_window": "01:00-05:00",
+          "distribution_point": "http://127.0.0.1:9/dp"}
+SHOWN = ["pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_started",
+         "pos_update_reboot", "pos_update_target"]
+
+
+def play(tmp_path, tasks, environment=None):
+    """Run one play of `tasks` on localhost; {task name: localhost's result} and the shown variables."""
+    shown = {"name": "Show the pipeline's state", "ansible.builtin.debug": {"msg": {
+        name: "{{ %s | default('unset') }}" % name for name in SHOWN}}}
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "gather_facts": False, "environment": environment or {},
+        "vars": {"ansible_python_interpreter": TERMINAL_PYTHON},
+        "tasks": [dict(task, ignore_errors=True) for task in tasks] + [shown]}]))
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    try:
+        tasks_run = json.loads(proc.stdout)["plays"][0]["tasks"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError(f"unexpected ansible output:\n{proc.stdout}\n{proc.stderr}") from None
+    results = {task["task"]["name"]: task["hosts"]["localhost"] for task in tasks_run}
+    return results, results["Show the pipeline's state"]["msg"]
+
+
+def earlier_state():
+    return {"name": "An earlier step's state", "ansible.builtin.set_fact": {
+        "pos_update_status": "go", "pos_update_reason": "earlier", "pos_update_started": False}}
+
+
+def preflight(**overrides):
+    args = {"release": RELEASE, "model": "kestrel_k200", "model_profile": {"package_style": "dpkg"},
+            "region_settings": REGION, "merchant_profile": {"merchant_id": "M1"},
+            "clock_utc": "2026-11-25T12:00:00Z"}
+    return {"name": "Decide", "pos_preflight": dict(args, **overrides)}
+
+
+def test_the_preflight_verdict_overrides_an_earlier_set_fact(tmp_path):
+    results, state = play(tmp_path, [earlier_state(), preflight()])
+    assert not results["Decide"].get("failed"), results["Decide"]
+    assert state["pos_update_status"] == "deferred" and state["pos_update_deferred_by"] == "window"
+    assert state["pos_update_reason"].startswith("outside its maintenance window 01:00-05:00")
+    assert state["pos_update_target"]["app_version"] == "1.1.0"
+    # Without mark_started the survey leaves the terminal not started.
+    assert state["pos_update_started"] is False and state["pos_update_reboot"] == "unset"
+
+
+def test_the_check_before_the_change_marks_the_terminal_started(tmp_path):
+    results, state = play(tmp_path, [earlier_state(), preflight(mark_started=True)])
+    assert not results["Decide"].get("failed"), results["Decide"]
+    assert state["pos_update_started"] is True
+    assert state["pos_update_reboot"] is True, "the release's entry asks for a reboot"
+
+
+def test_bad_role_options_fail_the_check_and_record_nothing(tmp_path):
+    spec = {"pos_package_timeout": {"type": "int"}, "pos_package_delta": {"type": "bool"}}
+    tasks = [earlier_state(),
+             dict(preflight(mark_started=True, options_spec=spec, options_of="pos_package"),
+                  vars={"pos_package_timeout": "soon", "pos_package_delta": True})]
+    results, state = play(tmp_path, tasks)
+    decided = results["Decide"]
+    assert decided["failed"] is True
+    assert decided["msg"].startswith("the options of pos_package are not valid:")
+    assert "pos_package_timeout" in decided["msg"] and "pos_package_delta" not in decided["msg"]
+    assert state["pos_update_status"] == "go" and state["pos_update_started"] is False
+
+
+def verify(release, **overrides):
+    return {"name": "Verify", "pos_verify": dict({"release": release, "package_style": "bundle",
+                                                  "merchant_version": "m1"}, **overrides)}
+
+
+GOOD = {"app_version": "1.0.0", "packs": {"params": "2026.01.0", "catalog": "2026.01.0"}}
+
+
+def test_a_passed_verification_records_the_terminal_as_updated(tmp_path, make_terminal):
+    terminal = make_terminal()
+    results, state = play(tmp_path, [earlier_state(), verify(GOOD, record_status=True)],
+                          environment={"POS_ROOT": str(terminal.root)})
+    assert not results["Verify"].get("failed"), results["Verify"]
+    assert results["Verify"]["drift"] == []
+    assert state["pos_update_status"] == "updated" and state["pos_update_reason"] == ""
+
+
+def test_a_failed_or_unrecorded_verification_leaves_the_status(tmp_path, make_terminal):
+    terminal = make_terminal()
+    drifted = dict(GOOD, app_version="9.9.9")
+    results, state = play(tmp_path, [earlier_state(), verify(drifted, record_status=True)],
+                          environment={"POS_ROOT": str(terminal.root)})
+    assert results["Verify"]["failed"] is True and results["Verify"]["drift"]
+    assert state["pos_update_status"] == "go"
+    # The audit (verify.yml) passes no record_status: a passing check records nothing either.
+    results, state = play(tmp_path, [earlier_state(), verify(GOOD)], environment={"POS_ROOT": str(terminal.root)})
+    assert not results["Verify"].get("failed") and state["pos_update_status"] == "go"
