@@ -4,12 +4,18 @@
 """pos_verify: the pos_verify module on the terminal, and with `record_status` the pipeline's verdict.
 
 The module's options pass through unchanged (plugins/modules/pos_verify.py documents them). With
-`record_status: true` (the pos_verify role in update.yml) a verification that passed records the
-terminal as updated (pos_update_status `updated`, pos_update_reason empty) with set_fact's precedence
-(plugins/plugin_utils/posfleet_facts.py), in the same task. So the status comes only from a verification
-that ran and passed: a set_fact after the step would also run when the terminal had stopped answering
-(the update's steps ignore unreachability, docs/update-pipeline.md), and it would cost a task per
-terminal.
+`record_status: true` (the pos_verify role, the last step of update.yml) the task is the update's
+verdict, in one task instead of three per terminal:
+
+- a verification that passed records the terminal as updated (pos_update_status `updated`,
+  pos_update_reason empty) with set_fact's precedence (plugins/plugin_utils/posfleet_facts.py). The
+  status comes only from a verification that ran and passed: a set_fact after the step would also run
+  when the terminal had stopped answering;
+- a terminal that does not answer fails the task instead of being unreachable. The update's steps
+  ignore unreachability (docs/update-pipeline.md: a terminal that loses power or its link mid-step
+  must reach the rescue, which waits for it and rolls it back); the verification is where that ends;
+- in check mode nothing was installed, so nothing is verified: the terminal is recorded as
+  `would_update`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
@@ -27,6 +34,9 @@ _SPEC = importlib.util.spec_from_file_location(
 _facts = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_facts)
 
+NOT_VERIFIED = ("the update did not complete: the terminal stopped answering in the middle of it (power or "
+                "network lost) and it was not verified")
+
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
@@ -36,8 +46,16 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         module_args = dict(self._task.args)
         record_status = boolean(module_args.pop("record_status", False), strict=True)
-        result = merge_hash(result, self._execute_module(module_name="pos_verify", module_args=module_args,
-                                                         task_vars=task_vars))
+        if record_status and self._task.check_mode:
+            result.update(changed=False, msg="check mode: nothing was installed, so there is nothing to verify")
+            return _facts.record(self, result, {"pos_update_status": "would_update", "pos_update_reason": ""})
+        try:
+            result = merge_hash(result, self._execute_module(module_name="pos_verify", module_args=module_args,
+                                                             task_vars=task_vars))
+        except AnsibleConnectionFailure as exc:
+            if not record_status:
+                raise
+            return dict(result, failed=True, msg=f"{NOT_VERIFIED}: {exc}")
         self._remove_tmp_path(self._connection._shell.tmpdir)
         if record_status and not result.get("failed") and not result.get("unreachable"):
             _facts.record(self, result, {"pos_update_status": "updated", "pos_update_reason": ""})

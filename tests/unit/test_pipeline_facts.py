@@ -19,7 +19,7 @@ SHOWN = ["pos_update_status", "pos_update_reason", "pos_update_deferred_by", "po
          "pos_update_reboot", "pos_update_target"]
 
 
-def play(tmp_path, tasks, environment=None):
+def play(tmp_path, tasks, environment=None, host="localhost ansible_connection=local", check=False):
     """Run one play of `tasks` on localhost; {task name: localhost's result} and the shown variables."""
     shown = {"name": "Show the pipeline's state", "ansible.builtin.debug": {"msg": {
         name: "{{ %s | default('unset') }}" % name for name in SHOWN}}}
@@ -29,18 +29,20 @@ def play(tmp_path, tasks, environment=None):
         "vars": {"ansible_python_interpreter": TERMINAL_PYTHON},
         "tasks": [dict(task, ignore_errors=True) for task in tasks] + [shown]}]))
     inventory = tmp_path / "hosts.ini"
-    inventory.write_text("localhost ansible_connection=local\n")
+    inventory.write_text(host + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
     env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook)], cwd=tmp_path,
+    argv = [ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook)] + (["--check"] if check else [])
+    proc = subprocess.run(argv, cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     try:
         tasks_run = json.loads(proc.stdout)["plays"][0]["tasks"]
     except (ValueError, KeyError, IndexError):
         raise AssertionError(f"unexpected ansible output:\n{proc.stdout}\n{proc.stderr}") from None
     results = {task["task"]["name"]: task["hosts"]["localhost"] for task in tasks_run}
-    return results, results["Show the pipeline's state"]["msg"]
+    # An unreachable terminal leaves the play: nothing to show then.
+    return results, results.get("Show the pipeline's state", {}).get("msg")
 
 
 def earlier_state():
@@ -112,3 +114,22 @@ def test_a_failed_or_unrecorded_verification_leaves_the_status(tmp_path, make_te
     # The audit (verify.yml) passes no record_status: a passing check records nothing either.
     results, state = play(tmp_path, [earlier_state(), verify(GOOD)], environment={"POS_ROOT": str(terminal.root)})
     assert not results["Verify"].get("failed") and state["pos_update_status"] == "go"
+
+
+def test_a_terminal_that_stopped_answering_fails_the_verdict_instead_of_being_unreachable(tmp_path):
+    # The update's steps ignore unreachability; the verification turns it into a failure for the rescue.
+    host = "localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9"
+    results, state = play(tmp_path, [earlier_state(), verify(GOOD, record_status=True)], host=host)
+    assert results["Verify"]["failed"] is True and not results["Verify"].get("unreachable")
+    assert results["Verify"]["msg"].startswith("the update did not complete: the terminal stopped answering")
+    assert state["pos_update_status"] == "go"
+    # The audit keeps an unreachable terminal unreachable.
+    results, _state = play(tmp_path, [verify(GOOD)], host=host)
+    assert results["Verify"].get("unreachable") is True
+
+
+def test_in_check_mode_the_verdict_is_would_update_without_contacting_the_terminal(tmp_path):
+    host = "localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9"
+    results, state = play(tmp_path, [earlier_state(), verify(GOOD, record_status=True)], host=host, check=True)
+    assert not results["Verify"].get("failed") and not results["Verify"].get("unreachable"), results["Verify"]
+    assert state["pos_update_status"] == "would_update"
