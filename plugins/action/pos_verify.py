@@ -23,8 +23,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from ansible.errors import AnsibleConnectionFailure
-from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
@@ -33,6 +33,12 @@ _SPEC = importlib.util.spec_from_file_location(
     os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugin_utils", "posfleet_facts.py"))
 _facts = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_facts)
+
+# The action's own option; every other option is the module's and is validated by the module on the
+# terminal against its own argument spec.
+ARGUMENT_SPEC = {
+    "record_status": {"type": "bool", "default": False},
+}
 
 NOT_VERIFIED = ("the update did not complete: the terminal stopped answering in the middle of it (power or "
                 "network lost) and it was not verified")
@@ -45,7 +51,11 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         module_args = dict(self._task.args)
-        record_status = boolean(module_args.pop("record_status", False), strict=True)
+        own = ArgumentSpecValidator(ARGUMENT_SPEC).validate(
+            {name: module_args.pop(name) for name in list(module_args) if name in ARGUMENT_SPEC})
+        if own.error_messages:
+            raise AnsibleActionFail(f"pos_verify: {'; '.join(own.error_messages)}")
+        record_status = own.validated_parameters["record_status"]
         if record_status and self._task.check_mode:
             result.update(changed=False, msg="check mode: nothing was installed, so there is nothing to verify")
             return _facts.record(self, result, {"pos_update_status": "would_update", "pos_update_reason": ""})

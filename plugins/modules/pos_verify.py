@@ -44,6 +44,15 @@ options:
     description: When everything checks out, leave maintenance so that the terminal sells again.
     type: bool
     default: false
+  record_status:
+    description:
+      - Make the task the update's verdict (handled by the action plugin on the control node, never sent
+        to the terminal). A verification that passed records the terminal as C(updated) in the pipeline
+        facts (C(pos_update_status)); a terminal that stopped answering fails the task with the reason
+        instead of being unreachable, so that the update's rescue rolls it back; in check mode nothing
+        is verified and the terminal is recorded as C(would_update).
+    type: bool
+    default: false
 notes:
   - Supports check mode; in check mode the checks run but the terminal never leaves maintenance.
   - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
