@@ -24,7 +24,10 @@ For the check just before a terminal's change (update.yml) two more things happe
 with `mark_started` the terminal is recorded as started (pos_update_started, and pos_update_reboot:
 whether its update ends with a reboot), and with `options_spec` the options of the update's roles are
 checked against their argument specs (as ansible.builtin.validate_argument_spec would, one task less
-per terminal), before the terminal is contacted.
+per terminal), before the terminal is contacted. With `read_terminal: false` it decides only what
+needs no terminal (the target and the window) and leaves `before` as the survey recorded it: the
+terminal is read again by the quiesce step (pos_maintenance's ready check, the same verdict), in the
+round trip that takes it out of service.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ ARGUMENT_SPEC = {
     "min_kbps": {"type": "int", "default": 32},
     "storage_margin_mb": {"type": "int", "default": 2},
     "mark_started": {"type": "bool", "default": False},
+    "read_terminal": {"type": "bool", "default": True},
     "options_spec": {"type": "dict"},
     "options_of": {"type": "str", "default": "the update's roles"},
 }
@@ -142,6 +146,11 @@ class ActionModule(ActionBase):
             if not window["open"]:
                 result.update(status="deferred", deferred_by="window", reason=window_reason(window), before=None)
                 return result
+
+        if not args["read_terminal"]:
+            # The terminal is read by the next step instead (the quiesce step's ready check, same verdict).
+            result.update(status="go", reason="", deferred_by=None)
+            return result
 
         facts = self._execute_module(
             module_name="pos_facts",

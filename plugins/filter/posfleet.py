@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.util
 import json
 import os
 
 import yaml
+
+# The verdict is shared with the terminal side: loaded from its module_utils file by path (on the
+# control node, ansible.module_utils does not include the project's module_utils).
+_SPEC = importlib.util.spec_from_file_location(
+    "_posfleet_readiness",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "module_utils", "pos_readiness.py"))
+_readiness = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_readiness)
 
 
 def _terminal(hostvars, host):
@@ -84,33 +93,10 @@ def pos_pack_urls(packs, base):
 def pos_preflight_verdict(facts, profile, entry, min_kbps=0, margin_mb=0):
     """Decide from pos_facts whether a terminal is current, must be deferred, or can be updated.
 
-    Returns {"status": "current" | "deferred" | "go", "reason": text}. Deferral is not failure: the
-    terminal is fine, only not ready now (low battery, a full disk, a poor link); a re-run picks it up.
+    Returns {"status": "current" | "deferred" | "go", "reason": text}: the same function that the
+    quiesce step runs on the terminal (plugins/module_utils/pos_readiness.py).
     """
-    posd = facts.get("posd") or {}
-    # A terminal left in maintenance was interrupted mid-update (the link or the power went, or the
-    # control node was stopped): even when its versions already match, it has not been verified and
-    # does not sell. It goes through the pipeline again, whose steps skip what is already done.
-    if facts.get("current") and not posd.get("maintenance"):
-        return {"status": "current", "reason": "already on the release"}
-    if posd.get("state") == "down":
-        return {"status": "deferred", "reason": "payment app not answering: %s" % posd.get("health_detail")}
-    need = int(entry.get("storage_mb", 0)) + int(margin_mb)
-    if facts.get("storage_free_mb") is not None and facts["storage_free_mb"] < need:
-        return {"status": "deferred", "reason": "needs %d MB free flash, has %d MB" % (need, facts["storage_free_mb"])}
-    if profile.get("battery") and not facts.get("charging"):
-        pct = facts.get("battery_pct")
-        if pct is not None and pct < int(profile.get("battery_min_pct", 0)):
-            return {"status": "deferred", "reason": "battery at %d%%, below the model's %d%% and not charging"
-                    % (pct, profile["battery_min_pct"])}
-    probe = facts.get("probe")
-    if probe is not None:
-        if not probe.get("reachable"):
-            return {"status": "deferred", "reason": "distribution point unreachable: %s" % probe.get("error")}
-        if probe.get("kbps", 0) < int(min_kbps):
-            return {"status": "deferred", "reason": "link too slow: %s kbit/s, the floor is %s"
-                    % (probe.get("kbps"), min_kbps)}
-    return {"status": "go", "reason": ""}
+    return _readiness.readiness(facts, profile, entry, min_kbps, margin_mb)
 
 
 def pos_update_summary(hostvars, hosts):

@@ -84,43 +84,8 @@ ansible_facts:
         current: false
 """
 
-import platform
-import time
-import urllib.request
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_terminal import (
-    BOOT_ID,
-    TERMINAL_JSON,
-    PosdError,
-    app_version,
-    battery,
-    pack_versions,
-    posd,
-    read_json,
-    read_text,
-    storage_free_mb,
-)
-
-
-def probe(url, timeout):
-    """Download a small file from the distribution point; say whether it worked and how fast."""
-    started = time.time()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            size = len(response.read(1 << 20))
-    except Exception as error:  # any failure means: this terminal cannot download now
-        return {"reachable": False, "error": "%s: %s" % (url, error)}
-    seconds = max(time.time() - started, 1e-6)
-    return {"reachable": True, "bytes": size, "seconds": round(seconds, 3),
-            "kbps": int(size * 8 / 1000 / seconds)}
-
-
-def runs_release(facts, release):
-    if facts["app_version"] != release.get("app_version"):
-        return False
-    wanted = release.get("packs") or {}
-    return all(facts["packs"].get(name) == version for name, version in wanted.items())
+from ansible.module_utils.pos_terminal_state import NotATerminal, terminal_state
 
 
 def main():
@@ -133,33 +98,11 @@ def main():
         ),
         supports_check_mode=True,
     )
-    identity = read_json(TERMINAL_JSON)
-    if not identity:
-        module.fail_json(msg="%s is missing or unreadable: this does not look like a provisioned POS terminal"
-                         % TERMINAL_JSON)
-    pct, charging = battery()
-    facts = {
-        "serial": identity.get("serial"),
-        "model": identity.get("model"),
-        "region": identity.get("region"),
-        "app_version": app_version(module.params["package_style"]),
-        "packs": pack_versions(),
-        "storage_free_mb": storage_free_mb(),
-        "battery_pct": pct,
-        "charging": charging,
-        "boot_id": read_text(BOOT_ID),
-        "python": platform.python_version(),
-    }
     try:
-        status = posd("status")
-        facts["posd"] = {k: status.get(k) for k in ("state", "pending", "healthy", "health_detail", "counters",
-                                                    "maintenance", "app_version", "generated")}
-    except PosdError as error:
-        facts["posd"] = {"state": "down", "pending": None, "healthy": False, "health_detail": str(error)}
-    if module.params["probe_url"]:
-        facts["probe"] = probe(module.params["probe_url"], module.params["probe_timeout"])
-    if module.params["release"] is not None:
-        facts["current"] = runs_release(facts, module.params["release"])
+        facts = terminal_state(module.params["package_style"], module.params["probe_url"],
+                               module.params["probe_timeout"], module.params["release"])
+    except NotATerminal as error:
+        module.fail_json(msg=str(error))
     module.exit_json(changed=False, ansible_facts={"pos_terminal": facts})
 
 

@@ -53,6 +53,47 @@ options:
     description: With O(lease), the release being installed, recorded in the lease for the guard's messages.
     type: str
     default: ""
+  ready_check:
+    description:
+      - With V(maintenance), first read the terminal's state (as M(pos_facts) does) and decide whether it is
+        still ready for the update, with the same verdict as the survey's (C(module_utils/pos_readiness.py)),
+        one of current, deferred (battery, flash, link, the payment app down) or go. Only on V(go) is the terminal
+        taken out of service; otherwise nothing is changed and RV(verdict) says why.
+      - The update's check just before the change, in the same round trip as the quiesce.
+    type: dict
+    suboptions:
+      package_style:
+        description: How the model installs its payment app (C(pos_model_profile.package_style)).
+        type: str
+        required: true
+        choices: [dpkg, bundle]
+      release:
+        description: What the terminal runs once on the release, as C(app_version) and C(packs).
+        type: dict
+        required: true
+      model_profile:
+        description: The model's profile (C(battery), C(battery_min_pct)).
+        type: dict
+        required: true
+      entry:
+        description: The model's entry in the release manifest (C(storage_mb)).
+        type: dict
+        required: true
+      probe_url:
+        description: A small file on the distribution point, downloaded to check and measure the link.
+        type: str
+      probe_timeout:
+        description: Seconds the probe may take.
+        type: float
+        default: 10
+      min_kbps:
+        description: Below this link speed (kbit/s) the terminal is deferred.
+        type: int
+        default: 0
+      storage_margin_mb:
+        description: Free flash kept on top of what the release needs.
+        type: int
+        default: 0
 notes:
   - Supports check mode; in check mode V(maintenance) and V(selling) only report whether they would change the
     state.
@@ -107,6 +148,17 @@ lease:
   returned: when a lease was taken
   type: dict
   sample: {phase: quiesced, release: 2026.12.0, ttl: 3600, expires: 1795000000.0}
+verdict:
+  description: With O(ready_check), whether the terminal was still ready, and if not why.
+  returned: with O(ready_check)
+  type: dict
+  sample: {status: deferred, reason: "battery at 12%, below the model's 20% and not charging"}
+ansible_facts:
+  description:
+    - With O(ready_check), the terminal's state as read for the verdict (the C(pos_terminal) fact, as
+      M(pos_facts) returns it).
+  returned: with O(ready_check)
+  type: dict
 guard_installed:
   description: Whether the update guard's files were written or replaced (V(maintenance) with O(lease)).
   returned: when a lease was taken
@@ -118,7 +170,9 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pos_guard import end_lease, install, renew, take
+from ansible.module_utils.pos_readiness import readiness
 from ansible.module_utils.pos_terminal import PosdError, posd, posd_wait, wait_posd_ready
+from ansible.module_utils.pos_terminal_state import NotATerminal, terminal_state
 
 
 def clean(status):
@@ -132,6 +186,16 @@ def main():
             timeout=dict(type="float", default=60.0),
             lease=dict(type="float", default=0.0),
             release=dict(type="str", default=""),
+            ready_check=dict(type="dict", options=dict(
+                package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
+                release=dict(type="dict", required=True),
+                model_profile=dict(type="dict", required=True),
+                entry=dict(type="dict", required=True),
+                probe_url=dict(type="str"),
+                probe_timeout=dict(type="float", default=10.0),
+                min_kbps=dict(type="int", default=0),
+                storage_margin_mb=dict(type="int", default=0),
+            )),
         ),
         supports_check_mode=True,
     )
@@ -151,22 +215,27 @@ def main():
             renew(forward=False)  # the control node is still there: the wait for a reboot is over
         module.exit_json(changed=False, status=clean(status))
 
+    checked = {}
+    if state == "maintenance" and module.params["ready_check"]:
+        checked = check_ready(module, module.params["ready_check"])
+        if checked["verdict"]["status"] != "go":
+            module.exit_json(changed=False, **checked)
     try:
         before = posd("status")
     except PosdError as error:
-        module.fail_json(msg="cannot read the payment app's state: %s" % error)
+        module.fail_json(msg="cannot read the payment app's state: %s" % error, **checked)
     wanted = state == "maintenance"
     diff = {"before": {"maintenance": bool(before.get("maintenance"))}, "after": {"maintenance": wanted}}
     if bool(before.get("maintenance")) == wanted:
         if module.check_mode:
-            module.exit_json(changed=False, status=clean(before))
+            module.exit_json(changed=False, status=clean(before), **checked)
         if wanted and lease:
             # Already out of service (left so by an earlier run): the lease is taken all the same.
-            module.exit_json(changed=True, status=clean(before), **hold(module, lease))
+            module.exit_json(changed=True, status=clean(before), **dict(checked, **hold(module, lease)))
         # Selling already: a lease left behind (the guard's outcome, say) ends all the same.
         module.exit_json(changed=(not wanted and end_lease()), status=clean(before))
     if module.check_mode:
-        module.exit_json(changed=True, status=clean(before), diff=diff)
+        module.exit_json(changed=True, status=clean(before), diff=diff, **checked)
 
     if wanted:
         try:
@@ -176,7 +245,7 @@ def main():
             if refusal.startswith("in-transaction"):
                 module.fail_json(msg="in-transaction: a sale was still in progress after %gs; the update of "
                                  "this terminal is deferred, try again later" % timeout,
-                                 deferred=True, status=clean(error.answer))
+                                 deferred=True, status=clean(error.answer), **checked)
             module.fail_json(msg="cannot enter maintenance: %s" % error)
     else:
         try:
@@ -190,7 +259,17 @@ def main():
     except PosdError as error:
         module.fail_json(msg="the state changed but posd did not answer status afterwards: %s" % error,
                          changed=True)
-    module.exit_json(changed=True, status=clean(after), diff=diff, **held)
+    module.exit_json(changed=True, status=clean(after), diff=diff, **dict(checked, **held))
+
+
+def check_ready(module, check):
+    """The terminal's state and the verdict on it: whether it is still ready for the update."""
+    try:
+        facts = terminal_state(check["package_style"], check["probe_url"], check["probe_timeout"], check["release"])
+    except NotATerminal as error:
+        module.fail_json(msg=str(error))
+    verdict = readiness(facts, check["model_profile"], check["entry"], check["min_kbps"], check["storage_margin_mb"])
+    return {"verdict": verdict, "ansible_facts": {"pos_terminal": facts}}
 
 
 def hold(module, lease):

@@ -133,3 +133,53 @@ def test_in_check_mode_the_verdict_is_would_update_without_contacting_the_termin
     results, state = play(tmp_path, [earlier_state(), verify(GOOD, record_status=True)], host=host, check=True)
     assert not results["Verify"].get("failed") and not results["Verify"].get("unreachable"), results["Verify"]
     assert state["pos_update_status"] == "would_update"
+
+
+# --- the quiesce step's ready check (pos_maintenance ready_check, through its action) --------------
+
+
+def quiesce(release, **check):
+    ready_check = dict({"package_style": "bundle", "release": release, "model_profile": {"battery": False},
+                        "entry": {"storage_mb": 1}}, **check)
+    return {"name": "Quiesce", "pos_maintenance": {"state": "maintenance", "timeout": 5, "ready_check": ready_check}}
+
+
+NEWER = {"app_version": "1.1.0", "packs": {"params": "2026.02.0", "catalog": "2026.02.0"}}
+
+
+def test_a_terminal_still_ready_is_quiesced_and_its_versions_recorded(tmp_path, make_terminal):
+    terminal = make_terminal()
+    results, state = play(tmp_path, [earlier_state(), quiesce(NEWER)], environment={"POS_ROOT": str(terminal.root)})
+    quiesced = results["Quiesce"]
+    assert not quiesced.get("failed") and quiesced["changed"] is True, quiesced
+    assert quiesced["verdict"] == {"status": "go", "reason": ""}
+    assert terminal.status()["maintenance"] is True
+    assert state["pos_update_status"] == "go"
+    assert quiesced["ansible_facts"]["pos_update_before"]["app_version"] == "1.0.0"
+    assert quiesced["ansible_facts"]["pos_terminal"]["packs"]["catalog"] == "2026.01.0"
+
+
+def test_a_terminal_no_longer_ready_is_left_selling_and_deferred(tmp_path, make_terminal):
+    terminal = make_terminal()
+    results, state = play(tmp_path, [earlier_state(), quiesce(NEWER, entry={"storage_mb": 10 ** 9})],
+                          environment={"POS_ROOT": str(terminal.root)})
+    quiesced = results["Quiesce"]
+    assert not quiesced.get("failed") and quiesced["changed"] is False, quiesced
+    assert terminal.status()["maintenance"] is False, "nothing may change on a terminal that is not ready"
+    assert state["pos_update_status"] == "deferred" and state["pos_update_deferred_by"] == "preflight"
+    assert state["pos_update_reason"].startswith("needs 1000000000 MB free flash, has ")
+
+
+def test_a_terminal_already_current_is_left_selling_and_recorded_current(tmp_path, make_terminal):
+    terminal = make_terminal()
+    results, state = play(tmp_path, [earlier_state(), quiesce(GOOD)], environment={"POS_ROOT": str(terminal.root)})
+    assert results["Quiesce"]["changed"] is False and terminal.status()["maintenance"] is False
+    assert state["pos_update_status"] == "current" and state["pos_update_reason"] == "already on the release"
+
+
+def test_without_a_ready_check_the_quiesce_records_nothing(tmp_path, make_terminal):
+    terminal = make_terminal()
+    task = {"name": "Quiesce", "pos_maintenance": {"state": "maintenance", "timeout": 5}}
+    results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
+    assert results["Quiesce"]["changed"] is True and "verdict" not in results["Quiesce"]
+    assert terminal.status()["maintenance"] is True and state["pos_update_status"] == "go"
