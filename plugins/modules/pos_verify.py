@@ -44,6 +44,12 @@ options:
     description: When everything checks out, leave maintenance so that the terminal sells again.
     type: bool
     default: false
+  ready_timeout:
+    description:
+      - Seconds to wait for posd to answer before the checks, for a payment app still starting after a
+        restart or a reboot. V(0) does not wait; posd not answering is then a failed check at once.
+    type: float
+    default: 0
   record_status:
     description:
       - Make the task the update's verdict (handled by the action plugin on the control node, never sent
@@ -110,6 +116,7 @@ from ansible.module_utils.pos_terminal import (
     posd,
     read_json,
     terminal_path,
+    wait_posd_ready,
 )
 
 
@@ -177,6 +184,7 @@ def main():
             package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
             merchant_version=dict(type="str"),
             leave_maintenance=dict(type="bool", default=False),
+            ready_timeout=dict(type="float", default=0),
         ),
         supports_check_mode=True,
     )
@@ -196,7 +204,9 @@ def main():
     installed = app_version(style)
     add("app_version", (installed == wanted_app, "installed %s, wanted %s" % (installed, wanted_app)))
     try:
-        status = posd("status")
+        # Waiting here rather than in a task of its own saves a round trip per terminal.
+        status = wait_posd_ready(module.params["ready_timeout"]) if module.params["ready_timeout"] > 0 \
+            else posd("status")
     except PosdError as error:
         status = None
         down = (False, str(error))

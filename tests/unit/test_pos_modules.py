@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -550,6 +551,25 @@ def test_verify_passes_then_leaves_maintenance_but_not_in_check_mode(make_termin
     assert "5 sales, numbers continuous" in result["checks"][-1]["detail"]
     plain = run_module("pos_verify", dict(args, leave_maintenance=False), terminal.root)
     assert not plain["changed"]
+
+
+def test_verify_waits_for_an_app_still_starting_when_given_a_ready_timeout(make_terminal, run_module):
+    terminal = make_terminal()
+    terminal.halt()  # posd is down, as right after a restart or a reboot
+    args = {"release": {"app_version": "1.0.0", "packs": {"params": "2026.01.0", "catalog": "2026.01.0"}},
+            "package_style": "bundle", "merchant_version": "m1"}
+
+    at_once = run_module("pos_verify", args, terminal.root)
+    assert at_once["failed"] and "app_running: cannot talk to posd" in at_once["msg"]
+
+    starting = threading.Timer(1.0, terminal.boot, kwargs={"wait": False})
+    starting.start()
+    try:
+        waited = run_module("pos_verify", dict(args, ready_timeout=30), terminal.root)
+    finally:
+        starting.join()
+    assert not waited.get("failed"), waited["msg"]
+    assert all(check["ok"] for check in waited["checks"])
 
 
 def test_verify_reports_every_drift(make_terminal, run_module):
