@@ -79,8 +79,9 @@ HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by"
               "pos_update_target", "pos_update_started", "pos_update_window")
 RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
 # The actions that set the pipeline's facts: set_fact, and the actions that record their own decision
-# with set_fact's precedence (plugins/plugin_utils/posfleet_facts.py).
-FACT_SETTERS = ("set_fact", "pos_preflight", "pos_verify")
+# with set_fact's precedence (plugins/plugin_utils/posfleet_facts.py): pos_maintenance does with its
+# ready_check, the check just before the change.
+FACT_SETTERS = ("set_fact", "pos_preflight", "pos_maintenance", "pos_verify")
 
 
 def _now():

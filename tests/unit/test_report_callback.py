@@ -1,0 +1,41 @@
+"""The posfleet_report callback (plugins/callback/posfleet_report.py) reads each terminal's outcome from
+the facts the pipeline's steps record; a step that records its own decision must reach the report."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+from conftest import REPO
+
+_SPEC = importlib.util.spec_from_file_location("posfleet_report_callback",
+                                               REPO / "plugins" / "callback" / "posfleet_report.py")
+report = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(report)
+
+
+def result(serial, action, data):
+    """What Ansible hands a callback for a task's result on one terminal."""
+    task = SimpleNamespace(_uuid=f"{action}-task", _role=None, action=action, delegate_facts=False,
+                           get_name=lambda: action)
+    return SimpleNamespace(_host=SimpleNamespace(get_name=lambda: serial), _task=task, _result=data)
+
+
+def test_a_terminal_found_not_ready_at_the_quiesce_is_reported_deferred_not_unreachable():
+    callback = report.CallbackModule()
+    # The check before the change marked it started; the quiesce's ready check then found it not ready.
+    callback.v2_runner_on_ok(result("KST00001", "pos_preflight", {"ansible_facts": {
+        "pos_update_status": "go", "pos_update_reason": "", "pos_update_started": True}}))
+    callback.v2_runner_on_ok(result("KST00001", "posfleet.pos_maintenance", {"ansible_facts": {
+        "pos_update_status": "deferred", "pos_update_reason": "battery at 12% (needs 30%)",
+        "pos_update_deferred_by": "preflight", "pos_terminal": {"battery_pct": 12}}}))
+    assert callback._status("KST00001") == ("deferred", "preflight", "battery at 12% (needs 30%)")
+
+
+def test_a_terminal_verified_is_reported_updated():
+    callback = report.CallbackModule()
+    callback.v2_runner_on_ok(result("KST00002", "pos_preflight", {"ansible_facts": {
+        "pos_update_status": "go", "pos_update_started": True}}))
+    callback.v2_runner_on_ok(result("KST00002", "pos_verify", {"ansible_facts": {
+        "pos_update_status": "updated", "pos_update_reason": ""}}))
+    assert callback._status("KST00002") == ("updated", None, "")
