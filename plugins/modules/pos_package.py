@@ -12,6 +12,12 @@ short_description: Install a release of the payment app on a POS terminal, keepi
 description:
   - Downloads the app artifact of a release from the region's distribution point, verifies it and installs it
     the way the model does (O(style)).
+  - "With O(signature), before any of this, the terminal checks the release itself, as M(pos_signature_check)
+    does: it downloads the release manifest and its signature from its distribution point, checks the ed25519
+    signature with its own C(openssl) against the release public key, and checks that the manifest is byte for
+    byte the one the control node verified. Only then does it look at, download or install anything; a failed
+    check fails the module with nothing downloaded or changed. The check runs even when O(version) is installed
+    already, as the data packs that follow come from the same manifest."
   - The download goes to C(<staging_dir>/<sha256>.part) and is resumed with an HTTP C(Range) request after a
     dropped connection, in this run (O(retries)) or the next one. O(size) is enforced while downloading and
     O(sha256) is checked before anything is installed; a mismatching download is deleted.
@@ -92,10 +98,33 @@ options:
     description: Use a bundle delta when the terminal has a base for one; V(false) always downloads the full bundle.
     type: bool
     default: true
+  signature:
+    description:
+      - Check the release's signature on the terminal before anything else (see the description), for models whose
+        profile sets C(verify_signature) and whose firmware has C(openssl) 3 (C(pkeyutl -rawin) for ed25519).
+      - Omit it to rely on the control node's check alone.
+      - The manifest and its signature are downloaded with O(timeout).
+    type: dict
+    suboptions:
+      manifest_url:
+        description: URL of the release's C(manifest.yml) on the distribution point; the signature is at the same URL
+          plus C(.sig).
+        type: str
+        required: true
+      manifest_sha256:
+        description: sha256 of the manifest bytes the control node verified.
+        type: str
+        required: true
+      public_key:
+        description: The release public key, PEM text.
+        type: str
+        required: true
 extends_documentation_fragment:
   - pos_download
 notes:
-  - Supports check mode; in check mode nothing is downloaded or installed.
+  - Supports check mode; in check mode nothing is installed and the app is not downloaded. With O(signature) the
+    check runs in check mode too (it only reads the manifest and its signature, and changes nothing), so that
+    check mode fails where a real run would refuse the release.
   - Supports diff mode (the app version before and after).
   - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
@@ -110,6 +139,18 @@ EXAMPLES = r"""
     style: "{{ pos_model_profile.package_style }}"
     restart: "{{ not pos_update_reboot }}"  # a reboot follows otherwise
   register: pos_package_result
+
+- name: Install it on a model that checks the release signature itself first
+  pos_package:
+    url: "{{ pos_region_settings.distribution_point }}/{{ pos_update_entry.app.url }}"
+    sha256: "{{ pos_update_entry.app.sha256 }}"
+    size: "{{ pos_update_entry.app.size }}"
+    version: "{{ pos_update_entry.app.version }}"
+    style: "{{ pos_model_profile.package_style }}"
+    signature:
+      manifest_url: "{{ pos_region_settings.distribution_point }}/releases/{{ pos_release.release }}/manifest.yml"
+      manifest_sha256: "{{ update_release_check.manifest_sha256 }}"
+      public_key: "{{ update_release_check.public_key_pem }}"
 """
 
 RETURN = r"""
@@ -167,6 +208,14 @@ status:
   description: posd's status after the restart.
   returned: when restarted
   type: dict
+signature:
+  description:
+    - The terminal's own check of the release (O(signature)). C(verified) is V(true) when the signature was good and
+      the manifest the one the control node verified, V(false) when the module failed on it; C(manifest_sha256) is
+      the sha256 of the manifest the terminal downloaded (null when it could not download it).
+  returned: when O(signature) is given
+  type: dict
+  sample: {verified: true, manifest_sha256: 3f2a9c0e5b7d41c6a8e9f0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1}
 """
 
 import json
@@ -182,6 +231,7 @@ from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe
 from ansible.module_utils.pos_delta import DeltaError, bundle_dir_entries, write_bundle_tar
 from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, partial_bytes
 from ansible.module_utils.pos_guard import LeaseLost, switching
+from ansible.module_utils.pos_signature import SIGNATURE_OPTIONS, SignatureError, check_signature
 from ansible.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
@@ -429,6 +479,21 @@ def fetch_and_unpack_bundle(module, spec, found, transfer, result, staging, opti
     os.unlink(path)
 
 
+def check_release(module):
+    """With `signature`: the terminal's own check of the release, before anything else (read-only, so in check
+    mode too). Fails the module, with nothing downloaded or changed, when the release cannot be trusted."""
+    signature = module.params["signature"]
+    if not signature:
+        return None
+    try:
+        digest = check_signature(module, signature["manifest_url"], signature["manifest_sha256"],
+                                 signature["public_key"], module.params["timeout"])
+    except SignatureError as error:
+        module.fail_json(msg=str(error), changed=False,
+                         signature={"verified": False, "manifest_sha256": error.manifest_sha256})
+    return {"verified": True, "manifest_sha256": digest}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -444,6 +509,7 @@ def main():
             tar_size=dict(type="int"),
             deltas=dict(type="list", elements="dict", default=[]),
             delta=dict(type="bool", default=True),
+            signature=dict(type="dict", options=SIGNATURE_OPTIONS),
         ),
         supports_check_mode=True,
     )
@@ -454,12 +520,15 @@ def main():
         module.fail_json(msg="version %r is not a plain package version like 1.2.0" % version)
     if size <= 0:
         module.fail_json(msg="size must be the artifact's size in bytes, not %d" % size)
+    verified = check_release(module)
     found = installed_style()
     if found is not None and found != style:
         module.fail_json(msg="the terminal has a %s app installed but the release ships a %s artifact for "
                          "it; fix the model profile's package_style or the release manifest" % (found, style))
     previous = app_version(style)
     result = dict(previous_version=previous, version=version, bytes_downloaded=0, resumed=False)
+    if verified:
+        result["signature"] = verified
     if previous == version:
         module.exit_json(changed=False, seconds=round(time.time() - started, 3), **result)
     diff = {"before": {"app_version": previous}, "after": {"app_version": version}}

@@ -15,6 +15,9 @@ description:
   - Then checks that the manifest is byte for byte the one the control node verified (its sha256), so that
     every artifact sha256 the terminal is given comes from a manifest the terminal itself found signed.
   - For models whose profile sets C(verify_signature); the others rely on the control node's check.
+  - M(pos_package) runs the same check (C(module_utils/pos_signature.py)) with its C(signature)
+    option, in the same round trip as the install; C(roles/pos_package) uses that. This module is for a check on
+    its own.
   - Read-only; never reports a change.
 version_added: "0.1.0"
 author: posfleet contributors
@@ -53,7 +56,7 @@ EXAMPLES = r"""
 RETURN = r"""
 manifest_sha256:
   description: sha256 of the manifest the terminal downloaded.
-  returned: always
+  returned: success, and on a failed check once the manifest was downloaded
   type: str
 verified:
   description: Whether openssl found the signature good and the manifest equal to the control node's.
@@ -61,23 +64,8 @@ verified:
   type: bool
 """
 
-import base64
-import binascii
-import hashlib
-import os
-import shutil
-import tempfile
-import urllib.request
-
 from ansible.module_utils.basic import AnsibleModule
-
-
-def download(module, url, timeout):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read(1 << 20)
-    except Exception as error:  # any failure: the terminal cannot check, so it must not install
-        module.fail_json(msg="cannot download %s from the terminal: %s" % (url, error))
+from ansible.module_utils.pos_signature import SignatureError, check_signature
 
 
 def main():
@@ -85,42 +73,18 @@ def main():
         argument_spec=dict(
             manifest_url=dict(type="str", required=True),
             manifest_sha256=dict(type="str", required=True),
-            public_key=dict(type="str", required=True),
+            public_key=dict(type="str", required=True, no_log=False),
             timeout=dict(type="float", default=30.0),
         ),
         supports_check_mode=True,
     )
-    openssl = module.get_bin_path("openssl")
-    if not openssl:
-        module.fail_json(msg="openssl is not installed on this terminal; set verify_signature: false in its "
-                             "model profile if its firmware cannot check signatures")
-    url = module.params["manifest_url"]
-    manifest = download(module, url, module.params["timeout"])
-    signature_text = download(module, url + ".sig", module.params["timeout"])
+    params = module.params
     try:
-        signature = base64.b64decode(signature_text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        module.fail_json(msg="%s.sig is not base64: the signature file is damaged" % url)
-    workdir = tempfile.mkdtemp(prefix="pos-signature-")
-    try:
-        paths = {}
-        for name, data in (("manifest.yml", manifest), ("manifest.sig", signature),
-                           ("release.pub", module.params["public_key"].encode("ascii"))):
-            paths[name] = os.path.join(workdir, name)
-            with open(paths[name], "wb") as handle:
-                handle.write(data)
-        rc, out, err = module.run_command([openssl, "pkeyutl", "-verify", "-pubin", "-inkey", paths["release.pub"],
-                                           "-rawin", "-in", paths["manifest.yml"], "-sigfile", paths["manifest.sig"]])
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    digest = hashlib.sha256(manifest).hexdigest()
-    if rc != 0:
-        module.fail_json(msg="the terminal found the signature of %s bad: %s; nothing is installed"
-                         % (url, (err or out).strip()[:300]), manifest_sha256=digest)
-    if digest != module.params["manifest_sha256"]:
-        module.fail_json(msg="the terminal got another manifest than the control node verified (%s, not %s) from %s:"
-                         " a signed but different release is on the distribution point; republish it"
-                         % (digest, module.params["manifest_sha256"], url), manifest_sha256=digest)
+        digest = check_signature(module, params["manifest_url"], params["manifest_sha256"], params["public_key"],
+                                 params["timeout"])
+    except SignatureError as error:
+        found = {"manifest_sha256": error.manifest_sha256} if error.manifest_sha256 else {}
+        module.fail_json(msg=str(error), **found)
     module.exit_json(changed=False, verified=True, manifest_sha256=digest)
 
 
