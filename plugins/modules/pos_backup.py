@@ -28,6 +28,15 @@ description:
   - When an earlier update of the terminal stopped half-way (its lease still in phase C(changing)), the app and
     packs are first switched back to what the terminal ran before that update (RV(switched_back)), so that the
     snapshot is of one whole release; when that cannot be done the module fails and changes nothing.
+  - "A task C(pos_backup) goes through the action plugin of the same name (plugins/action/pos_backup.py), which
+    also keeps the snapshot in the control node's backup store, in the same task: it checks O(key) before the
+    terminal is contacted, runs this module on the terminal, fetches C(snapshot.tar) into
+    C(<store_dir>/.incoming) (mode 0700), encrypts it into C(<store_dir>/<serial>/) with M(pos_backup_store)'s
+    code and format (in the controller's process, not as a module process), and removes the unencrypted copy
+    whatever happens (RV(stored)). The snapshot stays on the terminal for M(pos_restore)."
+  - The action's options (O(store_dir), O(key), O(keep), O(serial)) stay on the control node; the key never
+    reaches the terminal. A terminal that stops answering fails the task rather than being unreachable, so that
+    a play that ignores unreachability does not go on without a backup.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -41,26 +50,52 @@ options:
     required: true
     choices: [dpkg, bundle]
   release:
-    description: The release the terminal runs now, recorded in C(app.json) as a label.
+    description:
+      - The release the terminal runs now, recorded in C(app.json) as a label.
+      - The action names the encrypted backup with it, C(<UTC timestamp>-<release>.tar.enc), so there it is
+        required and may hold only letters, digits, C(.), C(_), C(+) and C(-).
     type: str
     default: ""
+  store_dir:
+    description:
+      - The backup store on the control node (the action's option; the role passes C(pos_backup_store_dir)).
+      - Snapshots are staged in C(<store_dir>/.incoming), made mode 0700, only until they are encrypted.
+    type: path
+    required: true
+  key:
+    description:
+      - The backup store's key from Ansible Vault (the action's option; the role passes C(pos_backup_key)),
+        64 hex digits (32 bytes) or a passphrase of 12 characters or more.
+      - When it is empty or missing the task fails before the terminal is contacted.
+    type: str
+    required: true
+    no_log: true
+  keep:
+    description: How many backups of the terminal the store keeps, the newest (the action's option).
+    type: int
+    default: 5
+  serial:
+    description:
+      - The terminal's serial number, the store's folder for its backups (the action's option).
+      - Default the host's C(inventory_hostname).
+    type: str
+requirements:
+  - cryptography (on the control node, for the action's encryption)
 notes:
-  - Supports check mode; in check mode nothing is written and the result says what would be backed up.
+  - Supports check mode; in check mode nothing is written and the result says what would be backed up; the
+    action then fetches and stores nothing.
   - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
-- name: Snapshot the terminal before the update
+- name: Take a consistent snapshot and keep it encrypted in the backup store
   pos_backup:
     package_style: "{{ pos_model_profile.package_style }}"
     release: "{{ pos_update_before.app_version }}"
+    store_dir: "{{ pos_backup_store_dir }}"
+    key: "{{ pos_backup_key }}"
+    keep: 5
   register: pos_backup_snapshot
-
-- name: Fetch the snapshot to the control node
-  ansible.builtin.fetch:
-    src: "{{ pos_backup_snapshot.path }}"
-    dest: "{{ pos_backup_store_dir }}/.incoming/{{ inventory_hostname }}.tar"
-    flat: true
 """
 
 RETURN = r"""
@@ -111,6 +146,18 @@ packs:
   returned: always
   type: dict
   sample: {params: 2026.01.0, catalog: 2026.01.0, merchant: null}
+stored:
+  description:
+    - The snapshot's encrypted backup in the store, as M(pos_backup_store) returns it (C(path), C(sha256),
+      C(kept), C(removed), C(changed)); C(changed) is false when the newest backup already held this snapshot.
+  returned: success, not in check mode (the action)
+  type: dict
+  sample:
+    path: /var/lib/posfleet/backups/KST00002/20261124T010203Z-2026.11.1.tar.enc
+    sha256: 0d6e4079e36703ebd37c00722f5891d28b0e2811dc114b129215123adcce3605
+    kept: [20261124T010203Z-2026.11.1.tar.enc]
+    removed: []
+    changed: true
 """
 
 import io

@@ -1,9 +1,8 @@
 """Control-node steps that update.yml runs in the controller's process instead of as tasks or module
-processes of their own: pos_preflight (the survey's decision), pos_local_path (the backup's staging)
-and the pos_role_options filter (one argument-spec check for the update's roles)."""
+processes of their own: pos_preflight (the survey's decision) and the pos_role_options filter (one
+argument-spec check for the update's roles)."""
 
 import importlib.util
-import stat
 from pathlib import Path
 
 import pytest
@@ -67,21 +66,6 @@ def test_the_roles_option_types_are_checked(tmp_path):
 def test_a_model_missing_from_the_release_fails(tmp_path):
     result = preflight(tmp_path, model="heron_h1", clock_utc="2026-11-25T12:00:00Z")
     assert result["failed"] is True and "no entry for model heron_h1" in result["msg"]
-
-
-def test_local_path_makes_a_private_directory_and_removes_a_file(tmp_path):
-    staging = tmp_path / "store" / ".incoming"
-    made = action(tmp_path, "pos_local_path", {"path": str(staging), "state": "directory", "mode": "0700"})
-    assert made["changed"] is True and stat.S_IMODE(staging.stat().st_mode) == 0o700
-    again = action(tmp_path, "pos_local_path", {"path": str(staging), "state": "directory", "mode": "0700"})
-    assert again["changed"] is False
-    plain = staging / "KST00001.tar"
-    plain.write_bytes(b"snapshot")
-    assert action(tmp_path, "pos_local_path", {"path": str(plain), "state": "absent"})["changed"] is True
-    assert not plain.exists()
-    assert action(tmp_path, "pos_local_path", {"path": str(plain), "state": "absent"})["changed"] is False
-    refused = action(tmp_path, "pos_local_path", {"path": str(staging), "state": "absent"})
-    assert refused["failed"] is True and staging.is_dir()
 
 
 def test_role_options_merge_the_update_roles_specs():

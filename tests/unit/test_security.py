@@ -3,9 +3,10 @@
 * Every option of a module or action plugin whose name says it carries a secret is no_log; every
   task in roles/ and playbooks/ that hands a secret variable to a module hands it to such an option
   (or is no_log itself).
-* The backup key reaches pos_backup_store as a no_log parameter through pipelining, so it is never in
-  a file, a result or an encrypted backup; the backup files hold neither the key nor the AES key
-  derived from it.
+* The backup key stays in the controller's process in the update's backup (the pos_backup action
+  encrypts there), and reaches pos_backup_store (rollback.yml's restore) as a no_log parameter through
+  pipelining, so it is never in a file, a result or an encrypted backup; the backup files hold neither
+  the key nor the AES key derived from it.
 * The production inventory checks SSH host keys strictly.
 """
 
@@ -166,6 +167,11 @@ def test_the_roles_declare_the_backup_key_secret():
 def test_secret_variables_reach_modules_only_through_no_log_options(monkeypatch):
     secret_vars = secret_variables()
     specs = {path.stem: module_spec_or_action(path, monkeypatch) for path in MODULES}
+    # A module with an action plugin of its name runs through the action: the action's own options (the
+    # pos_backup action's key) are checked by its ARGUMENT_SPEC and never reach the module.
+    for path in ACTIONS:
+        if path.stem in specs:
+            specs[path.stem] = {**specs[path.stem], **(action_spec(path) or {})}
     leaks, checked = [], 0
     for path in task_files():
         for task in tasks(yaml.safe_load(path.read_text()) or []):
@@ -187,7 +193,7 @@ def test_secret_variables_reach_modules_only_through_no_log_options(monkeypatch)
                     continue
                 leaks.append(f"{path.relative_to(REPO)}: task {task.get('name')!r} passes "
                              f"{', '.join(sorted(used))} to {module} option {option!r}, which is not no_log")
-    assert checked >= 2  # the backup role's and rollback.yml's pos_backup_store: the walk found them
+    assert checked >= 2  # the backup role's pos_backup and rollback.yml's pos_backup_store: the walk found them
     assert leaks == []
 
 
