@@ -1,10 +1,10 @@
 """Run a playbook the way an AWX job runs it: ansible-runner with a private data directory.
 
 AWX gives ansible-runner the project (our repository), the inventory (the registry plugin's source,
-"sourced from project"), the survey's answers as extra variables and the credentials' settings on the
-command line; the job's record is runner's artifacts (rc, status, stdout, one JSON file per job
-event). The survey's defaults come from awx/config/job_templates.yml, the same data AWX is configured
-from, so a survey default that breaks a playbook breaks this test.
+"sourced from project"), the survey's answers in the private data directory's env/extravars and the
+credentials' settings on the command line; the job's record is runner's artifacts (rc, status, stdout,
+one JSON file per job event). The survey's defaults come from awx/config/job_templates.yml, the same
+data AWX is configured from, so a survey default that breaks a playbook breaks this test.
 """
 
 import json
@@ -30,10 +30,12 @@ def start(data_dir, template, answers, limit=None, ident="job"):
     data = yaml.safe_load((ROOT / "awx" / "config" / "job_templates.yml").read_text())
     job = next(t for t in data["awx_job_templates"] if t["name"] == template)
     extravars = dict(survey_defaults(template), **answers)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Where AWX writes the survey's answers, and runner passes them on as `-e @env/extravars`.
+    (data_dir / "env").mkdir(parents=True, exist_ok=True)
+    (data_dir / "env" / "extravars").write_text(json.dumps(extravars, indent=1) + "\n")
     return ansible_runner.run_async(
         private_data_dir=str(data_dir), project_dir=str(ROOT), playbook=job["playbook"],
-        inventory=str(ROOT / "inventories" / "lab"), extravars=extravars, limit=limit, ident=ident,
+        inventory=str(ROOT / "inventories" / "lab"), limit=limit, ident=ident,
         cmdline=" ".join(LAB_CREDENTIALS), quiet=True,
         envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "POSFLEET_REPORT_DIR": str(REPORT_DIR),
                  "POSFLEET_PROGRESS": "true"},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import awx_job
 import yaml
-from conftest import latest_report, poslab, rows_by_serial, run
+from conftest import OUTPUT_DIR, latest_report, poslab, rows_by_serial, run
 
 VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
 
@@ -66,12 +66,13 @@ def ledger_totals():
     return json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
 
 
-def test_an_awx_job_brings_the_fleet_to_the_baseline(lab, tmp_path):
+def test_an_awx_job_brings_the_fleet_to_the_baseline(lab):
     for spec in ("baseline", "upgrade", "broken"):
         publish(spec)
     # The "posfleet update" job template with its survey's defaults, as AWX launches it. The lab runs
     # at any hour, so its operator answers the windows question with "true".
-    job = awx_job.finish(*awx_job.start(tmp_path, "posfleet update",
+    # Its private data directory is under the run's outputs, which the secret scan reads.
+    job = awx_job.finish(*awx_job.start(OUTPUT_DIR / "runner" / "update", "posfleet update",
                                         {"update_release": "2026.11.0", "update_ignore_windows": "true"}))
     assert (job["rc"], job["status"]) == (0, "successful"), job["stdout"][-3000:]
     assert {v[:3] for v in fleet_versions().values()} == {("1.0.0", "2026.11.0", "2026.11.0")}

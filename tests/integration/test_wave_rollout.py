@@ -104,17 +104,19 @@ def test_plan_predicts_what_the_update_does(lab, regions):
     assert "posfleet: wave 1 of 1" in update.stdout, "the progress line"
 
 
-def test_three_job_slices_share_one_budget_and_merge_into_the_fleet_report(lab, tmp_path):
+def test_three_job_slices_share_one_budget_and_merge_into_the_fleet_report(lab):
     # Everyone back on the baseline, as AWX would do it with job slicing: three jobs at once, each on
     # every third terminal of the inventory, sharing one error budget file. An unsliced run in check
     # mode first says what the fleet as a whole would do.
     playbook("update.yml", "2026.11.0", "--check")
     whole = latest_report()
     serials = sorted(lab)
-    budget = tmp_path / "budget.json"
+    # The jobs' private data directories, the budget and the merged report are outputs the secret scan
+    # reads (OUTPUT_DIR).
+    budget = OUTPUT_DIR / "slices-budget.json"
     answers = {"update_release": "2026.11.0", "update_ignore_windows": "true", "update_budget_file": str(budget)}
-    started = [awx_job.start(tmp_path / f"slice{k}", "posfleet update", answers, limit=",".join(serials[k::3]),
-                             ident=f"slice{k}") for k in range(3)]
+    started = [awx_job.start(OUTPUT_DIR / "runner" / f"slice{k}", "posfleet update", answers,
+                             limit=",".join(serials[k::3]), ident=f"slice{k}") for k in range(3)]
     jobs = [awx_job.finish(*job) for job in started]
     assert [(job["rc"], job["status"]) for job in jobs] == [(0, "successful")] * 3, jobs[0]["stdout"][-2000:]
     assert set(versions().values()) == {"1.0.0"}
@@ -123,7 +125,7 @@ def test_three_job_slices_share_one_budget_and_merge_into_the_fleet_report(lab, 
     assert sorted(recorded) == sorted(row["serial"] for row in whole["terminals"] if row["status"] == "would_update")
     assert set(recorded.values()) == {"updated"}
 
-    merged_dir = tmp_path / "merged"
+    merged_dir = OUTPUT_DIR / "merged-slices"
     subprocess.run([str(ROOT / "bin" / "posfleet-report"), "merge", "--out", str(merged_dir),
                     *(str(job["report_dir"]) for job in jobs)], check=True, capture_output=True, text=True)
     merged = json.loads((merged_dir / "latest" / "report.json").read_text())
