@@ -308,10 +308,10 @@ def step_bytes(work, mode):
     # terminals together; the app and the packs are already held, so downloads are not in it).
     lab.measure("back-to-baseline-2", UPDATE, ["-e", f"update_release={OLD}"])
     run = lab.measure("profile-update", UPDATE, ["-e", f"update_release={NEW}"],
-                      callbacks="posfleet_report,ansible.posix.profile_tasks", stdout="ansible.builtin.default")
+                      callbacks="posfleet_report,posfleet_preload,ansible.posix.profile_tasks", stdout="ansible.builtin.default")
     out["profile_update"] = profile(run["log"])
     run = lab.measure("profile-noop", UPDATE, ["-e", f"update_release={NEW}"],
-                      callbacks="posfleet_report,ansible.posix.profile_tasks", stdout="ansible.builtin.default")
+                      callbacks="posfleet_report,posfleet_preload,ansible.posix.profile_tasks", stdout="ansible.builtin.default")
     out["profile_noop"] = profile(run["log"])
     lab.down()
     return out
