@@ -68,6 +68,8 @@ LAB_STATE = Path(os.environ.get("POSLAB_STATE", "/var/lib/poslab"))
 LOCK = os.environ.get("POSLAB_LOCK", "/tmp/poslab.lock")
 VAULT = ["-e", f"@{LAB_STATE}/vault/secrets.yml", "--vault-password-file", f"{LAB_STATE}/vault/password"]
 UPDATE = "playbooks/update.yml"
+# ansible.cfg's callbacks with the per-task profile; replacing the list drops ansible.cfg's.
+PROFILE_CALLBACKS = "posfleet_report,posfleet_preload,ansible.posix.profile_tasks"
 BASELINE = "bench/baseline/update_builtin.yml"
 DEFAULT_FORKS = 25
 SIZES = {"full": [10, 25, 50, 100], "quick": [10, 25]}
@@ -308,10 +310,10 @@ def step_bytes(work, mode):
     # terminals together; the app and the packs are already held, so downloads are not in it).
     lab.measure("back-to-baseline-2", UPDATE, ["-e", f"update_release={OLD}"])
     run = lab.measure("profile-update", UPDATE, ["-e", f"update_release={NEW}"],
-                      callbacks="posfleet_report,posfleet_preload,ansible.posix.profile_tasks", stdout="ansible.builtin.default")
+                      callbacks=PROFILE_CALLBACKS, stdout="ansible.builtin.default")
     out["profile_update"] = profile(run["log"])
     run = lab.measure("profile-noop", UPDATE, ["-e", f"update_release={NEW}"],
-                      callbacks="posfleet_report,posfleet_preload,ansible.posix.profile_tasks", stdout="ansible.builtin.default")
+                      callbacks=PROFILE_CALLBACKS, stdout="ansible.builtin.default")
     out["profile_noop"] = profile(run["log"])
     lab.down()
     return out

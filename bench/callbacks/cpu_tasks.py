@@ -2,8 +2,9 @@
 
 Enable it next to the usual callbacks:
 
-    ANSIBLE_CALLBACK_PLUGINS=plugins/callback:bench/callbacks ANSIBLE_CALLBACKS_ENABLED=posfleet_report,posfleet_preload,cpu_tasks \
-    CPU_TASKS_OUT=/tmp/cpu-tasks.json ansible-playbook playbooks/update.yml ...
+    ANSIBLE_CALLBACK_PLUGINS=plugins/callback:bench/callbacks \
+    ANSIBLE_CALLBACKS_ENABLED=posfleet_report,posfleet_preload,cpu_tasks CPU_TASKS_OUT=/tmp/cpu-tasks.json \
+    ansible-playbook playbooks/update.yml ...
 
 Between one task's start and the next one's, it adds up the ansible-playbook process's own CPU and
 that of its reaped children (the workers, the ssh clients, local module processes). Under the linear
