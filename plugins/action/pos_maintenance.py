@@ -4,41 +4,65 @@
 """pos_maintenance: the module on the terminal, and with `ready_check` the pipeline's verdict on it.
 
 The module's options pass through unchanged (plugins/modules/pos_maintenance.py documents them). With
-`ready_check` (the quiesce step of update.yml) the module first decides on the terminal whether it is
-still ready for the update, in the same round trip as the quiesce; this action records that decision
-as the pipeline's facts with set_fact's precedence (plugins/plugin_utils/posfleet_facts.py), as the
-pos_preflight action records the survey's:
+`ready_check` (the quiesce step of update.yml, the check just before a terminal's change) this action
+records the decision as the pipeline's facts with set_fact's precedence
+(plugins/plugin_utils/posfleet_facts.py), as the pos_preflight action records the survey's:
 
-- go: the terminal is now out of service; pos_update_before is refreshed from what it runs now;
-- current or deferred: nothing was changed on the terminal; pos_update_status, pos_update_reason,
-  pos_update_deferred_by (`preflight`, as the survey's readiness deferrals) and pos_update_before
-  say so, and update.yml ends the terminal's run.
+1. with `window`, first the maintenance window again, here on the control node's clock, before the
+   terminal is contacted (the survey's decision may be hours old when the terminal's batch starts).
+   Outside it nothing is done: pos_update_status `deferred`, pos_update_deferred_by `window`;
+2. then the module, which decides on the terminal whether it is still ready for the update, in the
+   same round trip as the quiesce:
+   - go: the terminal is now out of service; pos_update_before is refreshed from what it runs now;
+   - current or deferred: nothing was changed on the terminal; pos_update_status, pos_update_reason,
+     pos_update_deferred_by (`preflight`, as the survey's readiness deferrals) and pos_update_before
+     say so, and update.yml ends the terminal's run.
 
-The terminal's state read for the verdict becomes the pos_terminal fact, as pos_facts returns it.
+Either way the terminal is recorded as started (pos_update_started): the rollout reached it, and the
+error budget and the report count it from here. The terminal's state read for the verdict becomes the
+pos_terminal fact, as pos_facts returns it.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
-_SPEC = importlib.util.spec_from_file_location(
-    "_posfleet_maintenance_facts",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugin_utils", "posfleet_facts.py"))
-_facts = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_facts)
+_PLUGINS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
-# The action adds no option of its own: every option (ready_check included) is the module's and is
+
+def _load(name, directory):
+    """A plugin file of this repository as a module."""
+    spec = importlib.util.spec_from_file_location(f"_posfleet_maintenance_{name}",
+                                                  os.path.join(_PLUGINS, directory, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_facts = _load("posfleet_facts", "plugin_utils")
+_rollout = _load("posfleet_rollout", "filter")
+
+# The action's own option, `window`; every other option (ready_check included) is the module's and is
 # validated by the module on the terminal against its own argument spec.
-ARGUMENT_SPEC: dict = {}
+ARGUMENT_SPEC = {"window": {"type": "dict", "options": {
+    "region_settings": {"type": "dict", "required": True},
+    "maintenance_window": {"type": "str"},
+    "clock_utc": {"type": "str", "default": ""},
+    "ignore_windows": {"type": "bool", "default": False},
+}}}
 
 
 def verdict_facts(verdict, terminal):
     """The pipeline's facts for a verdict of the quiesce step's ready check."""
-    facts = {"pos_update_before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
+    facts = {"pos_update_started": True,
+             "pos_update_before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
     if verdict["status"] != "go":
         facts.update(pos_update_status=verdict["status"], pos_update_reason=verdict["reason"],
                      pos_update_deferred_by="preflight" if verdict["status"] == "deferred" else None)
@@ -51,11 +75,48 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        result = merge_hash(result, self._execute_module(module_name="pos_maintenance",
-                                                         module_args=dict(self._task.args), task_vars=task_vars))
+        module_args = dict(self._task.args)
+        window_args = module_args.pop("window", None)
+        window = None
+        if window_args:
+            if not module_args.get("ready_check") or module_args.get("state") != "maintenance":
+                return dict(result, failed=True, msg="pos_maintenance: window is the update's check before the "
+                            "change: it needs state=maintenance and ready_check")
+            window = self._window(window_args)
+            if isinstance(window, str):
+                return dict(result, failed=True, msg=f"pos_maintenance: window: {window}")
+            if window and not window["open"]:
+                # Not contacted: the terminal keeps selling and runs what the survey found.
+                reason = _rollout.window_reason(window)
+                result.update(changed=False, verdict={"status": "deferred", "reason": reason})
+                return _facts.record(self, result, {"pos_update_started": True, "pos_update_status": "deferred",
+                                                    "pos_update_reason": reason,
+                                                    "pos_update_deferred_by": "window",
+                                                    "pos_update_window": window})
+
+        result = merge_hash(result, self._execute_module(module_name="pos_maintenance", module_args=module_args,
+                                                         task_vars=task_vars))
         self._remove_tmp_path(self._connection._shell.tmpdir)
         verdict = result.get("verdict")
-        if self._task.args.get("ready_check") and isinstance(verdict, dict) and not result.get("failed"):
+        if module_args.get("ready_check") and isinstance(verdict, dict) and not result.get("failed"):
             terminal = (result.get("ansible_facts") or {}).get("pos_terminal") or {}
-            _facts.record(self, result, verdict_facts(verdict, terminal), cacheable=result.pop("ansible_facts", None))
+            facts = verdict_facts(verdict, terminal)
+            if window:
+                facts["pos_update_window"] = window
+            _facts.record(self, result, facts, cacheable=result.pop("ansible_facts", None))
         return result
+
+    @staticmethod
+    def _window(options):
+        """The window's state now (pos_window), None when windows are ignored, or what is wrong as a string."""
+        validated = ArgumentSpecValidator(ARGUMENT_SPEC).validate({"window": options})
+        if validated.error_messages:
+            return "; ".join(validated.error_messages)
+        args = validated.validated_parameters["window"]
+        if args["ignore_windows"]:
+            return None
+        now = args["clock_utc"] or datetime.datetime.now(datetime.timezone.utc)
+        try:
+            return _rollout.pos_window(args["region_settings"], now, args["maintenance_window"])
+        except AnsibleFilterError as exc:
+            return str(exc)

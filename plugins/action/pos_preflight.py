@@ -14,20 +14,20 @@ as tasks of their own (the control node pays for every task on every terminal, d
    pos_terminal fact, as when pos_facts runs as a task), then the verdict (pos_preflight_verdict).
 
 It returns `target`, `entry`, `merchant_profile`, `window` (absent when windows are ignored), `status`
-(current, deferred or go), `reason`, `deferred_by` (window, preflight or null) and `before` (the versions
-the terminal runs; null when not contacted), and records them as the pipeline's facts
-(pos_update_target, pos_update_status, ...) with set_fact's precedence, so no set_fact task follows it
+(current, deferred or go), `reason`, `deferred_by` (window, preflight or null), `before` (the versions
+the terminal runs; null when not contacted) and, for a terminal found go, `recheck`: the options of
+pos_maintenance's `window` and `ready_check` that check it again just before its change (update.yml's
+quiesce step), with the same thresholds and clock. It records them as the pipeline's facts
+(pos_update_target, pos_update_status, ...; pos_update_reboot: whether the terminal's update ends with
+a reboot) with set_fact's precedence, so no set_fact task follows it
 (plugins/plugin_utils/posfleet_facts.py). The decisions are the filters' own code (plugins/filter),
 loaded from there, not copied.
 
-For the check just before a terminal's change (update.yml) two more things happen in the same task:
-with `mark_started` the terminal is recorded as started (pos_update_started, and pos_update_reboot:
-whether its update ends with a reboot), and with `options_spec` the options of the update's roles are
-checked against their argument specs (as ansible.builtin.validate_argument_spec would, one task less
-per terminal), before the terminal is contacted. With `read_terminal: false` it decides only what
-needs no terminal (the target and the window) and leaves `before` as the survey recorded it: the
-terminal is read again by the quiesce step (pos_maintenance's ready check, the same verdict), in the
-round trip that takes it out of service.
+With `options_spec` (update.yml's survey), the options of the update's roles set for a terminal found
+`go` are checked against their argument specs in the same task, as ansible.builtin.validate_argument_spec
+would: a wrong type fails the terminal at the survey, before any wave starts and before anything is
+changed. A vault-encrypted value is a string by construction and is not decrypted for the check (its
+role checks its content: pos_backup the key).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import os
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.parsing.vault import EncryptedString
 from ansible.plugins.action import ActionBase
 
 _FILTERS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "filter")
@@ -69,8 +70,6 @@ ARGUMENT_SPEC = {
     "probe_timeout": {"type": "float", "default": 10},
     "min_kbps": {"type": "int", "default": 32},
     "storage_margin_mb": {"type": "int", "default": 2},
-    "mark_started": {"type": "bool", "default": False},
-    "read_terminal": {"type": "bool", "default": True},
     "options_spec": {"type": "dict"},
     "options_of": {"type": "str", "default": "the update's roles"},
 }
@@ -79,13 +78,7 @@ ARGUMENT_SPEC = {
 PIPELINE_FACTS = {"merchant_profile": "pos_update_merchant_profile", "target": "pos_update_target",
                   "entry": "pos_update_entry", "window": "pos_update_window", "status": "pos_update_status",
                   "reason": "pos_update_reason", "deferred_by": "pos_update_deferred_by",
-                  "before": "pos_update_before"}
-
-
-def window_reason(window):
-    """Why a terminal outside its window is deferred, with when the window opens next."""
-    return (f"outside its maintenance window {window['window']} ({window['timezone']}, {window['source']}); "
-            f"it opens next at {window['opens_at_local']}")
+                  "before": "pos_update_before", "recheck": "pos_update_recheck"}
 
 
 def decide(terminal, args, entry):
@@ -104,25 +97,29 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        if args["options_spec"]:
-            errors = self._option_errors(args["options_spec"], task_vars or {})
-            if errors:
-                return dict(result, failed=True, argument_errors=errors,
-                            msg=f"the options of {args['options_of']} are not valid: {'; '.join(errors)}")
         result = self._decide(result, args, task_vars)
         if result.get("failed"):
             return result
         facts = {fact: result[key] for key, fact in PIPELINE_FACTS.items() if key in result}
-        if args["mark_started"]:
-            facts.update(pos_update_started=True,
-                         pos_update_reboot=bool(result["entry"].get("reboot") or
-                                                args["model_profile"].get("reboot_required")))
+        facts["pos_update_reboot"] = bool(result["entry"].get("reboot") or args["model_profile"].get("reboot_required"))
+        if args["options_spec"] and result["status"] == "go":
+            errors = self._option_errors(args["options_spec"], task_vars or {}, facts)
+            if errors:
+                return dict(result, failed=True, argument_errors=errors,
+                            msg=f"the options of {args['options_of']} are not valid: {'; '.join(errors)}")
         return _facts.record(self, result, facts, cacheable=result.pop("ansible_facts", None))
 
-    def _option_errors(self, spec, task_vars):
-        """The errors of the role options set for this terminal against their argument spec."""
-        provided = self._templar.template({name: task_vars[name] for name in spec if name in task_vars})
-        validated = ArgumentSpecValidator(spec).validate(provided, validate_role_argument_spec=True)
+    def _option_errors(self, spec, task_vars, facts):
+        """The errors of the role options set for this terminal against their argument spec; the facts
+        this task records (pos_update_target, ...) count as set, as they will be for the roles."""
+        raw = {name: task_vars[name] for name in spec if name in task_vars}
+        raw.update((name, value) for name, value in facts.items() if name in spec)
+        # A vaulted value decrypts to a string; decrypting it here would cost a key derivation per terminal.
+        vaulted = {name for name, value in raw.items()
+                   if isinstance(value, EncryptedString) and spec[name].get("type", "str") == "str"}
+        provided = self._templar.template({name: value for name, value in raw.items() if name not in vaulted})
+        checked = {name: option for name, option in spec.items() if name not in vaulted}
+        validated = ArgumentSpecValidator(checked).validate(provided, validate_role_argument_spec=True)
         return [str(error) for error in validated.errors]
 
     def _decide(self, result, args, task_vars):
@@ -144,19 +141,19 @@ class ActionModule(ActionBase):
                 return result
             result["window"] = window
             if not window["open"]:
-                result.update(status="deferred", deferred_by="window", reason=window_reason(window), before=None)
+                result.update(status="deferred", deferred_by="window", reason=_rollout.window_reason(window),
+                              before=None)
                 return result
 
-        if not args["read_terminal"]:
-            # The terminal is read by the next step instead (the quiesce step's ready check, same verdict).
-            result.update(status="go", reason="", deferred_by=None)
-            return result
-
+        # The terminal's readiness, judged here and again just before its change (pos_update_recheck).
+        check = {"package_style": args["model_profile"].get("package_style"), "release": target,
+                 "model_profile": args["model_profile"], "entry": entry,
+                 "probe_url": f"{args['region_settings'].get('distribution_point')}/probe",
+                 "probe_timeout": args["probe_timeout"], "min_kbps": args["min_kbps"],
+                 "storage_margin_mb": args["storage_margin_mb"]}
         facts = self._execute_module(
             module_name="pos_facts",
-            module_args={"package_style": args["model_profile"].get("package_style"),
-                         "probe_url": f"{args['region_settings'].get('distribution_point')}/probe",
-                         "probe_timeout": args["probe_timeout"], "release": target},
+            module_args={key: check[key] for key in ("package_style", "probe_url", "probe_timeout", "release")},
             task_vars=task_vars)
         if facts.get("failed"):
             return dict(result, failed=True, msg=facts.get("msg") or "pos_facts failed",
@@ -164,4 +161,7 @@ class ActionModule(ActionBase):
         terminal = facts["ansible_facts"]["pos_terminal"]
         result["ansible_facts"] = facts["ansible_facts"]
         result.update(decide(terminal, args, entry))
+        if result["status"] == "go":
+            result["recheck"] = {"ready_check": check, "window": {
+                key: args[key] for key in ("region_settings", "maintenance_window", "clock_utc", "ignore_windows")}}
         return result

@@ -46,6 +46,12 @@ def pos_window(region_settings, now_utc, override=None):
     return dict(state, source=source)
 
 
+def window_reason(window):
+    """Why a terminal outside its window (a pos_window result) is deferred, with when the window opens next."""
+    return (f"outside its maintenance window {window['window']} ({window['timezone']}, {window['source']}); "
+            f"it opens next at {window['opens_at_local']}")
+
+
 def pos_rollout_hosts(hostvars, hosts):
     """[{serial, model, region}] for the terminals `hosts` (inventory names), from pos_model and pos_region."""
     fleet = []

@@ -94,6 +94,30 @@ options:
         description: Free flash kept on top of what the release needs.
         type: int
         default: 0
+  window:
+    description:
+      - With O(ready_check), first decide the maintenance window again, on the control node's clock and before the
+        terminal is contacted (the action plugin does, with the C(pos_window) filter's code). Outside it the
+        terminal is not contacted at all and RV(verdict) says deferred, with when the window opens next.
+      - The update's check just before the change; the survey's decision may be hours old when a terminal's
+        batch starts.
+    type: dict
+    suboptions:
+      region_settings:
+        description: "The terminal's region (C(pos_region_settings)), with its C(maintenance_window) and C(timezone)."
+        type: dict
+        required: true
+      maintenance_window:
+        description: This terminal's own window (C(HH:MM-HH:MM) local), replacing its region's.
+        type: str
+      clock_utc:
+        description: The time that decides, ISO 8601 in UTC; empty for the control node's clock now.
+        type: str
+        default: ""
+      ignore_windows:
+        description: Decide no window (an emergency release, or the lab).
+        type: bool
+        default: false
 notes:
   - Supports check mode; in check mode V(maintenance) and V(selling) only report whether they would change the
     state.
@@ -113,6 +137,19 @@ EXAMPLES = r"""
     state: maintenance
     lease: 3600
     release: 2026.12.0
+
+- name: Check the window and the terminal again, then quiesce it (update.yml's pos_quiesce)
+  pos_maintenance:
+    state: maintenance
+    lease: 3600
+    release: 2026.12.0
+    window:
+      region_settings: "{{ pos_region_settings }}"
+    ready_check:
+      package_style: "{{ pos_model_profile.package_style }}"
+      release: "{{ pos_update_target }}"
+      model_profile: "{{ pos_model_profile }}"
+      entry: "{{ pos_update_entry }}"
 
 - name: Wait for the payment app after the reboot
   pos_maintenance:
@@ -149,7 +186,7 @@ lease:
   type: dict
   sample: {phase: quiesced, release: 2026.12.0, ttl: 3600, expires: 1795000000.0}
 verdict:
-  description: With O(ready_check), whether the terminal was still ready, and if not why.
+  description: With O(ready_check), whether the terminal was still ready (and in its O(window)), and if not why.
   returned: with O(ready_check)
   type: dict
   sample: {status: deferred, reason: "battery at 12%, below the model's 20% and not charging"}

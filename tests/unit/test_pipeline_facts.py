@@ -1,6 +1,7 @@
 """The actions that record the pipeline's state themselves (plugins/plugin_utils/posfleet_facts.py):
-pos_preflight's verdict and pos_verify's `updated` reach the later tasks and override what an earlier
-set_fact had recorded, as a set_fact of theirs would; a check that fails records nothing."""
+pos_preflight's verdict, the quiesce step's check before the change (pos_maintenance with window and
+ready_check) and pos_verify's `updated` reach the later tasks and override what an earlier set_fact had
+recorded, as a set_fact of theirs would; a check that fails records nothing."""
 
 from __future__ import annotations
 
@@ -63,28 +64,49 @@ def test_the_preflight_verdict_overrides_an_earlier_set_fact(tmp_path):
     assert state["pos_update_status"] == "deferred" and state["pos_update_deferred_by"] == "window"
     assert state["pos_update_reason"].startswith("outside its maintenance window 01:00-05:00")
     assert state["pos_update_target"]["app_version"] == "1.1.0"
-    # Without mark_started the survey leaves the terminal not started.
-    assert state["pos_update_started"] is False and state["pos_update_reboot"] == "unset"
+    # The survey does not start the terminal; it records whether its update would end with a reboot.
+    assert state["pos_update_started"] is False and state["pos_update_reboot"] is True
+    # Deferred: nothing to check again before a change.
+    assert "pos_update_recheck" not in results["Decide"]["ansible_facts"]
 
 
-def test_the_check_before_the_change_marks_the_terminal_started(tmp_path):
-    results, state = play(tmp_path, [earlier_state(), preflight(mark_started=True)])
-    assert not results["Decide"].get("failed"), results["Decide"]
-    assert state["pos_update_started"] is True
-    assert state["pos_update_reboot"] is True, "the release's entry asks for a reboot"
+def survey_in_window(dist, terminal, **overrides):
+    """The survey of a real (test) terminal inside its window, the probe served by `dist`."""
+    dist.publish("/dp/probe", b"p" * 4096)
+    task = preflight(region_settings=dict(REGION, distribution_point=dist.url + "/dp"),
+                     clock_utc="2026-11-25T02:00:00Z", min_kbps=0, **overrides)
+    return dict(task, environment={"POS_ROOT": str(terminal.root)})
 
 
-def test_bad_role_options_fail_the_check_and_record_nothing(tmp_path):
+def test_a_terminal_found_go_gets_the_check_before_its_change(tmp_path, make_terminal, dist):
+    terminal = make_terminal()
+    results, state = play(tmp_path, [earlier_state(), survey_in_window(dist, terminal)])
+    decided = results["Decide"]
+    assert not decided.get("failed"), decided
+    assert state["pos_update_status"] == "go" and state["pos_update_started"] is False
+    recheck = decided["ansible_facts"]["pos_update_recheck"]
+    # The same thresholds, target and clock as the survey's, for the quiesce step (pos_maintenance).
+    assert recheck["ready_check"]["release"] == decided["target"]
+    assert recheck["ready_check"]["min_kbps"] == 0 and recheck["ready_check"]["probe_url"] == dist.url + "/dp/probe"
+    assert recheck["window"]["clock_utc"] == "2026-11-25T02:00:00Z"
+    assert recheck["window"]["region_settings"]["maintenance_window"] == "01:00-05:00"
+
+
+def test_bad_role_options_fail_the_survey_of_a_terminal_found_go(tmp_path, make_terminal, dist):
+    terminal = make_terminal()
     spec = {"pos_package_timeout": {"type": "int"}, "pos_package_delta": {"type": "bool"}}
-    tasks = [earlier_state(),
-             dict(preflight(mark_started=True, options_spec=spec, options_of="pos_package"),
-                  vars={"pos_package_timeout": "soon", "pos_package_delta": True})]
+    options = {"pos_package_timeout": "soon", "pos_package_delta": True}
+    tasks = [earlier_state(), dict(survey_in_window(dist, terminal, options_spec=spec, options_of="pos_package"),
+                                   vars=options)]
     results, state = play(tmp_path, tasks)
     decided = results["Decide"]
     assert decided["failed"] is True
     assert decided["msg"].startswith("the options of pos_package are not valid:")
     assert "pos_package_timeout" in decided["msg"] and "pos_package_delta" not in decided["msg"]
-    assert state["pos_update_status"] == "go" and state["pos_update_started"] is False
+    assert state["pos_update_status"] == "go" and state["pos_update_reason"] == "earlier", "nothing recorded"
+    # A terminal the update will not change (outside its window) is not failed for them.
+    results, state = play(tmp_path, [earlier_state(), dict(preflight(options_spec=spec), vars=options)])
+    assert not results["Decide"].get("failed") and state["pos_update_status"] == "deferred"
 
 
 def verify(release, **overrides):
@@ -183,3 +205,56 @@ def test_without_a_ready_check_the_quiesce_records_nothing(tmp_path, make_termin
     results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
     assert results["Quiesce"]["changed"] is True and "verdict" not in results["Quiesce"]
     assert terminal.status()["maintenance"] is True and state["pos_update_status"] == "go"
+
+
+def window(clock, **overrides):
+    return dict({"region_settings": REGION, "clock_utc": clock}, **overrides)
+
+
+def quiesce_at(tmp_path, terminal, clock, **overrides):
+    """The update's quiesce (window and ready check) at `clock`: its result and the state after it."""
+    task = quiesce(NEWER)
+    task["pos_maintenance"]["window"] = window(clock, **overrides)
+    results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
+    return results["Quiesce"], state
+
+
+def test_outside_its_window_the_quiesce_leaves_the_terminal_untouched(tmp_path, make_terminal):
+    terminal = make_terminal()
+    quiesced, state = quiesce_at(tmp_path, terminal, "2026-11-25T12:00:00Z")
+    assert not quiesced.get("failed") and quiesced["changed"] is False, quiesced
+    assert terminal.status()["maintenance"] is False, "a terminal outside its window is not touched"
+    assert "pos_terminal" not in quiesced["ansible_facts"], "nor even read"
+    assert state["pos_update_status"] == "deferred" and state["pos_update_deferred_by"] == "window"
+    assert state["pos_update_reason"].startswith("outside its maintenance window 01:00-05:00")
+    # The rollout reached it: it counts as started, with a final status.
+    assert state["pos_update_started"] is True
+
+
+def test_inside_its_window_the_quiesce_checks_and_starts_the_terminal(tmp_path, make_terminal):
+    terminal = make_terminal()
+    quiesced, state = quiesce_at(tmp_path, terminal, "2026-11-25T02:00:00Z")
+    assert not quiesced.get("failed") and quiesced["changed"] is True, quiesced
+    assert terminal.status()["maintenance"] is True
+    assert state["pos_update_status"] == "go" and state["pos_update_started"] is True
+    assert quiesced["ansible_facts"]["pos_update_window"]["open"] is True
+
+
+def test_with_windows_ignored_the_quiesce_decides_none(tmp_path, make_terminal):
+    terminal = make_terminal()
+    quiesced, state = quiesce_at(tmp_path, terminal, "2026-11-25T12:00:00Z", ignore_windows=True)
+    assert quiesced["changed"] is True and state["pos_update_status"] == "go"
+    assert "pos_update_window" not in quiesced["ansible_facts"]
+
+
+def test_a_window_without_the_ready_check_is_refused(tmp_path, make_terminal):
+    terminal = make_terminal()
+    task = {"name": "Quiesce", "pos_maintenance": {"state": "maintenance", "window": window("")}}
+    results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
+    refused = results["Quiesce"]
+    assert refused["failed"] is True and "needs state=maintenance and ready_check" in refused["msg"]
+    assert terminal.status()["maintenance"] is False and state["pos_update_started"] is False
+    task["pos_maintenance"].update(ready_check=quiesce(NEWER)["pos_maintenance"]["ready_check"],
+                                   window={"clock_utc": ""})
+    results, _state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
+    assert "region_settings" in results["Quiesce"]["msg"] and terminal.status()["maintenance"] is False

@@ -23,18 +23,19 @@ def result(serial, action, data):
 
 def test_a_terminal_found_not_ready_at_the_quiesce_is_reported_deferred_not_unreachable():
     callback = report.CallbackModule()
-    # The check before the change marked it started; the quiesce's ready check then found it not ready.
+    # The survey found it go; the quiesce step's check before the change then found it not ready
+    # (and recorded it started, in the same result).
     callback.v2_runner_on_ok(result("KST00001", "pos_preflight", {"ansible_facts": {
-        "pos_update_status": "go", "pos_update_reason": "", "pos_update_started": True}}))
+        "pos_update_status": "go", "pos_update_reason": ""}}))
     callback.v2_runner_on_ok(result("KST00001", "posfleet.pos_maintenance", {"ansible_facts": {
         "pos_update_status": "deferred", "pos_update_reason": "battery at 12% (needs 30%)",
-        "pos_update_deferred_by": "preflight", "pos_terminal": {"battery_pct": 12}}}))
+        "pos_update_deferred_by": "preflight", "pos_update_started": True, "pos_terminal": {"battery_pct": 12}}}))
     assert callback._status("KST00001") == ("deferred", "preflight", "battery at 12% (needs 30%)")
 
 
 def test_a_terminal_verified_is_reported_updated():
     callback = report.CallbackModule()
-    callback.v2_runner_on_ok(result("KST00002", "pos_preflight", {"ansible_facts": {
+    callback.v2_runner_on_ok(result("KST00002", "pos_maintenance", {"ansible_facts": {
         "pos_update_status": "go", "pos_update_started": True}}))
     callback.v2_runner_on_ok(result("KST00002", "pos_verify", {"ansible_facts": {
         "pos_update_status": "updated", "pos_update_reason": ""}}))
