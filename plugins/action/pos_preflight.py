@@ -118,7 +118,9 @@ class ActionModule(ActionBase):
         vaulted = {name for name, value in raw.items()
                    if isinstance(value, EncryptedString) and spec[name].get("type", "str") == "str"}
         provided = self._templar.template({name: value for name, value in raw.items() if name not in vaulted})
-        checked = {name: option for name, option in spec.items() if name not in vaulted}
+        # Only what is set, and what must be: the validator copies every option it is given.
+        checked = {name: option for name, option in spec.items()
+                   if name not in vaulted and (name in provided or option.get("required"))}
         validated = ArgumentSpecValidator(checked).validate(provided, validate_role_argument_spec=True)
         return [str(error) for error in validated.errors]
 

@@ -141,11 +141,21 @@ def pos_drift_report(hostvars, hosts):
     return report
 
 
+def _without_descriptions(option):
+    """An argument spec option without its descriptions, suboptions included."""
+    kept = {key: value for key, value in option.items() if key != "description"}
+    if isinstance(kept.get("options"), dict):
+        kept["options"] = {name: _without_descriptions(sub) for name, sub in kept["options"].items()}
+    return kept
+
+
 def pos_role_options(roles, roles_dir, spec="main"):
     """The options of several roles' argument specs (meta/argument_specs.yml), merged into one spec.
 
-    For one validate_argument_spec task that checks them all, instead of one argument-spec task per
-    role. An option two roles define differently is refused: one spec could not check both.
+    For one check of them all (the survey's, pos_preflight's options_spec), instead of one
+    argument-spec task per role. The descriptions are left out: they check nothing, and every terminal's
+    survey would copy them. An option two roles define differently is refused: one spec could not check
+    both.
     """
     options = {}
     for role in roles:
@@ -156,7 +166,8 @@ def pos_role_options(roles, roles_dir, spec="main"):
             found = specs["argument_specs"][spec].get("options") or {}
         except (KeyError, TypeError, AttributeError):
             raise ValueError("%s has no argument spec %r" % (path, spec)) from None
-        for name, option in found.items():
+        for name, described in found.items():
+            option = _without_descriptions(described)
             if name in options and options[name] != option:
                 raise ValueError("option %s is specified differently by two roles (%s among %s)"
                                  % (name, role, ", ".join(roles)))

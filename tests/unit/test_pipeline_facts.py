@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import textwrap
 
 import yaml
+from ansible.parsing.vault import VaultLib, VaultSecret
 from conftest import REPO, TERMINAL_PYTHON, ansible_tool
 
 RELEASE = {"release": "2026.12.0", "models": {"kestrel_k200": {
@@ -20,7 +22,7 @@ SHOWN = ["pos_update_status", "pos_update_reason", "pos_update_deferred_by", "po
          "pos_update_reboot", "pos_update_target"]
 
 
-def play(tmp_path, tasks, environment=None, host="localhost ansible_connection=local", check=False):
+def play(tmp_path, tasks, environment=None, host="localhost ansible_connection=local", check=False, argv=()):
     """Run one play of `tasks` on localhost; {task name: localhost's result} and the shown variables."""
     shown = {"name": "Show the pipeline's state", "ansible.builtin.debug": {"msg": {
         name: "{{ %s | default('unset') }}" % name for name in SHOWN}}}
@@ -34,8 +36,8 @@ def play(tmp_path, tasks, environment=None, host="localhost ansible_connection=l
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
     env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-    argv = [ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook)] + (["--check"] if check else [])
-    proc = subprocess.run(argv, cwd=tmp_path,
+    command = [ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook), *argv]
+    proc = subprocess.run(command + (["--check"] if check else []), cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     try:
         tasks_run = json.loads(proc.stdout)["plays"][0]["tasks"]
@@ -107,6 +109,23 @@ def test_bad_role_options_fail_the_survey_of_a_terminal_found_go(tmp_path, make_
     # A terminal the update will not change (outside its window) is not failed for them.
     results, state = play(tmp_path, [earlier_state(), dict(preflight(options_spec=spec), vars=options)])
     assert not results["Decide"].get("failed") and state["pos_update_status"] == "deferred"
+
+
+def test_the_survey_does_not_decrypt_a_vaulted_role_option(tmp_path, make_terminal, dist):
+    # The key is encrypted with another password than the run's: decrypting it would fail the task.
+    secret = VaultLib([("default", VaultSecret(b"another password"))]).encrypt("k" * 32).decode()
+    (tmp_path / "vault.yml").write_text("pos_backup_key: !vault |\n" + textwrap.indent(secret, "  "))
+    (tmp_path / "password").write_text("the run's password\n")
+    argv = ("-e", "@vault.yml", "--vault-password-file", "password")
+    spec = {"pos_backup_key": {"type": "str", "required": True, "no_log": True}}
+    terminal = make_terminal()
+    results, state = play(tmp_path, [survey_in_window(dist, terminal, options_spec=spec)], argv=argv)
+    assert not results["Decide"].get("failed"), results["Decide"]
+    assert state["pos_update_status"] == "go"
+    # What a task that uses the key gets: the decryption fails.
+    used = {"name": "Use the key", "ansible.builtin.debug": {"msg": "{{ pos_backup_key | length }}"}}
+    results, _state = play(tmp_path, [used], argv=argv)
+    assert results["Use the key"]["failed"] is True
 
 
 def verify(release, **overrides):
