@@ -34,14 +34,20 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import json
 import os
 
-from ansible.errors import AnsibleFilterError
+from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.parsing.vault import EncryptedString
 from ansible.plugins.action import ActionBase
+from ansible.template import trust_as_template
 
 _FILTERS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "filter")
+# The role's merchant profile template (the TMS parameter template), rendered here when the task gives
+# no merchant_profile: the template lookup would first copy every variable of the terminal.
+MERCHANT_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(_FILTERS)), "roles", "pos_preflight", "templates",
+                                 "merchant_profile.json.j2")
 
 
 def _load(name, directory=_FILTERS):
@@ -63,7 +69,7 @@ ARGUMENT_SPEC = {
     "model": {"type": "str", "required": True},
     "model_profile": {"type": "dict", "required": True},
     "region_settings": {"type": "dict", "required": True},
-    "merchant_profile": {"type": "dict", "required": True},
+    "merchant_profile": {"type": "dict"},
     "clock_utc": {"type": "str", "default": ""},
     "ignore_windows": {"type": "bool", "default": False},
     "maintenance_window": {"type": "str"},
@@ -124,7 +130,18 @@ class ActionModule(ActionBase):
         validated = ArgumentSpecValidator(checked).validate(provided, validate_role_argument_spec=True)
         return [str(error) for error in validated.errors]
 
+    def _merchant_profile(self):
+        """The terminal's merchant profile from the role's template, with this task's variables."""
+        with open(MERCHANT_TEMPLATE, encoding="utf-8") as handle:
+            rendered = self._templar.template(trust_as_template(handle.read()))
+        try:
+            return json.loads(rendered)
+        except ValueError as exc:
+            raise AnsibleActionFail(f"{MERCHANT_TEMPLATE} did not render to JSON ({exc}): {rendered[:200]!r}") from exc
+
     def _decide(self, result, args, task_vars):
+        if args["merchant_profile"] is None:
+            args["merchant_profile"] = self._merchant_profile()
         try:
             target = _fleet.pos_release_target(args["release"], args["model"], args["merchant_profile"])
         except ValueError as exc:

@@ -48,6 +48,20 @@ def test_outside_its_window_a_terminal_is_deferred_without_being_contacted(tmp_p
     assert result["entry"] == RELEASE["models"]["kestrel_k200"]
 
 
+def test_without_a_merchant_profile_the_role_template_renders_the_terminal_s(tmp_path):
+    row = ("pos_merchant_id=M7 pos_terminal_id=T0007 pos_merchant_name='Cafe Sol' pos_store=S3 "
+           "pos_region_settings=\"{'currency': 'EUR'}\"")
+    args = {"release": RELEASE, "model": "kestrel_k200", "model_profile": {"package_style": "dpkg"},
+            "region_settings": REGION, "clock_utc": "2026-11-25T12:00:00Z"}
+    result = ansible_module_result(tmp_path, "pos_preflight", args,
+                                   host=f"localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9 {row}")
+    assert not result.get("failed"), result
+    profile = {"merchant_id": "M7", "terminal_id": "T0007", "name": "Cafe Sol", "store": "S3", "currency": "EUR",
+               "receipt_header": "Cafe Sol - thank you"}
+    assert result["merchant_profile"] == profile
+    assert result["target"]["packs"]["merchant"] == filters.pos_merchant_version(profile)
+
+
 def test_inside_its_window_the_terminal_is_read(tmp_path):
     result = preflight(tmp_path, clock_utc="2026-11-25T02:00:00Z")
     assert result.get("unreachable") is True, "inside the window the action reads the terminal (pos_facts)"
