@@ -165,6 +165,21 @@ def test_check_mode_changes_nothing(lab):
     assert backups_on_control_node() == stored
 
 
+def test_a_role_option_of_the_wrong_type_fails_the_terminal_at_the_survey(lab):
+    serial = sorted(lab)[0]
+    before = fleet_versions()[serial]
+    result = run(["ansible-playbook", "playbooks/update.yml", "-e", "update_release=2026.11.0", "-l", serial,
+                  "-e", "pos_package_timeout=soon", *VAULT], check=False, timeout=300)
+    assert result.returncode != 0
+    row = rows_by_serial(latest_report())[serial]
+    assert row["status"] == "failed", row
+    assert "the options of pos_quiesce, " in row["reason"] and "pos_package_timeout" in row["reason"], row
+    # Found before any wave: the terminal was not touched and sells on the release it ran.
+    assert not latest_report()["waves"]
+    after = fleet_versions()[serial]
+    assert after[:3] == before[:3] and after[3] in ("idle", "in-transaction"), (before, after)
+
+
 def test_verify_reports_drift_after_a_hand_edit(lab):
     assert run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"]).returncode == 0
     serial = next(iter(lab))
