@@ -25,11 +25,10 @@ pos_terminal fact, as pos_facts returns it.
 
 from __future__ import annotations
 
-import datetime
 import importlib.util
 import os
 
-from ansible.errors import AnsibleFilterError
+from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
@@ -83,8 +82,6 @@ class ActionModule(ActionBase):
                 return dict(result, failed=True, msg="pos_maintenance: window is the update's check before the "
                             "change: it needs state=maintenance and ready_check")
             window = self._window(window_args)
-            if isinstance(window, str):
-                return dict(result, failed=True, msg=f"pos_maintenance: window: {window}")
             if window and not window["open"]:
                 # Not contacted: the terminal keeps selling and runs what the survey found.
                 reason = _rollout.window_reason(window)
@@ -108,15 +105,14 @@ class ActionModule(ActionBase):
 
     @staticmethod
     def _window(options):
-        """The window's state now (pos_window), None when windows are ignored, or what is wrong as a string."""
+        """The window's state now (pos_window), or None when windows are ignored."""
         validated = ArgumentSpecValidator(ARGUMENT_SPEC).validate({"window": options})
         if validated.error_messages:
-            return "; ".join(validated.error_messages)
+            raise AnsibleActionFail(f"pos_maintenance: window: {'; '.join(validated.error_messages)}")
         args = validated.validated_parameters["window"]
         if args["ignore_windows"]:
             return None
-        now = args["clock_utc"] or datetime.datetime.now(datetime.timezone.utc)
         try:
-            return _rollout.pos_window(args["region_settings"], now, args["maintenance_window"])
+            return _rollout.window_now(args["region_settings"], args["clock_utc"], args["maintenance_window"])
         except AnsibleFilterError as exc:
-            return str(exc)
+            raise AnsibleActionFail(f"pos_maintenance: window: {exc}") from None

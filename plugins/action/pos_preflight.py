@@ -32,7 +32,6 @@ role checks its content: pos_backup the key).
 
 from __future__ import annotations
 
-import datetime
 import importlib.util
 import json
 import os
@@ -152,9 +151,8 @@ class ActionModule(ActionBase):
 
         # The window is decided here, on the control node's clock, before the terminal is contacted.
         if not args["ignore_windows"]:
-            now = args["clock_utc"] or datetime.datetime.now(datetime.timezone.utc)
             try:
-                window = _rollout.pos_window(args["region_settings"], now, args["maintenance_window"])
+                window = _rollout.window_now(args["region_settings"], args["clock_utc"], args["maintenance_window"])
             except AnsibleFilterError as exc:
                 result.update(failed=True, msg=str(exc))
                 return result

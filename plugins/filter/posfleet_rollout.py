@@ -9,6 +9,7 @@ The logic is posfleet.rollout's, on the control node; these wrappers read the in
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from collections.abc import Mapping
@@ -44,6 +45,15 @@ def pos_window(region_settings, now_utc, override=None):
         where = f"region {name}" if override is None else f"the window override for a terminal in region {name}"
         raise AnsibleFilterError(f"{where}: {exc}") from None
     return dict(state, source=source)
+
+
+def window_now(region_settings, clock_utc="", override=None):
+    """pos_window on the control node's clock now, or at `clock_utc` when it is set (a preview, a test).
+
+    The survey (pos_preflight) and the check just before a terminal's change (pos_maintenance's
+    window) decide with it, so that both read the same clock the same way.
+    """
+    return pos_window(region_settings, clock_utc or datetime.datetime.now(datetime.timezone.utc), override)
 
 
 def window_reason(window):
