@@ -25,7 +25,8 @@ PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
               [ -x "$$p" ] && "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
                 && { echo "$$p"; exit 0; }; done; done)
 
-.PHONY: help deps apt venv demo test lint unit integration faults molecule bench lab-up lab-down clean
+
+.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench lab-up lab-down clean
 
 help:
 	@echo "make demo   boot the lab fleet and run the main job against it"
@@ -46,17 +47,34 @@ apt: .make/apt.stamp
 	fi
 	@mkdir -p .make && touch $@
 
-venv: .make/venv.stamp
-.make/venv.stamp: requirements.txt awx/awx-collection.txt
+venv: .make/venv.stamp collection
+.make/venv.stamp: requirements.txt awx/awx-collection.txt pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "posfleet: no Python 3.12 or newer found. ansible-core 2.21 needs it on the control node:" >&2; \
 	  echo "  install python3.12 (or newer) from your distribution or pyenv, or run make PYTHON=/path/to/python3.12" >&2; \
 	  exit 1; fi
+	@# Debian and Ubuntu ship venv (ensurepip) apart from the interpreter: python3.X-venv.
+	@if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	  pkg=python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv; \
+	  echo "posfleet: installing $$pkg (venv for $(PYTHON))"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg >/dev/null \
+	    || { echo "posfleet: could not install $$pkg; install the venv module for $(PYTHON) and run make again" >&2; exit 1; }; \
+	fi
 	@echo "posfleet: creating $(VENV) with $(PYTHON)"
 	@[ -x $(VBIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VBIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	@# posfleet's control-node package, editable: bin/ and the plugins import it from the checkout.
+	@$(VBIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	@$(VBIN)/python awx/install_awx_collection.py
 	@mkdir -p .make && touch $@
+
+# The checkout is the collection posfleet.fleet: ansible.cfg's collections_path finds it through this
+# link, so no install step is needed to run the playbooks from here. Linters skip collections/.
+COLLECTION_LINK := collections/ansible_collections/posfleet/fleet
+collection: $(COLLECTION_LINK)
+$(COLLECTION_LINK):
+	@mkdir -p $(dir $@)
+	@ln -sfn ../../.. $@
 
 demo: deps
 	@lab/demo.sh $(DEMO_TERMINALS)

@@ -69,7 +69,7 @@ LOCK = os.environ.get("POSLAB_LOCK", "/tmp/poslab.lock")
 VAULT = ["-e", f"@{LAB_STATE}/vault/secrets.yml", "--vault-password-file", f"{LAB_STATE}/vault/password"]
 UPDATE = "playbooks/update.yml"
 # ansible.cfg's callbacks with the per-task profile; replacing the list drops ansible.cfg's.
-PROFILE_CALLBACKS = "posfleet_report,posfleet_preload,ansible.posix.profile_tasks"
+PROFILE_CALLBACKS = "posfleet.fleet.posfleet_report,posfleet.fleet.posfleet_preload,ansible.posix.profile_tasks"
 BASELINE = "bench/baseline/update_builtin.yml"
 DEFAULT_FORKS = 25
 SIZES = {"full": [10, 25, 50, 100], "quick": [10, 25]}

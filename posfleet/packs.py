@@ -13,24 +13,14 @@ has installed to apply a delta to it. Standard library only.
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import random
-from pathlib import Path
 
+from posfleet import collection
 
-def _load_delta():
-    # Terminal-side code, loaded by path: the control node has no `ansible.module_utils.pos_delta`
-    # outside a play, and the module imports nothing but the standard library.
-    path = Path(__file__).resolve().parents[1] / "plugins" / "module_utils" / "pos_delta.py"
-    spec = importlib.util.spec_from_file_location("posfleet_pos_delta", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-delta = _load_delta()
+# The tar layout is terminal-side code (a terminal rebuilds the tar of the pack it has to apply a delta).
+delta = collection.module_utils("pos_delta")
 
 FACTORY_VERSIONS = {"params": "2026.01.0", "catalog": "2026.01.0"}
 

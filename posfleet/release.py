@@ -8,13 +8,15 @@
                              [--pubkey release.pub] [--dry-run]
 
 Every subcommand prints one JSON object (with `changed` where it writes) and exits 0, or prints
-`posfleet-release: <what is wrong>` on stderr and exits 1. The functions below are the library the
+`posfleet-release: <what is wrong>` as the first line on stderr, the JSON object `{"changed", "failed":
+true, "msg"}` on stdout, and exits 1 (2 for a usage error). The functions below are the library the
 pos_release action plugin uses too; the manifest format is the contract in docs/update-pipeline.md.
 """
 
 import argparse
 import base64
 import binascii
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -29,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import NamedTuple, Optional
 from urllib.parse import urlsplit
 
 import yaml
@@ -289,12 +292,11 @@ def same_file(path, sha256, size):
             and sha256_file(path) == sha256)
 
 
-def atomic_write(dest, data=None, source=None, mode=0o644):
-    """Write `data` (or copy the file `source`) to `dest` through a temporary file and one rename.
+def write_temp(dest, data=None, source=None, mode=0o644):
+    """Write `data` (or copy the file `source`) to a temporary file beside `dest`; its path.
 
-    A reader (nginx, a terminal, the control node) sees the old file or the complete new one, never a
-    part. The temporary name starts with a dot, in the same directory, so the rename never crosses a
-    file system.
+    The temporary name starts with a dot, in the same directory, so renaming it to `dest` never crosses
+    a file system. A write that fails leaves no temporary file.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -309,11 +311,29 @@ def atomic_write(dest, data=None, source=None, mode=0o644):
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(dest, data=None, source=None, mode=0o644):
+    """Write `data` (or copy the file `source`) to `dest` through a temporary file and one rename.
+
+    A reader (nginx, a terminal, the control node) sees the old file or the complete new one, never a
+    part.
+    """
+    tmp = write_temp(dest, data, source, mode)
+    try:
         os.replace(tmp, dest)
     except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
         raise
+
+
+def _unlink(path):
+    if os.path.lexists(path):
+        os.unlink(path)
 
 
 def probe_bytes():
@@ -697,9 +717,15 @@ def _build_deltas(name, pack, bases, out_dir, base_tar_of=_pack_base_tar):
     return deltas
 
 
+def pool_url(artifact):
+    """pool/<sha256>/<name>. A directory per content holds one file per name that content has: two
+    artifacts with the same bytes under two names (two deltas to one pack from bases that differ only
+    where the new pack changed them) are two files, and a manifest may name either."""
+    return f"pool/{artifact['sha256']}/{artifact['name']}"
+
+
 def _entry(artifact, **fields):
-    return dict(fields, url=f"pool/{artifact['sha256']}/{artifact['name']}", sha256=artifact["sha256"],
-                size=artifact["size"])
+    return dict(fields, url=pool_url(artifact), sha256=artifact["sha256"], size=artifact["size"])
 
 
 def _delta_entry(item, **fields):
@@ -791,27 +817,12 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
         # Never write a manifest that verify (and so every control node) would refuse.
         parse_manifest(manifest_bytes, profiles, f"built manifest of {spec['release']}")
 
-        written, removed = [], []
-        for artifact in {item["sha256"]: item for item in used}.values():
-            rel = f"pool/{artifact['sha256']}/{artifact['name']}"
-            if not same_file(out / rel, artifact["sha256"], artifact["size"]):
-                written.append(rel)
-                if not dry_run:
-                    atomic_write(out / rel, source=artifact["path"])
-        probe = probe_bytes()
-        if not (out / "probe").is_file() or (out / "probe").read_bytes() != probe:
-            written.append("probe")
-            if not dry_run:
-                atomic_write(out / "probe", probe)
-        manifest_path = release_dir / MANIFEST
-        if not manifest_path.is_file() or manifest_path.read_bytes() != manifest_bytes:
-            written.append(str(manifest_path.relative_to(out)))
-            if os.path.lexists(release_dir / SIGNATURE):
-                removed.append(str((release_dir / SIGNATURE).relative_to(out)))
-            if not dry_run:
-                for rel in removed:
-                    os.unlink(out / rel)
-                atomic_write(manifest_path, manifest_bytes)
+        written = _write_pool(out, used, dry_run)
+        if not dry_run:
+            # Checked as verify checks it: a manifest naming a file the pool lacks is never written.
+            check_artifacts(manifest, out)
+        manifest_written, removed = _write_manifest(out, release_dir, manifest_bytes, dry_run)
+        written += manifest_written
     return {"changed": bool(written or removed), "dry_run": dry_run, "release": spec["release"],
             "release_dir": str(release_dir), "written": sorted(written), "removed": removed,
             "deltas": dict({name: [delta["from_version"] for delta in item["deltas"]]
@@ -821,6 +832,37 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
             "models": {model: {"app": entry["app"]["version"], "style": entry["app"]["style"],
                                "reboot": entry["reboot"], "storage_mb": entry["storage_mb"]}
                        for model, entry in entries.items()}}
+
+
+def _write_pool(out, used, dry_run):
+    """Write the artifacts `used` and the probe into the build directory; the relative paths written."""
+    written = []
+    # One file per pool URL, not per sha256: keyed by content alone, all but one name of the same
+    # bytes would be lost, and the manifest names them all.
+    for rel, artifact in {pool_url(item): item for item in used}.items():
+        if not same_file(out / rel, artifact["sha256"], artifact["size"]):
+            written.append(rel)
+            if not dry_run:
+                atomic_write(out / rel, source=artifact["path"])
+    probe = probe_bytes()
+    if not (out / "probe").is_file() or (out / "probe").read_bytes() != probe:
+        written.append("probe")
+        if not dry_run:
+            atomic_write(out / "probe", probe)
+    return written
+
+
+def _write_manifest(out, release_dir, manifest_bytes, dry_run):
+    """Write the manifest when its bytes change, dropping the signature that no longer matches it."""
+    manifest_path = release_dir / MANIFEST
+    if manifest_path.is_file() and manifest_path.read_bytes() == manifest_bytes:
+        return [], []
+    removed = [str((release_dir / SIGNATURE).relative_to(out))] if os.path.lexists(release_dir / SIGNATURE) else []
+    if not dry_run:
+        for rel in removed:
+            os.unlink(out / rel)
+        atomic_write(manifest_path, manifest_bytes)
+    return [str(manifest_path.relative_to(out))], removed
 
 
 def sign(release_dir, key_path, dry_run=False, models_file=MODELS_FILE):
@@ -838,16 +880,54 @@ def sign(release_dir, key_path, dry_run=False, models_file=MODELS_FILE):
 
 # --- publish ---------------------------------------------------------------------------------------
 
+class Planned(NamedTuple):
+    """One file publish puts on a distribution point: copied from `source`, or `data` written."""
+    sha256: str
+    size: int
+    source: Optional[Path] = None
+    data: Optional[bytes] = None
+
+
+def _planned_bytes(data):
+    return Planned(hashlib.sha256(data).hexdigest(), len(data), data=data)
+
+
+class PublishError(ReleaseError):
+    """Publishing stopped at one distribution point; `changed` when earlier points got files."""
+
+    def __init__(self, message, changed):
+        super().__init__(message)
+        self.changed = changed
+
+
 def publish(root, repo_base, *, regions=(), all_regions=False, releases=(), pubkey=None, dry_run=False,
             models_file=MODELS_FILE, regions_file=REGIONS_FILE):
     """Copy releases from a build directory to each region's distribution point root.
 
-    Order per region: pool artifacts, the probe, then each release's signature and last its manifest,
-    each by temporary file and rename, so a terminal never sees a manifest whose artifacts are
-    missing. Files already there and identical are skipped. A release already published with other
+    Per region, all or nothing: every file is copied to a temporary name and checked against its
+    sha256 first; only then are the pool artifacts and the probe renamed into place, each release is
+    verified there, and last come its signature and its manifest. A copy that fails or does not match
+    leaves the point as it was (no new file, none changed), and whatever fails, no manifest is written
+    before every file it names is there and verified: terminals never get a manifest they cannot
+    follow. Files already there and identical are skipped. A release already published with other
     bytes is refused before anything is copied: a release id names one content forever.
     """
     root = Path(root)
+    targets = _targets(regions, all_regions, regions_file)
+    releases = list(dict.fromkeys(releases)) or _built_releases(root)
+    files, finals, manifests = _publish_plan(root, releases, pubkey, models_file)
+    _refuse_conflicts(repo_base, targets, finals)
+    report = {}
+    for region in targets:
+        try:
+            report[region] = _publish_point(Path(repo_base) / region, files, finals, manifests, dry_run)
+        except (ReleaseError, OSError) as exc:
+            raise _stopped(region, exc, report, dry_run) from None
+    return {"changed": any(item["copied"] for item in report.values()), "dry_run": dry_run,
+            "releases": releases, "regions": report}
+
+
+def _targets(regions, all_regions, regions_file):
     known = load_regions(regions_file)
     targets = list(known) if all_regions else list(dict.fromkeys(regions))
     if not targets:
@@ -855,68 +935,149 @@ def publish(root, repo_base, *, regions=(), all_regions=False, releases=(), pubk
     unknown = [name for name in targets if name not in known]
     if unknown:
         raise ReleaseError(f"unknown region(s) {', '.join(unknown)}; {regions_file} has {', '.join(known)}")
+    return targets
+
+
+def _built_releases(root):
+    releases = sorted(p.name for p in (root / "releases").glob("*") if (p / MANIFEST).is_file())
     if not releases:
-        releases = sorted(p.name for p in (root / "releases").glob("*") if (p / MANIFEST).is_file())
-        if not releases:
-            raise ReleaseError(f"no release in {root / 'releases'}: build one first")
+        raise ReleaseError(f"no release in {root / 'releases'}: build one first")
+    return releases
+
+
+def _publish_plan(root, releases, pubkey, models_file):
+    """({pool url or probe: Planned}, {signature and manifest path: Planned}, [(release, manifest)]).
+
+    Every release is checked in the build directory first, and the signature and manifest bytes read
+    once: what is published is exactly what was checked.
+    """
     profiles = load_profiles(models_file)
-    plan = {}  # relpath -> (source, sha256, size), in copy order
-    finals = []  # (relpath, source): each release's signature, then its manifest
-    for release in dict.fromkeys(releases):
+    files, finals, manifests = {}, {}, []
+    for release in releases:
         release_dir = root / "releases" / release
         if pubkey:
-            verify(release_dir, pubkey, root, models_file)
+            verify(release_dir, pubkey, models_file=models_file)
         manifest_bytes, sig_text = read_release(release_dir)
         what = str(release_dir / MANIFEST)
         if sig_text is None:
             raise ReleaseError(unsigned(what))
         manifest = check_location(parse_manifest(manifest_bytes, profiles, what), what, what)
-        check_artifacts(manifest, root)
+        try:
+            check_artifacts(manifest, root)
+        except ReleaseError as exc:
+            raise ReleaseError(f"{exc}; nothing was published: run `posfleet-release build` for release "
+                               f"{release} again to repair {root}, then publish") from None
         for url, (sha256, size) in sorted(artifacts(manifest).items()):
-            plan[url] = (root / url, sha256, size)
-        finals.append((f"releases/{release}/{SIGNATURE}", release_dir / SIGNATURE))
-        finals.append((f"releases/{release}/{MANIFEST}", release_dir / MANIFEST))
-    probe = probe_bytes()
-    plan["probe"] = (None, hashlib.sha256(probe).hexdigest(), len(probe))
-    for rel, source in finals:
-        data = source.read_bytes()
-        plan[rel] = (source, hashlib.sha256(data).hexdigest(), len(data))
+            files[url] = Planned(sha256, size, source=root / url)
+        manifests.append((release, manifest))
+        finals[f"releases/{release}/{SIGNATURE}"] = _planned_bytes(sig_text.encode("ascii"))
+        finals[f"releases/{release}/{MANIFEST}"] = _planned_bytes(manifest_bytes)
+    files["probe"] = _planned_bytes(probe_bytes())
+    return files, finals, manifests
 
+
+def _refuse_conflicts(repo_base, targets, finals):
     conflicts = []
     for region in targets:
-        for rel, source in finals:
+        for rel, item in finals.items():
             dest = Path(repo_base) / region / rel
-            published = dest.parent / MANIFEST
             # Only a manifest makes a release published: a signature alone is a publish cut short.
-            if published.is_file() and (not dest.is_file() or dest.read_bytes() != source.read_bytes()):
+            if (dest.parent / MANIFEST).is_file() and (not dest.is_file() or dest.read_bytes() != item.data):
                 conflicts.append(str(dest))
     if conflicts:
         raise ReleaseError("already published with different content (a release id is immutable; build a new "
                            f"release id): {', '.join(conflicts)}")
 
-    report = {}
-    for region in targets:
-        base = Path(repo_base) / region
-        copied, unchanged = [], 0
-        for rel, (source, sha256, size) in plan.items():
-            if same_file(base / rel, sha256, size):
-                unchanged += 1
-                continue
-            copied.append(rel)
-            if not dry_run:
-                if source is None:
-                    atomic_write(base / rel, probe)
-                else:
-                    atomic_write(base / rel, source=source)
-        report[region] = {"path": str(base), "copied": copied, "unchanged": unchanged}
-    return {"changed": any(item["copied"] for item in report.values()), "dry_run": dry_run,
-            "releases": list(dict.fromkeys(releases)), "regions": report}
+
+def _publish_point(base, files, finals, manifests, dry_run):
+    """Bring one distribution point up to date, all or nothing; its report."""
+    planned = dict(files, **finals)
+    pending = {rel: item for rel, item in planned.items() if not same_file(base / rel, item.sha256, item.size)}
+    if pending and not dry_run:
+        staged = _stage(base, pending)
+        _commit(base, staged, finals, manifests)
+    return {"path": str(base), "copied": list(pending), "unchanged": len(planned) - len(pending)}
+
+
+def _stage(base, pending):
+    """{rel: temporary file} of every pending file, each checked against its sha256; nothing on a failure.
+
+    Checked after the copy, not only in the build directory: a file changed or cut short while it was
+    copied must not reach terminals under a name the signed manifest vouches for.
+    """
+    staged, made = {}, []
+    try:
+        for rel, item in pending.items():
+            dest = base / rel
+            made += _missing_dirs(dest.parent)
+            try:
+                staged[rel] = write_temp(dest, data=item.data, source=item.source)
+            except OSError as exc:
+                raise ReleaseError(f"cannot copy {item.source or rel} to {dest}: {exc.strerror or exc}") from None
+            if not same_file(staged[rel], item.sha256, item.size):
+                raise ReleaseError(f"{dest}: the copy does not match the sha256 the manifest names (was "
+                                   f"{item.source} changed while it was copied?)")
+    except BaseException:
+        _discard(staged.values(), made)
+        raise
+    return staged
+
+
+def _commit(base, staged, finals, manifests):
+    """Rename the staged files into place: artifacts and probe, a check of every release there, then
+    each release's signature and manifest. A failure removes what is still staged; no manifest is new."""
+    try:
+        for rel, tmp in staged.items():
+            if rel not in finals:
+                os.replace(tmp, base / rel)
+        for _, manifest in manifests:
+            check_artifacts(manifest, base)  # what terminals will download, read where they read it
+        for rel in finals:  # in order: each release's signature, then its manifest
+            if rel in staged:
+                os.replace(staged[rel], base / rel)
+    except BaseException:
+        _discard(staged.values(), [])
+        raise
+
+
+def _missing_dirs(directory):
+    """The directories a write to `directory` creates, deepest first: a failed publish removes them."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _discard(temporaries, directories):
+    for tmp in temporaries:
+        _unlink(tmp)
+    for directory in sorted(set(directories), key=lambda path: len(path.parts), reverse=True):
+        # Not empty: something else was put there meanwhile, and it stays.
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _stopped(region, exc, report, dry_run):
+    """The error of a publish that stopped at `region`: the cause first, then what it left and what next."""
+    cause = _os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+    done = [name for name, item in report.items() if item["copied"] and not dry_run]
+    already = f"; already published to {', '.join(done)}" if done else ""
+    return PublishError(f"{cause}; nothing new is published to {region} (no manifest was written there): "
+                        f"fix that and run publish again{already}", changed=bool(done))
 
 
 # --- command line ----------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error reads like every other failure: the cause on the first line."""
+
+    def error(self, message):
+        sys.exit(_fail(f"{message}; see `{self.prog} --help`", code=2))
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog="posfleet-release", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="posfleet-release", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("keygen", help="make an ed25519 signing key pair (release.key, release.pub)")
     cmd.add_argument("--out", required=True,
@@ -964,11 +1125,27 @@ def main(argv=None):
         else:
             result = publish(args.root, args.repo, regions=args.region, all_regions=args.all_regions,
                              releases=args.releases, pubkey=args.pubkey, dry_run=args.dry_run)
-    except (ReleaseError, OSError) as exc:
-        print(f"posfleet-release: {exc}", file=sys.stderr)
-        return 1
+    except ReleaseError as exc:
+        return _fail(str(exc), changed=getattr(exc, "changed", False))
+    except OSError as exc:
+        return _fail(_os_error_text(exc))
     print(json.dumps(result, indent=1, sort_keys=True, default=str))
     return 0
+
+
+def _fail(message, changed=False, code=1):
+    """Report a failure: the cause as stderr's first line, and still one JSON object on stdout, so a
+    caller that parses stdout (publish.yml's changed_when) reads a failure, not an empty string."""
+    print(f"posfleet-release: {message}", file=sys.stderr)
+    print(json.dumps({"changed": changed, "failed": True, "msg": message}, indent=1, sort_keys=True))
+    return code
+
+
+def _os_error_text(exc):
+    """`<file>: <reason>` for an OSError, without Python's [Errno n] prefix."""
+    if exc.filename is None:
+        return str(exc.strerror or exc)
+    return f"{exc.filename}: {exc.strerror or exc} (check that path, its file system and its permissions)"
 
 
 if __name__ == "__main__":

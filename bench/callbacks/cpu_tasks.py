@@ -2,8 +2,8 @@
 
 Enable it next to the usual callbacks:
 
-    ANSIBLE_CALLBACK_PLUGINS=plugins/callback:bench/callbacks \
-    ANSIBLE_CALLBACKS_ENABLED=posfleet_report,posfleet_preload,cpu_tasks CPU_TASKS_OUT=/tmp/cpu-tasks.json \
+    ANSIBLE_CALLBACK_PLUGINS=bench/callbacks CPU_TASKS_OUT=/tmp/cpu-tasks.json \
+    ANSIBLE_CALLBACKS_ENABLED=posfleet.fleet.posfleet_report,posfleet.fleet.posfleet_preload,cpu_tasks \
     ansible-playbook playbooks/update.yml ...
 
 Between one task's start and the next one's, it adds up the ansible-playbook process's own CPU and

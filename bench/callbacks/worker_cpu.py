@@ -1,7 +1,7 @@
 """worker_cpu: the control-node CPU of each worker process of a run, as JSON (a profiling aid, not a bench step).
 
-    ANSIBLE_CALLBACK_PLUGINS=plugins/callback:bench/callbacks \
-    ANSIBLE_CALLBACKS_ENABLED=posfleet_report,posfleet_preload,worker_cpu WORKER_CPU_DIR=/tmp/worker-cpu \
+    ANSIBLE_CALLBACK_PLUGINS=bench/callbacks WORKER_CPU_DIR=/tmp/worker-cpu \
+    ANSIBLE_CALLBACKS_ENABLED=posfleet.fleet.posfleet_report,posfleet.fleet.posfleet_preload,worker_cpu \
     ansible-playbook playbooks/update.yml ...
     .venv/bin/python bench/callbacks/worker_cpu.py /tmp/worker-cpu      # the table
 

@@ -6,15 +6,9 @@ carry newer ones. The pack format and the content generators live in posfleet.pa
 release builder uses too, so that the lab's packs and a release's packs cannot drift apart.
 """
 
-import sys
 from pathlib import Path
 
-# poslab runs with only lab/ on its path (bin/poslab); posfleet is at the repository root.
-_PROJECT = str(Path(__file__).resolve().parents[2])
-if _PROJECT not in sys.path:
-    sys.path.insert(0, _PROJECT)
-
-from posfleet.packs import (  # noqa: E402  (needs the path set above)
+from posfleet.packs import (
     FACTORY_VERSIONS,
     SYNTHETIC_BINS,
     catalog_csv,

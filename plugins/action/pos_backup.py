@@ -28,42 +28,14 @@ removed, changed), as pos_backup_store returned it.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import sys
 import tempfile
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
-
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "module_utils")
-
-
-def _load_module_utils(*names):
-    """plugins/module_utils files, loaded by path in this order, under the names their imports use.
-
-    On the control node ansible.module_utils does not include the project's module_utils, and
-    pos_backup_crypto imports pos_archive, which imports pos_terminal, as `ansible.module_utils.<name>`:
-    each is registered under that name once loaded (a name already imported is kept).
-    """
-    for name in names:
-        full = f"ansible.module_utils.{name}"
-        if full in sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(full, os.path.join(_MODULE_UTILS, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[full]
-            raise
-    return sys.modules[f"ansible.module_utils.{names[-1]}"]
-
-
-_crypto = _load_module_utils("pos_terminal", "pos_archive", "pos_backup_crypto")
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_backup_crypto as _crypto
 
 # The action's own options: the store on the control node. Every other option is the module's and is
 # validated by the module on the terminal against its own argument spec (`release` is both: the
@@ -107,8 +79,8 @@ class ActionModule(ActionBase):
                         f"control node to encrypt backups ({_crypto.CRYPTOGRAPHY_ERROR})")
 
         try:
-            result = merge_hash(result, self._execute_module(module_name="pos_backup", module_args=module_args,
-                                                             task_vars=task_vars))
+            result = merge_hash(result, self._execute_module(
+                module_name="posfleet.fleet.pos_backup", module_args=module_args, task_vars=task_vars))
         except AnsibleConnectionFailure as exc:
             return dict(result, failed=True, msg=f"{LOST}: {exc}")
         self._remove_tmp_path(self._connection._shell.tmpdir)

@@ -25,28 +25,18 @@ pos_terminal fact, as pos_facts returns it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_facts as _facts
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
 _PLUGINS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
-def _load(name, directory):
-    """A plugin file of this repository as a module."""
-    spec = importlib.util.spec_from_file_location(f"_posfleet_maintenance_{name}",
-                                                  os.path.join(_PLUGINS, directory, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_facts = _load("posfleet_facts", "plugin_utils")
-_rollout = _load("posfleet_rollout", "filter")
 
 # The action's own option, `window`; every other option (ready_check included) is the module's and is
 # validated by the module on the terminal against its own argument spec.
@@ -84,15 +74,15 @@ class ActionModule(ActionBase):
             window = self._window(window_args)
             if window and not window["open"]:
                 # Not contacted: the terminal keeps selling and runs what the survey found.
-                reason = _rollout.window_reason(window)
+                reason = survey.window_reason(window)
                 result.update(changed=False, verdict={"status": "deferred", "reason": reason})
                 return _facts.record(self, result, {"pos_update_started": True, "pos_update_status": "deferred",
                                                     "pos_update_reason": reason,
                                                     "pos_update_deferred_by": "window",
                                                     "pos_update_window": window})
 
-        result = merge_hash(result, self._execute_module(module_name="pos_maintenance", module_args=module_args,
-                                                         task_vars=task_vars))
+        result = merge_hash(result, self._execute_module(
+                module_name="posfleet.fleet.pos_maintenance", module_args=module_args, task_vars=task_vars))
         self._remove_tmp_path(self._connection._shell.tmpdir)
         verdict = result.get("verdict")
         if module_args.get("ready_check") and isinstance(verdict, dict) and not result.get("failed"):
@@ -113,6 +103,6 @@ class ActionModule(ActionBase):
         if args["ignore_windows"]:
             return None
         try:
-            return _rollout.window_now(args["region_settings"], args["clock_utc"], args["maintenance_window"])
+            return survey.window_now(args["region_settings"], args["clock_utc"], args["maintenance_window"])
         except AnsibleFilterError as exc:
             raise AnsibleActionFail(f"pos_maintenance: window: {exc}") from None

@@ -20,8 +20,8 @@ pos_maintenance's `window` and `ready_check` that check it again just before its
 quiesce step), with the same thresholds and clock. It records them as the pipeline's facts
 (pos_update_target, pos_update_status, ...; pos_update_reboot: whether the terminal's update ends with
 a reboot) with set_fact's precedence, so no set_fact task follows it
-(plugins/plugin_utils/posfleet_facts.py). The decisions are the filters' own code (plugins/filter),
-loaded from there, not copied.
+(plugins/plugin_utils/posfleet_facts.py). The decisions are plugin_utils/posfleet_survey.py's and
+module_utils/pos_readiness.py's, which the filters and the quiesce step use too.
 
 With `options_spec` (update.yml's survey), the options of the update's roles set for a terminal found
 `go` are checked against their argument specs in the same task, as ansible.builtin.validate_argument_spec
@@ -32,7 +32,6 @@ role checks its content: pos_backup the key).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -41,25 +40,14 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.parsing.vault import EncryptedString
 from ansible.plugins.action import ActionBase
 from ansible.template import trust_as_template
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_facts as _facts
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
-_FILTERS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "filter")
 # The role's merchant profile template (the TMS parameter template), rendered here when the task gives
 # no merchant_profile: the template lookup would first copy every variable of the terminal.
-MERCHANT_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(_FILTERS)), "roles", "pos_preflight", "templates",
-                                 "merchant_profile.json.j2")
-
-
-def _load(name, directory=_FILTERS):
-    """A plugin file of this repository as a module (a filter file's functions are the filters)."""
-    spec = importlib.util.spec_from_file_location(f"_posfleet_preflight_{name}", os.path.join(directory, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fleet = _load("posfleet")
-_rollout = _load("posfleet_rollout")
-_facts = _load("posfleet_facts", os.path.join(os.path.dirname(_FILTERS), "plugin_utils"))
+MERCHANT_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))),
+                                 "roles", "pos_preflight", "templates", "merchant_profile.json.j2")
 
 # The role's options (roles/pos_preflight/meta/argument_specs.yml) are validated here, with the same
 # types, so that the role needs no argument-spec task of its own per terminal.
@@ -88,7 +76,7 @@ PIPELINE_FACTS = {"merchant_profile": "pos_update_merchant_profile", "target": "
 
 def decide(terminal, args, entry):
     """status, reason, deferred_by and before, from the terminal's pos_facts."""
-    verdict = _fleet.pos_preflight_verdict(terminal, args["model_profile"], entry, args["min_kbps"],
+    verdict = readiness(terminal, args["model_profile"], entry, args["min_kbps"],
                                            args["storage_margin_mb"])
     return {"status": verdict["status"], "reason": verdict["reason"],
             "deferred_by": "preflight" if verdict["status"] == "deferred" else None,
@@ -142,7 +130,7 @@ class ActionModule(ActionBase):
         if args["merchant_profile"] is None:
             args["merchant_profile"] = self._merchant_profile()
         try:
-            target = _fleet.pos_release_target(args["release"], args["model"], args["merchant_profile"])
+            target = survey.release_target(args["release"], args["model"], args["merchant_profile"])
         except ValueError as exc:
             result.update(failed=True, msg=str(exc))
             return result
@@ -152,13 +140,13 @@ class ActionModule(ActionBase):
         # The window is decided here, on the control node's clock, before the terminal is contacted.
         if not args["ignore_windows"]:
             try:
-                window = _rollout.window_now(args["region_settings"], args["clock_utc"], args["maintenance_window"])
+                window = survey.window_now(args["region_settings"], args["clock_utc"], args["maintenance_window"])
             except AnsibleFilterError as exc:
                 result.update(failed=True, msg=str(exc))
                 return result
             result["window"] = window
             if not window["open"]:
-                result.update(status="deferred", deferred_by="window", reason=_rollout.window_reason(window),
+                result.update(status="deferred", deferred_by="window", reason=survey.window_reason(window),
                               before=None)
                 return result
 
@@ -169,7 +157,7 @@ class ActionModule(ActionBase):
                  "probe_timeout": args["probe_timeout"], "min_kbps": args["min_kbps"],
                  "storage_margin_mb": args["storage_margin_mb"]}
         facts = self._execute_module(
-            module_name="pos_facts",
+            module_name="posfleet.fleet.pos_facts",
             module_args={key: check[key] for key in ("package_style", "probe_url", "probe_timeout", "release")},
             task_vars=task_vars)
         if facts.get("failed"):

@@ -12,20 +12,13 @@ posfleet.release, the same code `posfleet-release verify` runs.
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.urls import open_url
 from ansible.plugins.action import ActionBase
 
-# plugins/action/pos_release.py -> the repository root, where the posfleet package is.
-_PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-if _PROJECT not in sys.path:
-    sys.path.insert(0, _PROJECT)
-
-from posfleet import release as posrelease  # noqa: E402  (needs the path set above)
+from posfleet import release as posrelease
 
 ARGUMENT_SPEC = {
     "manifest": {"type": "str", "required": True},
@@ -89,7 +82,7 @@ class ActionModule(ActionBase):
                 f"{', '.join(missing)}, which the play's terminals are; build the release for them or "
                 "limit the play to the models it covers"))
             return result
-        # For terminals that check the signature themselves (pos_signature_check): the exact bytes the
+        # For terminals that check the signature themselves (pos_package's signature): the exact bytes the
         # control node verified, and the key, so the terminal needs no configuration of its own.
         with open(self._loader.path_dwim(args["public_key"]), encoding="ascii") as handle:
             result["public_key_pem"] = handle.read()

@@ -10,17 +10,9 @@ module file of the same name holds the documentation; the counting is posfleet.r
 
 from __future__ import annotations
 
-import os
-import sys
-
 from ansible.plugins.action import ActionBase
 
-# plugins/action/pos_rollout_budget.py -> the repository root, where the posfleet package is.
-_PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-if _PROJECT not in sys.path:
-    sys.path.insert(0, _PROJECT)
-
-from posfleet import rollout  # noqa: E402  (needs the path set above)
+from posfleet import rollout
 
 ARGUMENT_SPEC = {
     "outcomes": {"type": "dict", "required": True},

@@ -20,19 +20,11 @@ verdict, in one task instead of three per terminal:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
-
-_SPEC = importlib.util.spec_from_file_location(
-    "_posfleet_verify_facts",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugin_utils", "posfleet_facts.py"))
-_facts = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_facts)
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_facts as _facts
 
 # The action's own option; every other option is the module's and is validated by the module on the
 # terminal against its own argument spec.
@@ -60,8 +52,8 @@ class ActionModule(ActionBase):
             result.update(changed=False, msg="check mode: nothing was installed, so there is nothing to verify")
             return _facts.record(self, result, {"pos_update_status": "would_update", "pos_update_reason": ""})
         try:
-            result = merge_hash(result, self._execute_module(module_name="pos_verify", module_args=module_args,
-                                                             task_vars=task_vars))
+            result = merge_hash(result, self._execute_module(
+                module_name="posfleet.fleet.pos_verify", module_args=module_args, task_vars=task_vars))
         except AnsibleConnectionFailure as exc:
             if not record_status:
                 raise

@@ -30,7 +30,7 @@ description:
   - An action plugin that fails to import is left for its task to report, with Ansible's usual error;
     here it is only mentioned at verbosity 3 (C(-vvv)).
 requirements:
-  - enabled in ansible.cfg (C(callbacks_enabled = posfleet_preload))
+  - enabled in ansible.cfg (C(callbacks_enabled = posfleet.fleet.posfleet_preload))
 """
 
 display = Display()
@@ -57,7 +57,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_start(self, playbook):
         for name in action_names():
             try:
-                plugin = action_loader.get(name, class_only=True)
+                plugin = action_loader.get(f"posfleet.fleet.{name}", class_only=True)
             except Exception as exc:  # pylint: disable=broad-except  (its task reports it properly)
                 display.vvv(f"posfleet_preload: action plugin {name} not imported: {exc}")
                 continue

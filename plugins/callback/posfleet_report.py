@@ -16,18 +16,12 @@ import datetime
 import getpass
 import os
 import secrets
-import sys
 import time
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
-# plugins/callback/posfleet_report.py -> the repository root, where the posfleet package is.
-_PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-if _PROJECT not in sys.path:
-    sys.path.insert(0, _PROJECT)
-
-from posfleet import report as posreport  # noqa: E402  (needs the path set above)
+from posfleet import report as posreport
 
 DOCUMENTATION = r"""
 ---
@@ -43,12 +37,13 @@ description:
     See C(docs/reports.md).
   - Other playbooks (facts, verify, publish) write no report.
 requirements:
-  - enabled in ansible.cfg (C(callbacks_enabled = posfleet_report))
+  - enabled in ansible.cfg (C(callbacks_enabled = posfleet.fleet.posfleet_report))
 options:
   report_dir:
     description:
       - Where the runs' report folders, C(latest) and C(audit.jsonl) go. Unset, C(reports/) in the
-        project's root (the folder that holds C(plugins/)).
+        current directory (an AWX job's is its project's checkout). posfleet's own C(ansible.cfg) sets
+        C(reports/) beside it.
     type: path
     env:
       - name: POSFLEET_REPORT_DIR
@@ -139,7 +134,7 @@ class CallbackModule(CallbackBase):
     def _timed(self, result):
         serial = result._host.get_name()
         began = self.task_started.pop((serial, result._task._uuid), None)
-        role = result._task._role.get_name() if result._task._role else None
+        role = result._task._role.get_name(include_role_fqcn=False) if result._task._role else None
         if began is not None and role in STEPS:
             steps = self.steps.setdefault(serial, {})
             steps[STEPS[role]] = steps.get(STEPS[role], 0.0) + time.monotonic() - began
@@ -304,7 +299,7 @@ class CallbackModule(CallbackBase):
             "totals": posreport.totals(rows),
             "terminals": rows,
         }
-        report_dir = self.get_option("report_dir") or os.path.join(_PROJECT, "reports")
+        report_dir = self.get_option("report_dir") or os.path.abspath("reports")
         try:
             run_dir = posreport.write_run(report_dir, doc)
             if mode in ("update", "rollback"):

@@ -6,20 +6,10 @@
 from __future__ import annotations
 
 import collections
-import hashlib
-import importlib.util
-import json
 import os
 
 import yaml
-
-# The verdict is shared with the terminal side: loaded from its module_utils file by path (on the
-# control node, ansible.module_utils does not include the project's module_utils).
-_SPEC = importlib.util.spec_from_file_location(
-    "_posfleet_readiness",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "module_utils", "pos_readiness.py"))
-_readiness = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_readiness)
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
 
 def _terminal(hostvars, host):
@@ -67,52 +57,9 @@ def pos_table(rows, columns):
     return ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in cells]
 
 
-def pos_merchant_version(profile):
-    """The version of a rendered merchant pack: what pos_data_sync computes on the terminal."""
-    canonical = json.dumps(profile, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
-
-
-def pos_release_target(release, model, merchant_profile=None):
-    """What a terminal of `model` runs once on `release`: app version and every pack's version."""
-    try:
-        entry = release["models"][model]
-    except KeyError:
-        raise ValueError("release %s has no entry for model %s" % (release.get("release"), model)) from None
-    packs = {name: pack["version"] for name, pack in entry["packs"].items()}
-    if merchant_profile is not None:
-        packs["merchant"] = pos_merchant_version(merchant_profile)
-    return {"app_version": entry["app"]["version"], "packs": packs}
-
-
 def pos_pack_urls(packs, base):
     """The manifest's packs with each relative artifact URL made absolute against a distribution point."""
     return {name: dict(pack, url="%s/%s" % (base.rstrip("/"), pack["url"].lstrip("/"))) for name, pack in packs.items()}
-
-
-def pos_preflight_verdict(facts, profile, entry, min_kbps=0, margin_mb=0):
-    """Decide from pos_facts whether a terminal is current, must be deferred, or can be updated.
-
-    Returns {"status": "current" | "deferred" | "go", "reason": text}: the same function that the
-    quiesce step runs on the terminal (plugins/module_utils/pos_readiness.py).
-    """
-    return _readiness.readiness(facts, profile, entry, min_kbps, margin_mb)
-
-
-def pos_update_summary(hostvars, hosts):
-    """Counts of update outcomes by model and region; a terminal with no outcome was unreachable."""
-    # A terminal still at `go` when the run ends stopped answering in the middle of its update.
-    statuses = ("updated", "current", "deferred", "failed", "rolled_back", "unreachable", "would_update")
-    groups = {}
-    for host in sorted(hosts):
-        variables = hostvars.get(host) or {}
-        key = (variables.get("pos_model", "?"), variables.get("pos_region", "?"))
-        row = groups.setdefault(key, dict({"model": key[0], "region": key[1]}, **{s: 0 for s in statuses}))
-        status = variables.get("pos_update_status")
-        row[status if status in statuses else "unreachable"] += 1
-    rows = [groups[k] for k in sorted(groups)]
-    total = dict({"model": "TOTAL", "region": ""}, **{s: sum(r[s] for r in rows) for s in statuses})
-    return [*rows, total]
 
 
 def pos_update_problems(hostvars, hosts):
@@ -180,7 +127,6 @@ class FilterModule:
 
     def filters(self):
         return {"pos_fleet_summary": pos_fleet_summary, "pos_table": pos_table,
-                "pos_merchant_version": pos_merchant_version, "pos_release_target": pos_release_target,
-                "pos_pack_urls": pos_pack_urls, "pos_preflight_verdict": pos_preflight_verdict,
-                "pos_update_summary": pos_update_summary, "pos_update_problems": pos_update_problems,
-                "pos_drift_report": pos_drift_report, "pos_role_options": pos_role_options}
+                "pos_release_target": survey.release_target, "pos_pack_urls": pos_pack_urls,
+                "pos_update_problems": pos_update_problems, "pos_drift_report": pos_drift_report,
+                "pos_role_options": pos_role_options}

@@ -9,60 +9,13 @@ The logic is posfleet.rollout's, on the control node; these wrappers read the in
 
 from __future__ import annotations
 
-import datetime
-import os
-import sys
-from collections.abc import Mapping
-
 from ansible.errors import AnsibleFilterError
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
-# plugins/filter/posfleet_rollout.py -> the repository root, where the posfleet package is.
-_PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-if _PROJECT not in sys.path:
-    sys.path.insert(0, _PROJECT)
-
-from posfleet import rollout  # noqa: E402  (needs the path set above)
+from posfleet import rollout
 
 
-def pos_window(region_settings, now_utc, override=None):
-    """The maintenance window state of a region (or of one terminal's override) at `now_utc`.
-
-    region_settings: pos_region_settings (timezone, maintenance_window, name). now_utc: the control
-    node's clock, `now(utc=true)`, or an ISO 8601 string. override: a window string that replaces the
-    region's window for this terminal (a host variable), or None. Adds `source`: region or override.
-    """
-    if not isinstance(region_settings, Mapping):
-        raise AnsibleFilterError(f"pos_window needs a region's settings (pos_region_settings), not {region_settings!r}")
-    name = region_settings.get("name", "?")
-    source = "region" if override is None else "override"
-    window = region_settings.get("maintenance_window") if override is None else override
-    if window is None:
-        raise AnsibleFilterError(f"region {name} has no maintenance_window: give it one in regions.yml "
-                                 f"({rollout.ALWAYS_OPEN!r} for always open)")
-    try:
-        state = rollout.window_state(window, region_settings.get("timezone"), now_utc)
-    except rollout.RolloutError as exc:
-        where = f"region {name}" if override is None else f"the window override for a terminal in region {name}"
-        raise AnsibleFilterError(f"{where}: {exc}") from None
-    return dict(state, source=source)
-
-
-def window_now(region_settings, clock_utc="", override=None):
-    """pos_window on the control node's clock now, or at `clock_utc` when it is set (a preview, a test).
-
-    The survey (pos_preflight) and the check just before a terminal's change (pos_maintenance's
-    window) decide with it, so that both read the same clock the same way.
-    """
-    return pos_window(region_settings, clock_utc or datetime.datetime.now(datetime.timezone.utc), override)
-
-
-def window_reason(window):
-    """Why a terminal outside its window (a pos_window result) is deferred, with when the window opens next."""
-    return (f"outside its maintenance window {window['window']} ({window['timezone']}, {window['source']}); "
-            f"it opens next at {window['opens_at_local']}")
-
-
-def pos_rollout_hosts(hostvars, hosts):
+def _rollout_hosts(hostvars, hosts):
     """[{serial, model, region}] for the terminals `hosts` (inventory names), from pos_model and pos_region."""
     fleet = []
     for host in hosts:
@@ -88,7 +41,7 @@ def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), o
     {serial: wave index}}.
     """
     ready = [host for host in hosts if (hostvars.get(host) or {}).get("pos_update_status") == "go"]
-    fleet = pos_rollout_hosts(hostvars, ready)
+    fleet = _rollout_hosts(hostvars, ready)
     try:
         plan = rollout.plan_waves(fleet, canary_per_model, waves, order, seed)
         ordered = rollout.order_hosts(ready, plan)
@@ -133,30 +86,13 @@ def pos_plan_lines(plan, hostvars, shown=12):
     return lines
 
 
-def _wrap(function):
-    def filter_function(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except rollout.RolloutError as exc:
-            raise AnsibleFilterError(str(exc)) from None
-
-    filter_function.__name__ = function.__name__
-    filter_function.__doc__ = function.__doc__
-    return filter_function
-
-
 class FilterModule:
     """posfleet rollout filters."""
 
     def filters(self):
         return {
-            "pos_window": pos_window,
-            "pos_rollout_hosts": pos_rollout_hosts,
+            "pos_window": survey.window,
             "pos_rollout_plan": pos_rollout_plan,
             "pos_rollout_outcomes": pos_rollout_outcomes,
             "pos_plan_lines": pos_plan_lines,
-            "pos_plan_waves": _wrap(rollout.plan_waves),
-            "pos_wave_batches": _wrap(rollout.serial_for_ansible),
-            "pos_order_hosts": _wrap(rollout.order_hosts),
-            "pos_budget_state": _wrap(rollout.budget_state),
         }

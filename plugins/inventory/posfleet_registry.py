@@ -24,10 +24,12 @@ extends_documentation_fragment:
   - ansible.builtin.constructed
 options:
   plugin:
-    description: Marks this as an instance of the C(posfleet_registry) plugin.
+    description:
+      - "Marks this as an instance of this plugin, by its full name (an inventory written before posfleet
+        was a collection, with C(plugin: posfleet_registry), needs the full name now)."
     type: str
     required: true
-    choices: ['posfleet_registry']
+    choices: ['posfleet.fleet.posfleet_registry']
   registry:
     description:
       - Path to the registry export. A name ending in C(.csv) is read as CSV, one ending in C(.json) as JSON.
@@ -79,13 +81,13 @@ EXAMPLES = r"""
 ---
 # inventories/production/registry.posfleet.yml: the TMS export next to the config file,
 # model and region data from inventories/shared/.
-plugin: posfleet_registry
+plugin: posfleet.fleet.posfleet_registry
 registry: registry.csv
 
 ---
 # The lab: a fixed export path that an environment variable may override, and a group per merchant
 # and per store (merchant_M1001, store_S0001, ...).
-plugin: posfleet_registry
+plugin: posfleet.fleet.posfleet_registry
 registry: "{{ lookup('ansible.builtin.env', 'POSLAB_REGISTRY', default='/var/lib/poslab/registry.csv') }}"
 keyed_groups:
   - key: pos_merchant_id
@@ -96,7 +98,7 @@ keyed_groups:
 ---
 # Load what is good and warn about the rest; use a registry column for the SSH port and
 # group the terminals that run on battery.
-plugin: posfleet_registry
+plugin: posfleet.fleet.posfleet_registry
 registry: /srv/tms/export/terminals.json
 models_file: /srv/posfleet/shared/models.yml
 regions_file: /srv/posfleet/shared/regions.yml
@@ -179,7 +181,7 @@ def _texts(name, value):
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
-    NAME = "posfleet_registry"
+    NAME = "posfleet.fleet.posfleet_registry"
     # Registry values are plain data: rows carrying template markers are refused below, so the values
     # can be trusted as they are. Untrusted values would reach `ansible-inventory --list` (which AWX
     # and testinfra read) wrapped as {"__ansible_unsafe": ...}.

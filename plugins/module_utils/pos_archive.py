@@ -23,7 +23,7 @@ import shutil
 import tarfile
 import zlib
 
-from ansible.module_utils.pos_terminal import sha256_file
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import sha256_file
 
 CHUNK = 1 << 20
 # Backstops for archives whose caller sets no tighter limit: far above any real app bundle or pack

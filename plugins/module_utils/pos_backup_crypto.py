@@ -21,7 +21,11 @@ import re
 import tempfile
 import time
 
-from ansible.module_utils.pos_archive import ArchiveError, digest_tar_stream, manifest_problems
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
+    ArchiveError,
+    digest_tar_stream,
+    manifest_problems,
+)
 
 try:
     from cryptography.exceptions import InvalidTag

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 
-from ansible.module_utils.pos_archive import ArchiveError
-from ansible.module_utils.pos_delta import DeltaError, apply_delta
-from ansible.module_utils.pos_download import SHA256_RE, DownloadError, fetch
-from ansible.module_utils.pos_terminal import sha256_file
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import ArchiveError
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_delta import DeltaError, apply_delta
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import SHA256_RE, DownloadError, fetch
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import sha256_file
 
 DELTA_KEYS = ("from_version", "from_tar_sha256", "url", "sha256", "size")
 

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 
-from ansible.module_utils.pos_guard import LeaseLost, heartbeat
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, heartbeat
 
 CHUNK = 64 * 1024
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

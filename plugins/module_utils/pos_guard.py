@@ -35,11 +35,13 @@ import importlib
 import inspect
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 
-from ansible.module_utils.pos_archive import bundle_problems, pack_intact
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import bundle_problems, pack_intact
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     PACKS_DIR,
     ROLLBACK_DIR,
@@ -66,16 +68,15 @@ ACTIVE = ("quiesced", "changing")
 HEARTBEAT_S = 30.0
 # The module_utils the guard imports, installed beside it in the same package layout.
 GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_guard")
-COMMAND_TEXT = """#!%(python)s
+# The package the guard's modules are installed under, as the modules import each other.
+PACKAGE = "ansible_collections.posfleet.fleet.plugins.module_utils"
+COMMAND_TEXT = """#!/bin/sh
 # posfleet's update guard, installed by the pos_maintenance module (the code is pos_guard.py in %(lib)s).
 # The terminal's init runs it at boot and every few seconds while %(lease)s exists;
 # `pos-update-guard --status` prints the lease. docs/update-pipeline.md explains it.
-import sys
-
-sys.path.insert(0, %(lib)r)
-from ansible.module_utils.pos_guard import main
-
-sys.exit(main())
+PYTHONPATH=%(lib)s
+export PYTHONPATH
+exec %(python)s -m %(package)s.pos_guard "$@"
 """
 
 
@@ -229,7 +230,7 @@ def heartbeat():
 
 
 def _source(name):
-    module = importlib.import_module("ansible.module_utils." + name)
+    module = importlib.import_module(PACKAGE + "." + name)
     loader = getattr(module, "__loader__", None)
     text = loader.get_source(module.__name__) if loader is not None and hasattr(loader, "get_source") else None
     return text if text is not None else inspect.getsource(module)
@@ -241,10 +242,9 @@ def install(python):
     `python` is the interpreter the command runs with: the one running this module on the terminal.
     """
     lib = terminal_path(INSTALL_DIR)
-    package = os.path.join(lib, "ansible", "module_utils")
-    files = {os.path.join(lib, "ansible", "__init__.py"): ("", 0o644),
-             os.path.join(package, "__init__.py"): ("", 0o644),
-             terminal_path(COMMAND): (COMMAND_TEXT % {"python": python, "lib": lib, "lease": LEASE}, 0o755)}
+    package = os.path.join(lib, *PACKAGE.split("."))
+    files = {terminal_path(COMMAND): (COMMAND_TEXT % {"python": python, "lib": lib, "lease": LEASE,
+                                                      "package": PACKAGE}, 0o755)}
     for name in GUARD_MODULES:
         files[os.path.join(package, name + ".py")] = (_source(name), 0o644)
     changed = False
@@ -257,6 +257,11 @@ def install(python):
             pass
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         atomic_write(path, text, mode=mode)
+        changed = True
+    # The layout before posfleet was a collection (lib/ansible/module_utils): nothing runs it any more.
+    earlier = os.path.join(lib, "ansible")
+    if os.path.isdir(earlier):
+        shutil.rmtree(earlier)
         changed = True
     return changed
 
@@ -392,3 +397,7 @@ def main(argv=None):
     if result["action"] not in ("none", "busy", "waiting"):
         print(json.dumps(dict(result, at=_stamp(time.time())), sort_keys=True), flush=True)
     return 1 if result["action"] == "stuck" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ import os
 import sqlite3
 from urllib.parse import quote
 
-from ansible.module_utils.pos_terminal import STAN_MAX
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import STAN_MAX
 
 COUNTERS = ("stan", "batch", "invoice")
 

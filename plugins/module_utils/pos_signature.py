@@ -10,8 +10,8 @@ terminal is then given comes from a manifest it found signed itself, so a compro
 alone cannot make it install an unsigned release.
 
 Read-only: the manifest and its signature are held in memory; openssl reads them from a temporary
-directory that is removed before check_signature() returns. Used by M(pos_signature_check) and by
-M(pos_package)'s `signature` option (one task per terminal instead of two).
+directory that is removed before check_signature() returns. Used by M(posfleet.fleet.pos_package)'s
+`signature` option, in the install's own round trip.
 
 Runs on terminals: standard library only, Python 3.9 or newer.
 """
@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import urllib.request
 
-# The options of the check: pos_signature_check's own, pos_package's `signature` suboptions.
+# The options of the check: pos_package's `signature` suboptions.
 SIGNATURE_OPTIONS = {
     "manifest_url": {"type": "str", "required": True},
     "manifest_sha256": {"type": "str", "required": True},

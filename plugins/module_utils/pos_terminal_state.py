@@ -13,7 +13,7 @@ import platform
 import time
 import urllib.request
 
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     BOOT_ID,
     TERMINAL_JSON,
     PosdError,

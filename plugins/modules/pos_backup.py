@@ -11,19 +11,20 @@ module: pos_backup
 short_description: Take a consistent snapshot of a POS terminal before it is updated
 description:
   - Writes C(snapshot.tar) (an uncompressed tar, members sorted) and C(MANIFEST.json) into O(dest), that is
-    everything M(pos_restore) needs to put the terminal back as it was.
+    everything M(posfleet.fleet.pos_restore) needs to put the terminal back as it was.
   - "The snapshot holds: C(journal.db), a copy of posd's SQLite journal made with SQLite's online backup API
     (consistent even while posd runs); C(etc/pos/terminal.json); the tree of every data pack's C(current)
     version as C(packs/<name>/<version>/...) and C(packs.json) naming the current version of each pack;
     C(app.json) with the app version, package style and O(release); for C(dpkg) models the installed
-    version's C(.deb) as C(rollback/posd_<version>_all.deb) when M(pos_package) kept it in
+    version's C(.deb) as C(rollback/posd_<version>_all.deb) when M(posfleet.fleet.pos_package) kept it in
     C(/var/lib/pos/rollback/); and C(MANIFEST.json), the sha256 of every other member."
   - The tar is built in a temporary file in O(dest), read back and checked member by member against
     C(MANIFEST.json), and only then renamed to C(snapshot.tar), so O(dest) always holds one whole snapshot.
-  - Take it with the terminal in maintenance and its sales uploaded (M(pos_maintenance), M(pos_txn_upload)).
+  - Take it with the terminal in maintenance and its sales uploaded (M(posfleet.fleet.pos_maintenance),
+    M(posfleet.fleet.pos_txn_upload)).
   - A new snapshot is always a change.
-  - When the terminal holds an update lease (M(pos_maintenance) with its C(lease) option), the app and
-    pack versions just recorded become what the update guard switches back to should the control node go
+  - When the terminal holds an update lease (M(posfleet.fleet.pos_maintenance) with its C(lease) option), the app
+    and pack versions just recorded become what the update guard switches back to should the control node go
     silent from here on.
   - When an earlier update of the terminal stopped half-way (its lease still in phase C(changing)), the app and
     packs are first switched back to what the terminal ran before that update (RV(switched_back)), so that the
@@ -31,9 +32,10 @@ description:
   - "A task C(pos_backup) goes through the action plugin of the same name (plugins/action/pos_backup.py), which
     also keeps the snapshot in the control node's backup store, in the same task: it checks O(key) before the
     terminal is contacted, runs this module on the terminal, fetches C(snapshot.tar) into
-    C(<store_dir>/.incoming) (mode 0700), encrypts it into C(<store_dir>/<serial>/) with M(pos_backup_store)'s
-    code and format (in the controller's process, not as a module process), and removes the unencrypted copy
-    whatever happens (RV(stored)). The snapshot stays on the terminal for M(pos_restore)."
+    C(<store_dir>/.incoming) (mode 0700), encrypts it into C(<store_dir>/<serial>/) with
+    M(posfleet.fleet.pos_backup_store)'s code and format (in the controller's process, not as a module process),
+    and removes the unencrypted copy whatever happens (RV(stored)). The snapshot stays on the terminal for
+    M(posfleet.fleet.pos_restore)."
   - The action's options (O(store_dir), O(key), O(keep), O(serial)) stay on the control node; the key never
     reaches the terminal. A terminal that stops answering fails the task rather than being unreachable, so that
     a play that ignores unreachability does not go on without a backup.
@@ -79,12 +81,35 @@ options:
       - The terminal's serial number, the store's folder for its backups (the action's option).
       - Default the host's C(inventory_hostname).
     type: str
+attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - The action checks O(key) and the store's options before the terminal is contacted, then fetches the snapshot
+        and encrypts it into O(store_dir) on the control node. O(store_dir), O(key), O(keep) and O(serial) never
+        reach the terminal.
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Nothing is written on the terminal or in the store; the result says what would be backed up (RV(size) is an
+        estimate, RV(manifest) lists the files with their sizes) and the action fetches and stores nothing.
+      - An earlier update that stopped half-way is not switched back; RV(switched_back) is empty.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - The module runs on the terminal with the Python standard library only (Python 3.9 or newer).
+      - The action's encryption needs C(cryptography) on the control node.
 requirements:
   - cryptography (on the control node, for the action's encryption)
-notes:
-  - Supports check mode; in check mode nothing is written and the result says what would be backed up; the
-    action then fetches and stores nothing.
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -148,8 +173,9 @@ packs:
   sample: {params: 2026.01.0, catalog: 2026.01.0, merchant: null}
 stored:
   description:
-    - The snapshot's encrypted backup in the store, as M(pos_backup_store) returns it (C(path), C(sha256),
-      C(kept), C(removed), C(changed)); C(changed) is false when the newest backup already held this snapshot.
+    - The snapshot's encrypted backup in the store, as M(posfleet.fleet.pos_backup_store) returns it (C(path),
+      C(sha256), C(kept), C(removed), C(changed)); C(changed) is false when the newest backup already held this
+      snapshot.
   returned: success, not in check mode (the action)
   type: dict
   sample:
@@ -170,16 +196,16 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     digest_tar_stream,
     manifest_problems,
     tree_files,
     verify_files,
 )
-from ansible.module_utils.pos_guard import LeaseLost, begin_change, undo_interrupted
-from ansible.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, begin_change, undo_interrupted
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     JOURNAL,
     PACK_NAMES,
     PACKS_DIR,

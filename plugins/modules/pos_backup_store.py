@@ -24,9 +24,9 @@ description:
     32-byte key), with scrypt (n=2^15, r=8, p=1) when it is a passphrase."
   - The key never reaches a file, a log or the result; plaintext is written only to O(dest) (state
     V(restored)).
-  - The backup role does not run this module; its M(pos_backup) task stores each snapshot with the same code
-    (C(plugins/module_utils/pos_backup_crypto.py)) in the controller's process. C(rollback.yml) decrypts a backup
-    with V(restored).
+  - The backup role does not run this module; its M(posfleet.fleet.pos_backup) task stores each snapshot with the
+    same code (C(plugins/module_utils/pos_backup_crypto.py)) in the controller's process. C(rollback.yml) decrypts
+    a backup with V(restored).
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -67,10 +67,25 @@ options:
   dest:
     description: With V(restored), where to write the decrypted snapshot tar. Required with V(restored).
     type: path
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Nothing is written or removed. V(present) returns the backup that would be written and the ones the rotation
+        would remove (RV(removed)); V(restored) decrypts and checks the backup without writing it and says whether
+        O(dest) would change.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - "The control node (C(delegate_to: localhost)), which needs the Python C(cryptography) package; not a terminal."
 requirements:
   - cryptography (on the control node)
-notes:
-  - Supports check mode; in check mode nothing is written or removed.
 """
 
 EXAMPLES = r"""
@@ -121,7 +136,7 @@ dest:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pos_backup_crypto import (  # noqa: F401 - the format (MAGIC, SALT_BYTES, derive_key) stays readable here
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_backup_crypto import (  # noqa: F401 - the format (MAGIC, SALT_BYTES, derive_key) stays readable here
     CRYPTOGRAPHY_ERROR,
     HAS_CRYPTOGRAPHY,
     MAGIC,

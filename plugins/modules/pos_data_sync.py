@@ -11,7 +11,7 @@ module: pos_data_sync
 short_description: Bring a POS terminal's data packs (params, catalog, merchant) to a release's versions
 description:
   - For every pack that is not already current at the wanted version, downloads its archive (resuming an
-    interrupted download with HTTP C(Range), like M(pos_package)), checks its C(size) and C(sha256),
+    interrupted download with HTTP C(Range), like M(posfleet.fleet.pos_package)), checks its C(size) and C(sha256),
     unpacks it safely into C(/var/lib/pos/packs/<name>/<version>.staging) and checks every file against the
     pack's C(PACK.json) before renaming the directory to C(<version>).
   - "An archive is refused when a member has an absolute path or C(..), is a link, a directory or a device,
@@ -60,11 +60,27 @@ options:
     type: bool
     default: true
 extends_documentation_fragment:
-  - pos_download
-notes:
-  - Supports check mode; in check mode nothing is downloaded or switched.
-  - Supports diff mode (pack versions before and after).
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+  - posfleet.fleet.pos_download
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Nothing is downloaded, unpacked or switched and posd is not reloaded; RV(switched) and RV(versions_after) say
+        what a real run would do, RV(transfers) how each pack would come.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: partial
+    details:
+      - The pack versions before and after (C(packs)), in check mode too.
+      - A pack put back at the version it already had, because its files were damaged, shows no difference in the
+        diff; RV(switched) names it.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -134,7 +150,8 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import (
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant as merchant_pack
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     check_pack_manifest,
     pack_intact,
@@ -143,8 +160,8 @@ from ansible.module_utils.pos_archive import (
     safe_extract,
     verify_files,
 )
-from ansible.module_utils.pos_delta import pack_dir_members, write_pack_tar
-from ansible.module_utils.pos_delta_fetch import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_delta import pack_dir_members, write_pack_tar
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_delta_fetch import (
     candidates,
     check_delta_fields,
     fetch_cheapest,
@@ -152,9 +169,13 @@ from ansible.module_utils.pos_delta_fetch import (
     planned,
     refusal,
 )
-from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, partial_bytes
-from ansible.module_utils.pos_guard import LeaseLost, switching
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import (
+    DOWNLOAD_OPTIONS,
+    DownloadError,
+    partial_bytes,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, switching
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     PACK_NAMES,
     PACKS_DIR,
     PosdError,
@@ -167,10 +188,6 @@ from ansible.module_utils.pos_terminal import (
 
 RELEASE_PACKS = ("params", "catalog")
 VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+~_-")
-
-
-def canonical(profile):
-    return json.dumps(profile, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def pack_base(name):
@@ -327,8 +344,8 @@ def main():
     if module.params["merchant"] is not None:
         if not isinstance(module.params["merchant"].get("currency"), str):
             module.fail_json(msg="merchant profile has no currency; posd refuses a merchant pack without one")
-        profile_bytes = canonical(module.params["merchant"])
-        wanted["merchant"] = hashlib.sha256(profile_bytes).hexdigest()[:12]
+        profile_bytes = merchant_pack.canonical(module.params["merchant"])
+        wanted["merchant"] = merchant_pack.version(module.params["merchant"])
         result["merchant_version"] = wanted["merchant"]
 
     before = pack_versions()

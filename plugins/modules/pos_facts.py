@@ -41,9 +41,23 @@ options:
       - What this model should run, from the release manifest, as C(app_version) and C(packs) (a dict of
         pack name to version). When given, C(pos_terminal.current) says whether the terminal runs it.
     type: dict
-notes:
-  - Supports check mode; the module changes nothing in any mode.
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - It only reads; it reports no change in any mode.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: N/A
+    details:
+      - It changes nothing.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -85,7 +99,7 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_terminal_state import NotATerminal, terminal_state
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal_state import NotATerminal, terminal_state
 
 
 def main():

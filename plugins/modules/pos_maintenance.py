@@ -21,11 +21,11 @@ description:
   - Maintenance survives a restart of posd and a reboot of the terminal, until V(selling) ends it.
   - "With O(lease), V(maintenance) also takes the update's lease on the terminal and installs the update guard
     (C(/usr/local/sbin/pos-update-guard)), which the terminal's init runs at boot and every few seconds while a
-    lease is held. Every later step renews the lease (M(pos_backup), M(pos_package), M(pos_data_sync),
-    M(pos_restore), M(pos_verify), V(ready)). When the control node is not heard of for O(lease) seconds, the
-    guard puts the terminal back in service, switching the app and data packs back to the versions recorded
-    by M(pos_backup) first if the change had begun. V(selling) (and M(pos_verify) leaving maintenance) ends the
-    lease."
+    lease is held. Every later step renews the lease (M(posfleet.fleet.pos_backup), M(posfleet.fleet.pos_package),
+    M(posfleet.fleet.pos_data_sync), M(posfleet.fleet.pos_restore), M(posfleet.fleet.pos_verify), V(ready)). When
+    the control node is not heard of for O(lease) seconds, the guard puts the terminal back in service, switching
+    the app and data packs back to the versions recorded by M(posfleet.fleet.pos_backup) first if the change had
+    begun. V(selling) (and M(posfleet.fleet.pos_verify) leaving maintenance) ends the lease."
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -55,8 +55,8 @@ options:
     default: ""
   ready_check:
     description:
-      - With V(maintenance), first read the terminal's state (as M(pos_facts) does) and decide whether it is
-        still ready for the update, with the same verdict as the survey's (C(module_utils/pos_readiness.py)),
+      - With V(maintenance), first read the terminal's state (as M(posfleet.fleet.pos_facts) does) and decide whether
+        it is still ready for the update, with the same verdict as the survey's (C(module_utils/pos_readiness.py)),
         one of current, deferred (battery, flash, link, the payment app down) or go. Only on V(go) is the terminal
         taken out of service; otherwise nothing is changed and RV(verdict) says why.
       - The update's check just before the change, in the same round trip as the quiesce.
@@ -118,11 +118,36 @@ options:
         description: Decide no window (an emergency release, or the lab).
         type: bool
         default: false
-notes:
-  - Supports check mode; in check mode V(maintenance) and V(selling) only report whether they would change the
-    state.
-  - Supports diff mode.
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - The action decides O(window) on the control node before the terminal is contacted, and with O(ready_check)
+        records the verdict as the pipeline's facts. Every other option goes to the module on the terminal.
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: partial
+    details:
+      - Nothing on the terminal changes. V(maintenance) and V(selling) report whether posd's maintenance state would
+        change; O(window) and O(ready_check) decide as in a real run; V(ready) waits for posd as in a real run.
+      - The update's lease is not predicted. A terminal already in the wanted state reports no change in check mode,
+        where a real run reports one when it takes the lease (V(maintenance) with O(lease)) or ends a lease left
+        behind (V(selling)).
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: partial
+    details:
+      - posd's maintenance state before and after (C(maintenance)), in check mode too.
+      - The update's lease and guard are not in the diff; RV(lease) and RV(guard_installed) say what was done.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - The module runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -193,7 +218,7 @@ verdict:
 ansible_facts:
   description:
     - With O(ready_check), the terminal's state as read for the verdict (the C(pos_terminal) fact, as
-      M(pos_facts) returns it).
+      M(posfleet.fleet.pos_facts) returns it).
   returned: with O(ready_check)
   type: dict
 guard_installed:
@@ -206,10 +231,15 @@ guard_installed:
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_guard import end_lease, install, renew, take
-from ansible.module_utils.pos_readiness import readiness
-from ansible.module_utils.pos_terminal import PosdError, posd, posd_wait, wait_posd_ready
-from ansible.module_utils.pos_terminal_state import NotATerminal, terminal_state
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import end_lease, install, renew, take
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
+    PosdError,
+    posd,
+    posd_wait,
+    wait_posd_ready,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal_state import NotATerminal, terminal_state
 
 
 def clean(status):

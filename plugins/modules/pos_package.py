@@ -12,12 +12,12 @@ short_description: Install a release of the payment app on a POS terminal, keepi
 description:
   - Downloads the app artifact of a release from the region's distribution point, verifies it and installs it
     the way the model does (O(style)).
-  - "With O(signature), before any of this, the terminal checks the release itself, as M(pos_signature_check)
-    does: it downloads the release manifest and its signature from its distribution point, checks the ed25519
-    signature with its own C(openssl) against the release public key, and checks that the manifest is byte for
-    byte the one the control node verified. Only then does it look at, download or install anything; a failed
-    check fails the module with nothing downloaded or changed. The check runs even when O(version) is installed
-    already, as the data packs that follow come from the same manifest."
+  - "With O(signature), before any of this, the terminal checks the release itself: it downloads the release
+    manifest and its signature from its distribution point, checks the ed25519 signature with its own C(openssl)
+    against the release public key, and checks that the manifest is byte for byte the one the control node
+    verified. Only then does it look at, download or install anything; a failed check fails the module with
+    nothing downloaded or changed. The check runs even when O(version) is installed already, as the data packs
+    that follow come from the same manifest."
   - The download goes to C(<staging_dir>/<sha256>.part) and is resumed with an HTTP C(Range) request after a
     dropped connection, in this run (O(retries)) or the next one. O(size) is enforced while downloading and
     O(sha256) is checked before anything is installed; a mismatching download is deleted.
@@ -40,7 +40,7 @@ description:
     result with another sha256, a rebuilt bundle that is refused, too little free space) falls back to the full
     download in the same run; RV(transfer) says which way the app came and why."
   - V(dpkg) models always download the whole C(.deb).
-  - C(/var/lib/pos/rollback/app.json) records the previous version and the style for M(pos_restore).
+  - C(/var/lib/pos/rollback/app.json) records the previous version and the style for M(posfleet.fleet.pos_restore).
   - With O(restart), posd is restarted (its pid from C(/run/pos/posd.pid); the terminal's init starts it
     again) and the module waits until it answers with the new version.
   - When the installed version already is O(version), nothing is downloaded and nothing changes.
@@ -120,13 +120,28 @@ options:
         type: str
         required: true
 extends_documentation_fragment:
-  - pos_download
-notes:
-  - Supports check mode; in check mode nothing is installed and the app is not downloaded. With O(signature) the
-    check runs in check mode too (it only reads the manifest and its signature, and changes nothing), so that
-    check mode fails where a real run would refuse the release.
-  - Supports diff mode (the app version before and after).
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+  - posfleet.fleet.pos_download
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Nothing is downloaded or installed and posd is not restarted; RV(would_download) says how many bytes a real
+        run would download, RV(transfer) how the app would come.
+      - With O(signature) the release is checked in check mode too (it only reads the manifest and its signature), so
+        that check mode fails where a real run would refuse the release.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: full
+    details:
+      - The app version before and after (C(app_version)), in check mode too.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - Runs on the terminal with the Python standard library only (Python 3.9 or newer); V(dpkg) models need
+        C(dpkg) and C(dpkg-deb), O(signature) needs C(openssl) 3.
 """
 
 EXAMPLES = r"""
@@ -225,14 +240,30 @@ import shutil
 import tempfile
 import time
 
-from ansible.module_utils import pos_delta_fetch as by_delta
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, safe_extract
-from ansible.module_utils.pos_delta import DeltaError, bundle_dir_entries, write_bundle_tar
-from ansible.module_utils.pos_download import DOWNLOAD_OPTIONS, DownloadError, partial_bytes
-from ansible.module_utils.pos_guard import LeaseLost, switching
-from ansible.module_utils.pos_signature import SIGNATURE_OPTIONS, SignatureError, check_signature
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_delta_fetch as by_delta
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
+    ArchiveError,
+    bundle_problems,
+    safe_extract,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_delta import (
+    DeltaError,
+    bundle_dir_entries,
+    write_bundle_tar,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import (
+    DOWNLOAD_OPTIONS,
+    DownloadError,
+    partial_bytes,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, switching
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import (
+    SIGNATURE_OPTIONS,
+    SignatureError,
+    check_signature,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
     PosdError,

@@ -47,8 +47,31 @@ options:
     description: Seconds one probe of the terminal's SSH port may take.
     type: float
     default: 5.0
+attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - Everything runs in the action on the control node; the commands run on the terminal over the task's
+        connection, without a module.
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - The terminal is not contacted and not rebooted; the task reports a change (it would be rebooted) with
+        RV(rebooted) false.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - A terminal whose model profile names the three commands; it needs a shell, not Python.
 notes:
-  - Supports check mode; in check mode the terminal is not rebooted and the task reports it would be.
   - A terminal that does not answer before the reboot is unreachable; one that does not come back fails the
     task with what was last seen (no answer on the port, SSH not connecting, the old boot, the test failing).
 seealso:

@@ -48,8 +48,32 @@ options:
     description: Check the TLS certificate of an C(https) URL.
     type: bool
     default: true
+attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - It runs entirely in the action on the control node; the module file only documents it.
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - It only reads the manifest, its signature and the key, and reports no change, in every mode.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: N/A
+    details:
+      - It changes nothing.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: all
+    details:
+      - It never connects to the host, so any host will do (C(run_once), or C(localhost)); the work is done on the
+        control node.
 notes:
-  - Supports check mode; it only reads, in every mode.
   - Needs the C(cryptography), C(PyYAML) and C(jsonschema) Python packages on the control node
     (C(requirements.txt)).
 """
@@ -114,8 +138,8 @@ def main():
         },
         supports_check_mode=True,
     )
-    module.fail_json(msg="pos_release runs on the control node as an action plugin; add "
-                         "`action_plugins = plugins/action` to ansible.cfg")
+    module.fail_json(msg="pos_release runs on the control node as an action plugin: call it by its full name, "
+                         "posfleet.fleet.pos_release, with the collection posfleet.fleet installed")
 
 
 if __name__ == "__main__":

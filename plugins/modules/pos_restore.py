@@ -12,8 +12,8 @@ short_description: Put a POS terminal back to a snapshot taken by pos_backup (th
 description:
   - Checks the snapshot (O(src)) member by member against its C(MANIFEST.json) before using any of it.
   - "App: V(bundle) switches C(/opt/pos/app/current) back to the snapshot's version directory (kept by
-    M(pos_package)); V(dpkg) installs C(/var/lib/pos/rollback/posd_<version>_all.deb) (or the copy inside the
-    snapshot) with C(dpkg -i). Nothing happens when the installed version already is the snapshot's."
+    M(posfleet.fleet.pos_package)); V(dpkg) installs C(/var/lib/pos/rollback/posd_<version>_all.deb) (or the copy
+    inside the snapshot) with C(dpkg -i). Nothing happens when the installed version already is the snapshot's."
   - "Data packs: each pack's C(current) goes back to the snapshot's version; a version directory that is gone
     or damaged is re-created from the snapshot. All packs are staged and verified before any link is switched.
     A pack the snapshot did not have is left as it is (with a warning)."
@@ -49,15 +49,33 @@ options:
     description: Seconds to wait for posd to stop or to answer again.
     type: float
     default: 60
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - The differences are reported (RV(restored), RV(versions_after), RV(journal)) and nothing of the terminal's
+        state changes; the snapshot's journal is read from a temporary copy in the system's temporary directory,
+        removed again.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: partial
+    details:
+      - The app and pack versions before and after, in check mode too.
+      - The journal is not in the diff (RV(journal) says what happens to it), nor is a pack directory re-created at the
+        version it already had (RV(restored) names it).
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - Runs on the terminal with the Python standard library only (Python 3.9 or newer); V(dpkg) models need
+        C(dpkg).
 notes:
-  - Supports check mode; in check mode the differences are reported and nothing on the terminal changes (the
-    snapshot's journal is read from a temporary copy that is removed).
-  - Supports diff mode (app and pack versions before and after).
   - "Replacing a damaged journal file races with the terminal's init, which starts posd again about a second
     after it exits: posd may start between the stop and the rename and open the old file. The module therefore
     restarts posd once more after the rename whenever a posd is running. A terminal init with a hold switch
     (for example C(systemctl stop posd)) would remove the race."
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -90,7 +108,7 @@ journal:
     - What happened to the journal, V(kept), V(counters) (raised in place), V(restored) or V(replaced), with
       the reason.
     - C(gap) when the restored counters are ahead of the last sale (numbers were issued after the snapshot);
-      the jump is recorded in C(/var/lib/pos/sequence_gaps.json), where M(pos_verify) accepts it.
+      the jump is recorded in C(/var/lib/pos/sequence_gaps.json), where M(posfleet.fleet.pos_verify) accepts it.
   returned: always
   type: dict
   sample: {action: kept, reason: "the live journal holds all 118 snapshot sales unchanged"}
@@ -114,7 +132,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     bundle_problems,
     digest_tar_stream,
@@ -122,8 +140,8 @@ from ansible.module_utils.pos_archive import (
     member_path,
     pack_intact,
 )
-from ansible.module_utils.pos_guard import renew
-from ansible.module_utils.pos_journal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import renew
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import (
     COUNTERS,
     connect_ro,
     counters,
@@ -132,7 +150,7 @@ from ansible.module_utils.pos_journal import (
     raise_counters,
     write_into,
 )
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     JOURNAL,
     PACKS_DIR,

@@ -63,15 +63,32 @@ options:
     elements: str
     default: []
 attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - It runs entirely in the action on the control node; the module file only documents it.
   check_mode:
-    support: full
-    details: In check mode the budget file is read but never written.
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: partial
+    details:
+      - The budget is counted as in a real run, over O(budget_file)'s outcomes and this run's, but the file is read
+        and never written (a preview spends no budget), so the task reports no change where a real run would report
+        one for the outcomes it adds to the file.
   diff_mode:
-    support: full
-    details: The budget file's lines before and after.
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: partial
+    details:
+      - With O(budget_file) only, the file's lines (C(serial) and status) before and after; not in check mode, which
+        writes nothing.
   platform:
-    platforms: posix
-    details: Runs on the control node only.
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: all
+    details:
+      - It runs on the control node only and never connects to the host or a terminal.
 notes:
   - "The budget file's lock is an C(flock) on C(<budget_file>.lock): the processes must share one file
     system whose locks work between them."

@@ -14,7 +14,7 @@ description:
     when none is left pending, so that a backup taken next holds no sale the acquirer has not got.
   - When sales stay pending after O(retries) further attempts the module fails, naming how many are
     pending and the acquirer's error, and returns RV(pending) and RV(deferred=true).
-  - The terminal should be in maintenance (M(pos_maintenance)); otherwise new sales may arrive meanwhile.
+  - The terminal should be in maintenance (M(posfleet.fleet.pos_maintenance)); otherwise new sales may arrive meanwhile.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -30,10 +30,21 @@ options:
     description: Seconds between attempts.
     type: float
     default: 5
-notes:
-  - Supports check mode; in check mode nothing is uploaded and RV(would_upload) says how many sales are
-    pending.
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Nothing is uploaded; RV(would_upload) says how many sales are pending, which a real run would send.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -75,7 +86,7 @@ deferred:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_terminal import PosdError, posd, posd_wait
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import PosdError, posd, posd_wait
 
 
 def main():

@@ -24,7 +24,7 @@ description:
   - When a check fails the module fails with a message listing the failed checks, and returns RV(checks) and
     RV(drift).
   - When every check passes and O(leave_maintenance) is set, the terminal goes back in service and the update's
-    lease ends (see M(pos_maintenance)); these are the only changes this module makes.
+    lease ends (see M(posfleet.fleet.pos_maintenance)); these are the only changes this module makes.
 version_added: "0.1.0"
 author: posfleet contributors
 options:
@@ -38,7 +38,7 @@ options:
     required: true
     choices: [dpkg, bundle]
   merchant_version:
-    description: The merchant pack version the terminal should hold (from M(pos_data_sync)).
+    description: The merchant pack version the terminal should hold (from M(posfleet.fleet.pos_data_sync)).
     type: str
   leave_maintenance:
     description: When everything checks out, leave maintenance so that the terminal sells again.
@@ -59,9 +59,33 @@ options:
         is verified and the terminal is recorded as C(would_update).
     type: bool
     default: false
-notes:
-  - Supports check mode; in check mode the checks run but the terminal never leaves maintenance.
-  - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
+attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - O(record_status) is handled by the action on the control node, which records the verdict as the pipeline's
+        facts; every other option goes to the module on the terminal.
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: partial
+    details:
+      - Nothing on the terminal changes. The checks run; the terminal does not leave maintenance and its lease is
+        not ended. The change reported is whether O(leave_maintenance) would take the terminal out of maintenance;
+        a lease that a real run would only end is not predicted.
+      - With O(record_status) the checks do not run at all (a check-mode update installed nothing) and the terminal
+        is recorded as C(would_update).
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+    details:
+      - The module runs on the terminal with the Python standard library only (Python 3.9 or newer).
 """
 
 EXAMPLES = r"""
@@ -102,10 +126,15 @@ import os
 import sqlite3
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pos_archive import ArchiveError, bundle_problems, read_pack_manifest, verify_files
-from ansible.module_utils.pos_guard import end_lease
-from ansible.module_utils.pos_journal import connect_ro, integrity, sequence_problems
-from ansible.module_utils.pos_terminal import (
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
+    ArchiveError,
+    bundle_problems,
+    read_pack_manifest,
+    verify_files,
+)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import end_lease
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import connect_ro, integrity, sequence_problems
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     JOURNAL,
     PACKS_DIR,

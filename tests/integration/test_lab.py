@@ -51,7 +51,7 @@ def test_facts_playbook_summarises_the_fleet(lab):
     assert "failed=0" in result.stdout and "unreachable=0" in result.stdout
     # The older model runs its modules on Python 3.9, the oldest target Python.
     petrel = of_model(lab, "petrel_p9")["serial"]
-    facts = run(["ansible", petrel, "-m", "pos_facts", "-a", "package_style=bundle"]).stdout
+    facts = run(["ansible", petrel, "-m", "posfleet.fleet.pos_facts", "-a", "package_style=bundle"]).stdout
     assert '"python": "3.9.' in facts
 
 
@@ -149,7 +149,7 @@ def test_disk_full_leaves_no_free_flash(lab):
     row = of_model(lab, "kestrel_k200")
 
     def free_mb():
-        out = run(["ansible", row["serial"], "-m", "pos_facts", "-a", "package_style=dpkg"]).stdout
+        out = run(["ansible", row["serial"], "-m", "posfleet.fleet.pos_facts", "-a", "package_style=dpkg"]).stdout
         return json.loads(out.split("=>", 1)[1])["ansible_facts"]["pos_terminal"]["storage_free_mb"]
 
     assert free_mb() > 20
@@ -165,7 +165,7 @@ def test_battery_level_and_charger(lab):
     row = of_model(lab, "heron_h5")
 
     def battery():
-        out = run(["ansible", row["serial"], "-m", "pos_facts", "-a", "package_style=bundle"]).stdout
+        out = run(["ansible", row["serial"], "-m", "posfleet.fleet.pos_facts", "-a", "package_style=bundle"]).stdout
         facts = json.loads(out.split("=>", 1)[1])["ansible_facts"]["pos_terminal"]
         return facts["battery_pct"], facts["charging"]
 

@@ -2,8 +2,8 @@
 
 * `run_module(name, args, root, check=False, diff=True)` runs plugins/modules/<name>.py the way
   Ansible runs a module on a host: a separate Python process reading {"ANSIBLE_MODULE_ARGS": ...}
-  from a file, with POS_ROOT set to the terminal's root. plugins/module_utils is added to the
-  `ansible.module_utils` package path, as ansible.cfg's `module_utils` setting does for a playbook.
+  from a file, with POS_ROOT set to the terminal's root. The collection (collections/, linked by `make`)
+  is on the module's path, so its imports of ansible_collections.posfleet.fleet resolve as in a play.
   Terminal-side modules run under Python 3.9 when one is found (the oldest Python a terminal has);
   the control-node module pos_backup_store runs under this interpreter.
 * `make_terminal(style=..., version=...)` builds a terminal tree (terminal.json, posd.conf, factory
@@ -61,13 +61,10 @@ FACTORY_PACKS = {"params": "2026.01.0", "catalog": "2026.01.0"}
 # Sales only when a test asks for them (make_pending), so that journals are predictable.
 POSD_CONF = {"sale_interval_s": 3600, "sale_duration_s": 0.01, "offline_ratio": 1.0}
 
-# Runs a module file as __main__ with plugins/module_utils reachable as ansible.module_utils.*.
-RUNNER = (
-    "import sys, runpy\n"
-    "import ansible.module_utils\n"
-    "ansible.module_utils.__path__.append(sys.argv.pop(1))\n"
-    "runpy.run_path(sys.argv.pop(1), run_name='__main__')\n"
-)
+# Runs a module file as __main__.
+RUNNER = "import sys, runpy\nrunpy.run_path(sys.argv.pop(1), run_name='__main__')\n"
+# The link `make` creates to this checkout as ansible_collections/posfleet/fleet.
+COLLECTIONS = REPO / "collections"
 
 
 def terminal_python():
@@ -150,11 +147,11 @@ def run_module(tmp_path):
         )
         python = sys.executable if name in CONTROL_NODE_MODULES else TERMINAL_PYTHON
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-        env["PYTHONPATH"] = ANSIBLE_SITE
+        env["PYTHONPATH"] = os.pathsep.join((str(COLLECTIONS), ANSIBLE_SITE))
         if root is not None:
             env["POS_ROOT"] = str(root)
         proc = subprocess.run(
-            [python, "-c", RUNNER, str(MODULE_UTILS), str(MODULES / f"{name}.py"), str(argfile)],
+            [python, "-c", RUNNER, str(MODULES / f"{name}.py"), str(argfile)],
             capture_output=True,
             text=True,
             env=env,

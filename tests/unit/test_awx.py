@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -24,12 +23,12 @@ import pytest
 import yaml
 from conftest import ansible_tool
 
+from posfleet import rollout
+
 REPO = Path(__file__).resolve().parents[2]
 AWX = REPO / "awx"
 CONFIG = AWX / "config"
-sys.path.insert(0, str(REPO))
 
-from posfleet import rollout  # noqa: E402  (the repository root goes on sys.path first)
 
 
 def _load_module(name, path):
@@ -189,7 +188,7 @@ def _allowed_specs(playbook):
     """The specs a survey of `playbook` may use: its own entry point and the roles it runs."""
     text = _playbook_text(playbook)
     entry = Path(playbook).stem
-    roles = {role for role in re.findall(r"\bname:\s*(pos_[a-z_]+)", text)}
+    roles = set(re.findall(r"\bname:\s*(?:posfleet\.fleet\.)?(pos_[a-z_]+)", text))
     return lambda role, ep: (role == PLAYBOOK_SPECS and ep == entry) or (role in roles and ep == "main")
 
 
@@ -334,7 +333,7 @@ def test_the_inventory_source_is_the_registry_plugin_in_the_project():
     (source,) = CFG["awx_inventory"]["sources"]
     assert source["source"] == "scm" and source["source_project"] == CFG["awx_project"]["name"]
     config = _yaml(REPO / source["source_path"])
-    assert config["plugin"] == "posfleet_registry"
+    assert config["plugin"] == "posfleet.fleet.posfleet_registry"
 
 
 def test_no_secret_is_written_in_the_configuration():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -18,12 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 from ansible.errors import AnsibleConnectionFailure
-from conftest import REPO, ansible_module_result
+from ansible_collections.posfleet.fleet.plugins.action import pos_backup as backup_action
+from conftest import ansible_module_result
 
 KEY = "5f" * 32
-_SPEC = importlib.util.spec_from_file_location("posfleet_backup_action", REPO / "plugins" / "action" / "pos_backup.py")
-backup_action = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(backup_action)
 
 
 class TerminalConnection:
@@ -55,7 +52,7 @@ def run_action(terminal, run_module, store_dir, check=False, fetch=None, **overr
 
     def execute(module_name=None, module_args=None, task_vars=None, **_):
         calls.append((module_name, dict(module_args)))
-        return run_module(module_name, module_args, terminal.root, check=check)
+        return run_module(module_name.rsplit(".", 1)[-1], module_args, terminal.root, check=check)
 
     action._execute_module = execute
     result = action.run(task_vars={"inventory_hostname": "KST9101"})
@@ -79,7 +76,8 @@ def test_the_store_gets_an_encrypted_backup_that_restores_to_the_terminals_snaps
     assert result["changed"] is True and "diff" not in result
     assert result["sha256"] == hashlib.sha256(snapshot).hexdigest() == result["stored"]["sha256"]
     # One module call, on the terminal, with the module's options only: the key stays here.
-    assert [(name, sorted(args)) for name, args in calls] == [("pos_backup", ["package_style", "release"])]
+    assert [(name, sorted(args)) for name, args in calls] == [
+        ("posfleet.fleet.pos_backup", ["package_style", "release"])]
     assert KEY not in json.dumps(result)
     encrypted = store_dir / "KST9101" / os.path.basename(result["stored"]["path"])
     assert encrypted.name.endswith("-1.0.0.tar.enc") and result["stored"]["kept"] == [encrypted.name]
@@ -176,7 +174,7 @@ def test_check_mode_stores_nothing(tmp_path, make_terminal, run_module):
 
 def unreachable(tmp_path, args):
     """The task's result on a localhost no one can reach over SSH."""
-    return ansible_module_result(tmp_path, "pos_backup", args,
+    return ansible_module_result(tmp_path, "posfleet.fleet.pos_backup", args,
                                  host="localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9")
 
 

@@ -16,27 +16,23 @@ import gzip
 import hashlib
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
-import ansible.module_utils
 import pytest
 import test_inventory as inv
 import test_release
 import yaml
-from conftest import MODULE_UTILS, pack_contents, pack_files, tar_gz, tree_state
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_archive
+from conftest import pack_contents, pack_files, tar_gz, tree_state
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from posfleet import release as posrelease
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-if str(MODULE_UTILS) not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(MODULE_UTILS))
 
-from ansible.module_utils import pos_archive  # noqa: E402  (needs the path set above)
 
-from posfleet import release as posrelease  # noqa: E402
 
 PACK = "params"
 VERSION = "2026.11.0"

@@ -10,18 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from conftest import tree_state
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from posfleet import packs
+from posfleet import release as posrelease
 
-from posfleet import packs  # noqa: E402  (needs the path set above)
-from posfleet import release as posrelease  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+
 
 delta = packs.delta
 OLD, NEW = "1.0.0", "1.1.0"

@@ -2,17 +2,14 @@
 processes of their own: pos_preflight (the survey's decision) and the pos_role_options filter (one
 argument-spec check for the update's roles)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from ansible_collections.posfleet.fleet.plugins.filter import posfleet as filters
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant
 from conftest import ansible_module_result
 
 REPO = Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location("posfleet_filters_for_actions",
-                                               REPO / "plugins" / "filter" / "posfleet.py")
-filters = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(filters)
 
 RELEASE = {"release": "2026.12.0", "models": {"kestrel_k200": {
     "app": {"version": "1.1.0"}, "packs": {"catalog": {"version": "2026.12.0"}}, "storage_mb": 4}}}
@@ -31,7 +28,7 @@ def preflight(tmp_path, **overrides):
     args = {"release": RELEASE, "model": "kestrel_k200", "model_profile": {"package_style": "dpkg"},
             "region_settings": REGION, "merchant_profile": {"merchant_id": "M1"}}
     args.update(overrides)
-    return action(tmp_path, "pos_preflight", args)
+    return action(tmp_path, "posfleet.fleet.pos_preflight", args)
 
 
 def test_outside_its_window_a_terminal_is_deferred_without_being_contacted(tmp_path):
@@ -44,7 +41,7 @@ def test_outside_its_window_a_terminal_is_deferred_without_being_contacted(tmp_p
     assert result["reason"] == ("outside its maintenance window 01:00-05:00 (Europe/London, region); "
                                 "it opens next at 2026-11-26T01:00:00+00:00")
     assert result["target"]["app_version"] == "1.1.0"
-    assert result["target"]["packs"]["merchant"] == filters.pos_merchant_version({"merchant_id": "M1"})
+    assert result["target"]["packs"]["merchant"] == pos_merchant.version({"merchant_id": "M1"})
     assert result["entry"] == RELEASE["models"]["kestrel_k200"]
 
 
@@ -53,13 +50,13 @@ def test_without_a_merchant_profile_the_role_template_renders_the_terminal_s(tmp
            "pos_region_settings=\"{'currency': 'EUR'}\"")
     args = {"release": RELEASE, "model": "kestrel_k200", "model_profile": {"package_style": "dpkg"},
             "region_settings": REGION, "clock_utc": "2026-11-25T12:00:00Z"}
-    result = ansible_module_result(tmp_path, "pos_preflight", args,
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_preflight", args,
                                    host=f"localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9 {row}")
     assert not result.get("failed"), result
     profile = {"merchant_id": "M7", "terminal_id": "T0007", "name": "Cafe Sol", "store": "S3", "currency": "EUR",
                "receipt_header": "Cafe Sol - thank you"}
     assert result["merchant_profile"] == profile
-    assert result["target"]["packs"]["merchant"] == filters.pos_merchant_version(profile)
+    assert result["target"]["packs"]["merchant"] == pos_merchant.version(profile)
 
 
 def test_inside_its_window_the_terminal_is_read(tmp_path):

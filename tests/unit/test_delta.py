@@ -13,16 +13,15 @@ import lzma
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import tree_state
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from posfleet import packs
 
-from posfleet import packs  # noqa: E402  (needs the path set above)
+REPO = Path(__file__).resolve().parents[2]
+
 
 delta = packs.delta  # plugins/module_utils/pos_delta.py, as the release builder loads it
 OLD, NEW = "2026.11.0", "2026.12.0"

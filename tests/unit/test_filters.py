@@ -1,13 +1,8 @@
-"""The decisions the playbooks take through posfleet's filters."""
+"""The decisions the playbooks take through posfleet's filters, and the readiness rule behind the survey."""
 
-import importlib.util
-from pathlib import Path
-
-# Loaded from its file: the name `posfleet` is also the control-node package at the repository root.
-_SPEC = importlib.util.spec_from_file_location(
-    "posfleet_filters", Path(__file__).resolve().parents[2] / "plugins" / "filter" / "posfleet.py")
-filters = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(filters)
+from ansible_collections.posfleet.fleet.plugins.filter import posfleet as filters
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
 
 PROFILE = {"battery": True, "battery_min_pct": 30}
 ENTRY = {"storage_mb": 10}
@@ -21,7 +16,7 @@ def facts(**overrides):
 
 
 def verdict(**overrides):
-    return filters.pos_preflight_verdict(facts(**overrides), PROFILE, ENTRY, min_kbps=64, margin_mb=2)
+    return readiness(facts(**overrides), PROFILE, ENTRY, min_kbps=64, margin_mb=2)
 
 
 def test_current_terminal_does_nothing():
@@ -43,17 +38,15 @@ def test_deferrals_name_their_reason():
     assert "not answering" in verdict(posd={"state": "down", "health_detail": "no socket"})["reason"]
 
 
-def test_summary_counts_every_outcome_and_a_lost_terminal_as_unreachable():
+def test_problems_name_every_terminal_not_current_or_updated():
     hostvars = {
         "A": {"pos_model": "m", "pos_region": "r", "pos_update_status": "updated"},
         "B": {"pos_model": "m", "pos_region": "r", "pos_update_status": "rolled_back"},
         "C": {"pos_model": "m", "pos_region": "r", "pos_update_status": "go"},
         "D": {"pos_model": "m", "pos_region": "r"},
     }
-    rows = filters.pos_update_summary(hostvars, ["A", "B", "C", "D"])
-    assert rows[0]["updated"] == 1 and rows[0]["rolled_back"] == 1 and rows[0]["unreachable"] == 2
-    assert rows[-1]["model"] == "TOTAL"
-    assert filters.pos_update_problems(hostvars, ["A", "B"]) == ["B rolled_back: no answer"]
+    assert filters.pos_update_problems(hostvars, ["A", "B", "C", "D"]) == [
+        "B rolled_back: no answer", "C go: no answer", "D unreachable: no answer"]
 
 
 def test_drift_report_lists_terminals_that_could_not_be_audited():
@@ -62,7 +55,10 @@ def test_drift_report_lists_terminals_that_could_not_be_audited():
         "B": ["pack:params: changed"], "C": ["not audited: the terminal did not answer"]}
 
 
-def test_merchant_version_matches_what_the_terminal_computes():
+def test_the_release_target_carries_the_merchant_version_the_terminal_computes():
     profile = {"name": "Café Ü", "merchant_id": "M1"}
-    assert filters.pos_merchant_version(profile) == filters.pos_merchant_version(dict(reversed(profile.items())))
-    assert len(filters.pos_merchant_version(profile)) == 12
+    release = {"release": "r1", "models": {"m": {"app": {"version": "1.1.0"}, "packs": {"params": {"version": "p2"}}}}}
+    target = filters.FilterModule().filters()["pos_release_target"](release, "m", dict(reversed(profile.items())))
+    assert target == {"app_version": "1.1.0", "packs": {"params": "p2", "merchant": pos_merchant.version(profile)}}
+    assert len(pos_merchant.version(profile)) == 12
+    assert pos_merchant.canonical(profile) == '{"merchant_id":"M1","name":"Café Ü"}'.encode()

@@ -57,7 +57,7 @@ def inventory_list(source, *args, env=None):
 
 def write_config(directory, registry, **options):
     config = {
-        "plugin": "posfleet_registry",
+        "plugin": "posfleet.fleet.posfleet_registry",
         "registry": registry,
         "models_file": str(SHARED / "models.yml"),
         "regions_file": str(SHARED / "regions.yml"),

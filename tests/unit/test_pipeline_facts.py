@@ -57,7 +57,7 @@ def preflight(**overrides):
     args = {"release": RELEASE, "model": "kestrel_k200", "model_profile": {"package_style": "dpkg"},
             "region_settings": REGION, "merchant_profile": {"merchant_id": "M1"},
             "clock_utc": "2026-11-25T12:00:00Z"}
-    return {"name": "Decide", "pos_preflight": dict(args, **overrides)}
+    return {"name": "Decide", "posfleet.fleet.pos_preflight": dict(args, **overrides)}
 
 
 def test_the_preflight_verdict_overrides_an_earlier_set_fact(tmp_path):
@@ -129,7 +129,7 @@ def test_the_survey_does_not_decrypt_a_vaulted_role_option(tmp_path, make_termin
 
 
 def verify(release, **overrides):
-    return {"name": "Verify", "pos_verify": dict({"release": release, "package_style": "bundle",
+    return {"name": "Verify", "posfleet.fleet.pos_verify": dict({"release": release, "package_style": "bundle",
                                                   "merchant_version": "m1"}, **overrides)}
 
 
@@ -182,7 +182,8 @@ def test_in_check_mode_the_verdict_is_would_update_without_contacting_the_termin
 def quiesce(release, **check):
     ready_check = dict({"package_style": "bundle", "release": release, "model_profile": {"battery": False},
                         "entry": {"storage_mb": 1}}, **check)
-    return {"name": "Quiesce", "pos_maintenance": {"state": "maintenance", "timeout": 5, "ready_check": ready_check}}
+    return {"name": "Quiesce",
+            "posfleet.fleet.pos_maintenance": {"state": "maintenance", "timeout": 5, "ready_check": ready_check}}
 
 
 NEWER = {"app_version": "1.1.0", "packs": {"params": "2026.02.0", "catalog": "2026.02.0"}}
@@ -220,7 +221,7 @@ def test_a_terminal_already_current_is_left_selling_and_recorded_current(tmp_pat
 
 def test_without_a_ready_check_the_quiesce_records_nothing(tmp_path, make_terminal):
     terminal = make_terminal()
-    task = {"name": "Quiesce", "pos_maintenance": {"state": "maintenance", "timeout": 5}}
+    task = {"name": "Quiesce", "posfleet.fleet.pos_maintenance": {"state": "maintenance", "timeout": 5}}
     results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
     assert results["Quiesce"]["changed"] is True and "verdict" not in results["Quiesce"]
     assert terminal.status()["maintenance"] is True and state["pos_update_status"] == "go"
@@ -233,7 +234,7 @@ def window(clock, **overrides):
 def quiesce_at(tmp_path, terminal, clock, **overrides):
     """The update's quiesce (window and ready check) at `clock`: its result and the state after it."""
     task = quiesce(NEWER)
-    task["pos_maintenance"]["window"] = window(clock, **overrides)
+    task["posfleet.fleet.pos_maintenance"]["window"] = window(clock, **overrides)
     results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
     return results["Quiesce"], state
 
@@ -268,12 +269,12 @@ def test_with_windows_ignored_the_quiesce_decides_none(tmp_path, make_terminal):
 
 def test_a_window_without_the_ready_check_is_refused(tmp_path, make_terminal):
     terminal = make_terminal()
-    task = {"name": "Quiesce", "pos_maintenance": {"state": "maintenance", "window": window("")}}
+    task = {"name": "Quiesce", "posfleet.fleet.pos_maintenance": {"state": "maintenance", "window": window("")}}
     results, state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
     refused = results["Quiesce"]
     assert refused["failed"] is True and "needs state=maintenance and ready_check" in refused["msg"]
     assert terminal.status()["maintenance"] is False and state["pos_update_started"] is False
-    task["pos_maintenance"].update(ready_check=quiesce(NEWER)["pos_maintenance"]["ready_check"],
+    task["posfleet.fleet.pos_maintenance"].update(ready_check=quiesce(NEWER)["posfleet.fleet.pos_maintenance"]["ready_check"],
                                    window={"clock_utc": ""})
     results, _state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
     assert "region_settings" in results["Quiesce"]["msg"] and terminal.status()["maintenance"] is False

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_signature
 from conftest import TERMINAL_PYTHON, ansible_tool, tree_state
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -154,21 +154,16 @@ def test_without_signature_nothing_but_the_app_is_fetched(make_terminal, run_mod
 
 
 def test_pos_package_documents_the_options_of_the_shared_check():
-    """pos_package's `signature` suboptions are pos_signature_check's options, as module_utils defines them."""
-    spec = importlib.util.spec_from_file_location("pos_signature", REPO / "plugins/module_utils/pos_signature.py")
-    shared = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared)
-    docs = {}
-    for name in ("pos_package", "pos_signature_check"):
-        tree = ast.parse((REPO / "plugins/modules" / (name + ".py")).read_text())
-        text = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                    and getattr(node.targets[0], "id", None) == "DOCUMENTATION")
-        docs[name] = yaml.safe_load(text)["options"]
-    suboptions = docs["pos_package"]["signature"]["suboptions"]
-    assert set(suboptions) == set(shared.SIGNATURE_OPTIONS) <= set(docs["pos_signature_check"])
-    for name, accepted in shared.SIGNATURE_OPTIONS.items():
+    """pos_package's `signature` suboptions are the options module_utils/pos_signature.py accepts."""
+    tree = ast.parse((REPO / "plugins/modules/pos_package.py").read_text())
+    text = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", None) == "DOCUMENTATION")
+    documented = yaml.safe_load(text)["options"]["signature"]
+    suboptions = documented["suboptions"]
+    assert set(suboptions) == set(pos_signature.SIGNATURE_OPTIONS)
+    for name, accepted in pos_signature.SIGNATURE_OPTIONS.items():
         assert suboptions[name]["type"] == accepted["type"] and suboptions[name]["required"] is accepted["required"]
-    assert docs["pos_package"]["signature"]["type"] == "dict"
+    assert documented["type"] == "dict"
 
 
 # --- the role: one task per terminal ----------------------------------------------------------------
@@ -182,7 +177,7 @@ ROLE_PLAY = """
   tasks:
     - name: Install the payment app
       ansible.builtin.import_role:
-        name: pos_package
+        name: posfleet.fleet.pos_package
         rolespec_validate: false
 """
 
@@ -221,7 +216,8 @@ def test_role_checks_the_signature_in_its_one_task_only_for_models_that_can(
     except (ValueError, KeyError, IndexError):
         raise AssertionError(f"unexpected ansible output:\n{proc.stdout}\n{proc.stderr}") from None
 
-    assert [task["task"]["name"] for task in tasks] == ["pos_package : Install the payment app of the release"]
+    assert [task["task"]["name"] for task in tasks] == [
+        "posfleet.fleet.pos_package : Install the payment app of the release"]
     result = tasks[0]["hosts"]["localhost"]
     if verify_signature:
         assert result.get("failed") and "signature" in result["msg"] and "nothing is installed" in result["msg"]

@@ -12,16 +12,17 @@ import sys
 
 from conftest import REPO
 
+PREFIX = "ansible_collections.posfleet.fleet.plugins.action."
 PROBE = r"""
 import json, sys
 from ansible.plugins.loader import init_plugin_loader
 init_plugin_loader()
-sys.path.insert(0, sys.argv[1])
-import posfleet_preload
+from ansible_collections.posfleet.fleet.plugins.callback import posfleet_preload
+prefix = "ansible_collections.posfleet.fleet.plugins.action.pos_"
 callback = posfleet_preload.CallbackModule()
-before = sorted(m for m in sys.modules if m.startswith("ansible.plugins.action.pos_"))
+before = sorted(m for m in sys.modules if m.startswith(prefix))
 callback.v2_playbook_on_start(None)
-after = sorted(m for m in sys.modules if m.startswith("ansible.plugins.action.pos_"))
+after = sorted(m for m in sys.modules if m.startswith(prefix))
 print(json.dumps({"names": posfleet_preload.action_names(), "loaded": callback.loaded, "before": before,
                   "after": after}))
 """
@@ -29,7 +30,7 @@ print(json.dumps({"names": posfleet_preload.action_names(), "loaded": callback.l
 
 def probe(tmp_path, config=REPO / "ansible.cfg"):
     env = dict(os.environ, ANSIBLE_CONFIG=str(config), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"))
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "plugins" / "callback")], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -41,12 +42,12 @@ def test_every_action_plugin_is_imported_before_the_first_worker_would_be_forked
     assert seen["names"] == actions
     assert seen["before"] == []
     assert seen["loaded"] == actions
-    assert seen["after"] == [f"ansible.plugins.action.{name}" for name in actions]
+    assert seen["after"] == [PREFIX + name for name in actions]
 
 
 def test_an_action_plugin_that_does_not_import_is_left_for_its_task_to_report(tmp_path):
-    # A copy of the project whose backup action is broken: the other actions still load, no error.
-    work = tmp_path / "project"
+    # A collection posfleet.fleet whose backup action is broken: the other actions still load, no error.
+    work = tmp_path / "collections" / "ansible_collections" / "posfleet" / "fleet"
     (work / "plugins" / "action").mkdir(parents=True)
     (work / "plugins" / "callback").mkdir()
     (work / "plugins" / "action" / "pos_fine.py").write_text(
@@ -56,16 +57,10 @@ def test_an_action_plugin_that_does_not_import_is_left_for_its_task_to_report(tm
         (REPO / "plugins" / "callback" / "posfleet_preload.py").read_text())
     config = configparser.ConfigParser(interpolation=None)
     config.read(REPO / "ansible.cfg")
-    config["defaults"]["action_plugins"] = str(work / "plugins" / "action")
-    config["defaults"]["module_utils"] = str(REPO / "plugins" / "module_utils")
-    config["defaults"]["filter_plugins"] = str(REPO / "plugins" / "filter")
-    with open(work / "ansible.cfg", "w", encoding="utf-8") as handle:
+    config["defaults"]["collections_path"] = str(tmp_path / "collections")
+    with open(tmp_path / "ansible.cfg", "w", encoding="utf-8") as handle:
         config.write(handle)
-    env = dict(os.environ, ANSIBLE_CONFIG=str(work / "ansible.cfg"), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"))
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(work / "plugins" / "callback")], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    seen = probe(tmp_path, tmp_path / "ansible.cfg")
     assert seen["names"] == ["pos_backup", "pos_fine"]
     assert seen["loaded"] == ["pos_fine"]
 
@@ -74,4 +69,4 @@ def test_ansible_cfg_enables_it():
     config = configparser.ConfigParser(interpolation=None)
     config.read(REPO / "ansible.cfg")
     enabled = [name.strip() for name in config["defaults"]["callbacks_enabled"].split(",")]
-    assert "posfleet_preload" in enabled
+    assert "posfleet.fleet.posfleet_preload" in enabled

@@ -23,7 +23,7 @@ def stand_in(tmp_path, boots_in=1, app_up_in=2):
 
 def test_the_reboot_returns_once_the_terminal_booted_again_and_its_app_answers(tmp_path):
     args, boot_id, app_up = stand_in(tmp_path)
-    result = ansible_module_result(tmp_path, "pos_reboot", args)
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args)
     assert not result.get("failed"), result
     assert result["changed"] is True and result["rebooted"] is True
     # Returned only after both: the new boot and the app up.
@@ -33,7 +33,7 @@ def test_the_reboot_returns_once_the_terminal_booted_again_and_its_app_answers(t
 def test_a_terminal_that_never_boots_again_fails_with_what_was_last_seen(tmp_path):
     args, _, _ = stand_in(tmp_path)
     args.update(reboot_command="true", reboot_timeout=3)
-    result = ansible_module_result(tmp_path, "pos_reboot", args)
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args)
     assert result["failed"] is True
     assert result["msg"] == ("the terminal did not come back within 3s of its reboot: it still ran its boot "
                              "from before the reboot")
@@ -43,7 +43,7 @@ def test_a_terminal_whose_app_never_answers_fails_naming_the_test_command(tmp_pa
     args, boot_id, _ = stand_in(tmp_path)
     args.update(reboot_command=f"echo boot-2 > {boot_id}", test_command="sh -c 'echo posd down >&2; exit 3'",
                 reboot_timeout=3)
-    result = ansible_module_result(tmp_path, "pos_reboot", args)
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args)
     assert result["failed"] is True
     assert result["msg"].startswith("the terminal did not come back within 3s of its reboot: it is up but "
                                     "'sh -c 'echo posd down >&2; exit 3'' still fails (rc 3): posd down")
@@ -52,7 +52,7 @@ def test_a_terminal_whose_app_never_answers_fails_naming_the_test_command(tmp_pa
 def test_a_failing_reboot_command_fails_and_reboots_nothing(tmp_path):
     args, _, _ = stand_in(tmp_path)
     args.update(reboot_command="sh -c 'echo no such reboot >&2; exit 127'")
-    result = ansible_module_result(tmp_path, "pos_reboot", args)
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args)
     assert result["failed"] is True and result["rebooted"] is False
     assert "the reboot command 'sh -c 'echo no such reboot >&2; exit 127'' failed (rc 127): no such reboot" \
         in result["msg"]
@@ -61,7 +61,7 @@ def test_a_failing_reboot_command_fails_and_reboots_nothing(tmp_path):
 def test_an_unreadable_boot_id_fails_before_the_reboot(tmp_path):
     args, _, app_up = stand_in(tmp_path, boots_in=0, app_up_in=0)
     args.update(boot_time_command=f"cat {tmp_path / 'missing'}")
-    result = ansible_module_result(tmp_path, "pos_reboot", args)
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args)
     assert result["failed"] is True and result["rebooted"] is False
     assert "check boot_time_command in its model profile" in result["msg"]
     assert not app_up.exists(), "the reboot command must not have run"
@@ -69,13 +69,13 @@ def test_an_unreadable_boot_id_fails_before_the_reboot(tmp_path):
 
 def test_check_mode_reboots_nothing(tmp_path):
     args, boot_id, app_up = stand_in(tmp_path, boots_in=0, app_up_in=0)
-    result = ansible_module_result(tmp_path, "pos_reboot", args, check=True)
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args, check=True)
     assert result["changed"] is True and result["rebooted"] is False
     assert boot_id.read_text().strip() == "boot-1" and not app_up.exists()
 
 
 def test_a_terminal_not_answering_before_the_reboot_is_unreachable(tmp_path):
     args, _, _ = stand_in(tmp_path)
-    result = ansible_module_result(tmp_path, "pos_reboot", args,
+    result = ansible_module_result(tmp_path, "posfleet.fleet.pos_reboot", args,
                                    host="localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9")
     assert result.get("unreachable") is True

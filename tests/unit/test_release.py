@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -24,12 +23,12 @@ import pytest
 import yaml
 from conftest import ansible_tool
 
+from posfleet import packs
+from posfleet import release as posrelease
+
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "bin" / "posfleet-release"
-sys.path.insert(0, str(REPO))
 
-from posfleet import packs  # noqa: E402  (needs the path set above)
-from posfleet import release as posrelease  # noqa: E402
 
 MODELS = yaml.safe_load((REPO / "inventories" / "shared" / "models.yml").read_text())["models"]
 RELEASE_ID = "2026.11.0"
@@ -458,7 +457,7 @@ def ansible_pos_release(tmp_path, **args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(ansible), "localhost", "-i", str(inventory), "-m", "pos_release",
+    proc = subprocess.run([str(ansible), "localhost", "-i", str(inventory), "-m", "posfleet.fleet.pos_release",
                            "-a", json.dumps(args)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     try:

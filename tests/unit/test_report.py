@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from posfleet import report
+from posfleet.report import ReportError
 
-from posfleet import report  # noqa: E402  (needs the path set above)
-from posfleet.report import ReportError  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = '</script><img src=x onerror=alert(1)><!-- "quoted", comma\nnew line'

@@ -3,15 +3,9 @@ the facts the pipeline's steps record; a step that records its own decision must
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
-from conftest import REPO
-
-_SPEC = importlib.util.spec_from_file_location("posfleet_report_callback",
-                                               REPO / "plugins" / "callback" / "posfleet_report.py")
-report = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(report)
+from ansible_collections.posfleet.fleet.plugins.callback import posfleet_report as report
 
 
 def result(serial, action, data):

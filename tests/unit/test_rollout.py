@@ -12,7 +12,6 @@ localhost and local-connection hosts only: no terminal and no lab.
 
 import collections
 import datetime
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -25,13 +24,12 @@ import pytest
 import yaml
 from conftest import ansible_tool
 
+from posfleet import rollout
+from posfleet.rollout import RolloutError
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-from posfleet import rollout  # noqa: E402  (needs the path set above)
-from posfleet.rollout import RolloutError  # noqa: E402
 
-FILTER_PLUGIN = REPO / "plugins" / "filter" / "posfleet_rollout.py"
 REGIONS = yaml.safe_load((REPO / "inventories" / "shared" / "regions.yml").read_text())["regions"]
 UTC = datetime.timezone.utc
 
@@ -301,12 +299,11 @@ def test_a_clock_that_is_not_a_time_is_refused(now):
 
 
 def filters():
-    # Loaded from its file, as Ansible loads it: plugins/filter/posfleet.py on sys.path would hide the
-    # posfleet package.
-    spec = importlib.util.spec_from_file_location("posfleet_rollout_filters", FILTER_PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FilterModule().filters()
+    # Imported here, not at the top: the budget file's worker processes import this file afresh,
+    # without the collection loader the test session starts (tests/conftest.py).
+    from ansible_collections.posfleet.fleet.plugins.filter import posfleet_rollout  # noqa: PLC0415
+
+    return posfleet_rollout.FilterModule().filters()
 
 
 def region(name):
@@ -783,7 +780,7 @@ def _messages(stdout):
 
 def test_filters_load_in_ansible_with_the_production_inventory():
     # The region settings come from the production inventory, as a playbook would read them.
-    expression = ("{{ hostvars['PTR00003'].pos_region_settings | pos_window('2026-03-29T01:00:00Z') }}")
+    expression = ("{{ hostvars['PTR00003'].pos_region_settings | posfleet.fleet.pos_window('2026-03-29T01:00:00Z') }}")
     proc = subprocess.run(
         [ansible_tool("ansible"), "localhost", "-m", "ansible.builtin.debug", "-a", f"msg={expression}"],
         cwd=REPO, env=dict(_ansible_env(), ANSIBLE_INVENTORY="inventories/production"),
@@ -803,18 +800,14 @@ PLAYBOOK = """\
   tasks:
     - name: Plan the waves
       ansible.builtin.set_fact:
-        rollout_waves: "{{ hostvars | pos_rollout_hosts(groups['fleet']) | pos_plan_waves(1, [50, 100], 'model') }}"
-    - name: Order the terminals and size the batches
-      ansible.builtin.set_fact:
-        rollout_order: "{{ groups['fleet'] | pos_order_hosts(rollout_waves) }}"
-        rollout_batches: "{{ rollout_waves | pos_wave_batches }}"
+        rollout_plan: "{{ hostvars | posfleet.fleet.pos_rollout_plan(groups['fleet'], 1, [50, 100], 'model') }}"
     - name: Show the waves
       ansible.builtin.debug:
-        msg: "{{ rollout_waves }}"
+        msg: "{{ rollout_plan.waves }}"
 
 - name: Run the waves as batches
-  hosts: "{{ hostvars['localhost'].rollout_order }}"
-  serial: "{{ hostvars['localhost'].rollout_batches }}"
+  hosts: "{{ hostvars['localhost'].rollout_plan.order }}"
+  serial: "{{ hostvars['localhost'].rollout_plan.batches }}"
   gather_facts: false
   tasks:
     - name: Show the batch
@@ -831,7 +824,7 @@ def test_ansible_runs_the_waves_as_its_batches(tmp_path):
     lines = ["[fleet]"]
     for host in fleet({("kestrel_k200", "eu_west"): 3, ("kestrel_k200", "us_east"): 2,
                        ("heron_h5", "us_east"): 2, ("petrel_p9", "eu_west"): 1}):
-        lines.append(f"{host['serial']} pos_model={host['model']} pos_region={host['region']}")
+        lines.append(f"{host['serial']} pos_model={host['model']} pos_region={host['region']} pos_update_status=go")
     lines += ["[all:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}"]
     inventory.write_text("\n".join(lines) + "\n")
     (tmp_path / "waves.yml").write_text(PLAYBOOK)

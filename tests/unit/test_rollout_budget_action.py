@@ -7,7 +7,7 @@ from conftest import ansible_module_result
 
 def budget(tmp_path, check=False, **args):
     """Run `ansible localhost -m pos_rollout_budget` with the repository's ansible.cfg; the result."""
-    return ansible_module_result(tmp_path, "pos_rollout_budget", args, check=check)
+    return ansible_module_result(tmp_path, "posfleet.fleet.pos_rollout_budget", args, check=check)
 
 
 def test_an_exhausted_budget_says_why_without_failing_the_task(tmp_path):

@@ -15,13 +15,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from posfleet import release as posrelease
+from posfleet import secretscan as scan
+from posfleet.packs import SYNTHETIC_BINS
+
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "bin" / "posfleet-secretscan"
-sys.path.insert(0, str(REPO))
 
-from posfleet import release as posrelease  # noqa: E402  (needs the path set above)
-from posfleet import secretscan as scan  # noqa: E402
-from posfleet.packs import SYNTHETIC_BINS  # noqa: E402
 
 BIN = SYNTHETIC_BINS[0]["bin"]
 

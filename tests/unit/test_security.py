@@ -21,18 +21,15 @@ import sys
 import tarfile
 from pathlib import Path
 
-import ansible.module_utils
 import pytest
 import yaml
 from ansible.module_utils import basic
-from conftest import MODULE_UTILS, tree_state
+from conftest import tree_state
+
+from posfleet import secretscan
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-if str(MODULE_UTILS) not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(MODULE_UTILS))
 
-from posfleet import secretscan  # noqa: E402  (needs the path set above)
 
 MODULES = sorted((REPO / "plugins" / "modules").glob("pos_*.py"))
 ACTIONS = sorted((REPO / "plugins" / "action").glob("pos_*.py"))

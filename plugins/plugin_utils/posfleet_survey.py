@@ -1,0 +1,70 @@
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The survey's decisions on the control node: what a terminal should run once on a release, and its window.
+
+One owner for each: the pos_preflight and pos_maintenance actions decide with these functions, and the
+filters pos_release_target and pos_window expose them to playbooks. Whether a terminal is ready is the
+terminal side's rule (module_utils/pos_readiness.py, which the quiesce step runs on the terminal), and the
+merchant pack's version the terminal side's format (module_utils/pos_merchant.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant
+
+from posfleet import rollout
+
+
+def release_target(release, model, merchant_profile=None):
+    """What a terminal of `model` runs once on `release`: app version and every pack's version."""
+    try:
+        entry = release["models"][model]
+    except KeyError:
+        raise ValueError("release %s has no entry for model %s" % (release.get("release"), model)) from None
+    packs = {name: pack["version"] for name, pack in entry["packs"].items()}
+    if merchant_profile is not None:
+        packs["merchant"] = pos_merchant.version(merchant_profile)
+    return {"app_version": entry["app"]["version"], "packs": packs}
+
+
+def window(region_settings, now_utc, override=None):
+    """The maintenance window state of a region (or of one terminal's override) at `now_utc`.
+
+    region_settings: pos_region_settings (timezone, maintenance_window, name). now_utc: the control
+    node's clock, `now(utc=true)`, or an ISO 8601 string. override: a window string that replaces the
+    region's window for this terminal (a host variable), or None. Adds `source`: region or override.
+    """
+    if not isinstance(region_settings, Mapping):
+        raise AnsibleFilterError(f"pos_window needs a region's settings (pos_region_settings), not {region_settings!r}")
+    name = region_settings.get("name", "?")
+    source = "region" if override is None else "override"
+    spec = region_settings.get("maintenance_window") if override is None else override
+    if spec is None:
+        raise AnsibleFilterError(f"region {name} has no maintenance_window: give it one in regions.yml "
+                                 f"({rollout.ALWAYS_OPEN!r} for always open)")
+    try:
+        state = rollout.window_state(spec, region_settings.get("timezone"), now_utc)
+    except rollout.RolloutError as exc:
+        where = f"region {name}" if override is None else f"the window override for a terminal in region {name}"
+        raise AnsibleFilterError(f"{where}: {exc}") from None
+    return dict(state, source=source)
+
+
+def window_now(region_settings, clock_utc="", override=None):
+    """window() on the control node's clock now, or at `clock_utc` when it is set (a preview, a test).
+
+    The survey (pos_preflight) and the check just before a terminal's change (pos_maintenance's
+    window) decide with it, so that both read the same clock the same way.
+    """
+    return window(region_settings, clock_utc or datetime.datetime.now(datetime.timezone.utc), override)
+
+
+def window_reason(state):
+    """Why a terminal outside its window (a window() result) is deferred, with when the window opens next."""
+    return (f"outside its maintenance window {state['window']} ({state['timezone']}, {state['source']}); "
+            f"it opens next at {state['opens_at_local']}")
