@@ -27,11 +27,13 @@ import stat
 import sys
 from pathlib import Path
 
+from posfleet import statuses
+
 SCHEMA_ID = "posfleet-report/1"
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-STATUSES = ("current", "updated", "deferred", "failed", "rolled_back", "unreachable", "would_update")
-# Statuses that leave a terminal not at the release: what a re-run with retry.limit picks up.
-RETRY_STATUSES = ("failed", "rolled_back", "deferred", "unreachable")
+# The vocabulary is posfleet.status's; these names are the report's view of it.
+STATUSES = statuses.OUTCOMES
+RETRY_STATUSES = statuses.RETRY
 # The update pipeline's steps in the order they run; a CSV has one column for each, and for any
 # other step a document names.
 STEPS = ("preflight", "quiesce", "txn_upload", "backup", "package", "data_sync", "reboot", "verify", "rollback")
@@ -596,7 +598,7 @@ def audit_entries(doc, who=None, at=None):
                 if before.get(what) != after.get(what):
                     entries.append(dict(common, terminal=row["serial"], what=what, action=action,
                                         **{"from": before.get(what), "to": after.get(what)}))
-        elif row["status"] == "rolled_back":
+        elif row["status"] == statuses.ROLLED_BACK:
             restored = row["before"]["app_version"] if row["before"] else None
             entries.append(dict(common, terminal=row["serial"], what="terminal", action="rollback",
                                 **{"from": doc["release"], "to": restored}))

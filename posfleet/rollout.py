@@ -22,6 +22,8 @@ import tempfile
 import zoneinfo
 from fractions import Fraction
 
+from posfleet import statuses
+
 UTC = datetime.timezone.utc
 DAY_MINUTES = 24 * 60
 
@@ -327,10 +329,9 @@ def _few(serials, limit=10):
 
 # --- the error budget ------------------------------------------------------------------------------
 
-STATUSES = ("current", "updated", "deferred", "failed", "rolled_back", "unreachable", "would_update")
-# current and deferred terminals never started an update; the others did.
-_STARTED = ("updated", "failed", "rolled_back", "would_update")
-_SPENDING = ("failed", "rolled_back")
+STATUSES = statuses.OUTCOMES
+_STARTED = statuses.STARTED
+_SPENDING = statuses.SPENDING
 
 
 def _check_outcome(serial, status):
@@ -382,7 +383,7 @@ def budget_state(outcomes, max_failed=None, max_failed_pct=None, count_unreachab
     max_pct = _limit(max_failed_pct, "max_failed_pct", percent=True)
     counts = collections.Counter(outcomes.values())
     failed = sum(counts[status] for status in _SPENDING)
-    unreachable = counts["unreachable"]
+    unreachable = counts[statuses.UNREACHABLE]
     spent = failed + (unreachable if count_unreachable else 0)
     attempted = sum(counts[status] for status in _STARTED) + (unreachable if count_unreachable else 0)
     untouched = None

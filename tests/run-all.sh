@@ -3,6 +3,12 @@
 # (integration over real SSH, fault injection, then the molecule scenario). Prints one closing line for CI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The lab suites need root (namespaces, mounts); without it they could only skip, and a run that skipped
+# them must not report success.
+if [ "$(id -u)" != 0 ]; then
+    echo "make test: run as root: the lab's integration, fault and molecule suites need network namespaces and mounts" >&2
+    exit 1
+fi
 terminals=${1:-6}
 failed=()
 step() {

@@ -41,8 +41,9 @@ def apt_mirror():
     for uri in candidates:
         if "security" not in uri and "/debian" in uri:
             return uri
-    raise SystemExit("poslab: found no Debian mirror in /etc/apt/sources.list*; the terminal image is "
-                     "built with debootstrap from the mirror apt uses. Set POSLAB_MIRROR to one.")
+    raise SystemExit("poslab: found no Debian mirror in /etc/apt/sources.list* (an Ubuntu host's apt has "
+                     "none): set POSLAB_MIRROR to a Debian mirror's URL, from which debootstrap builds the "
+                     "terminal image")
 
 
 def base_image():

@@ -18,10 +18,10 @@ import os
 import secrets
 import time
 
-from ansible import context
 from ansible.plugins.callback import CallbackBase
 
 from posfleet import report as posreport
+from posfleet import statuses as vocabulary
 
 DOCUMENTATION = r"""
 ---
@@ -67,16 +67,11 @@ STEPS = {"pos_preflight": "preflight", "pos_quiesce": "quiesce", "pos_txn_upload
          "pos_reboot": "reboot", "pos_verify": "verify", "pos_rollback": "rollback"}
 # Module results whose bytes_downloaded are what the terminal received.
 DOWNLOADERS = ("pos_package", "pos_data_sync")
-FINAL = ("current", "updated", "deferred", "failed", "rolled_back", "would_update")
 RUN_ENDED = ("the run ended before its batch started (Ansible stops a play when every terminal of a batch "
              "fails or is unreachable)")
 HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_before",
               "pos_update_target", "pos_update_started", "pos_update_window")
 RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
-# The actions that set the pipeline's facts: set_fact, and the actions that record their own decision
-# with set_fact's precedence (plugins/plugin_utils/posfleet_facts.py): pos_maintenance does with its
-# ready_check, the check just before the change.
-FACT_SETTERS = ("set_fact", "pos_preflight", "pos_maintenance", "pos_verify")
 
 
 def _now():
@@ -145,7 +140,9 @@ class CallbackModule(CallbackBase):
         data = result._result
         action = _short(result._task.action)
         facts = data.get("ansible_facts") or {}
-        if action in FACT_SETTERS and facts:
+        # Whatever task recorded them: set_fact, or an action that records its own decision with
+        # set_fact's precedence (plugins/plugin_utils/posfleet_facts.py). Only the pipeline's facts are read.
+        if facts and any(key in facts for key in HOST_FACTS + RUN_FACTS):
             self._facts(serial, facts, delegated=bool(result._task.delegate_facts))
         elif action == "pos_rollout_budget":
             self.budget = {key: data.get(key) for key in ("spent", "attempted", "exhausted", "untouched", "reason")}
@@ -182,7 +179,7 @@ class CallbackModule(CallbackBase):
         wave = self._wave(serial)
         if mine.get("pos_update_started") and isinstance(wave, int):
             self.waves_seen.setdefault(wave, [_now(), None])
-        if state.get("pos_update_started") and state.get("pos_update_status") in FINAL:
+        if state.get("pos_update_started") and state.get("pos_update_status") in vocabulary.RECORDED:
             if isinstance(wave, int):
                 self.waves_seen.setdefault(wave, [_now(), None])[1] = _now()
             self._progress(serial)
@@ -205,9 +202,9 @@ class CallbackModule(CallbackBase):
         if not self.get_option("progress") or (now - self.last_progress < 1.0 and done < total):
             return
         self.last_progress = now
-        statuses = [self._status(name)[0] for name in self.finished]
-        bad = sum(status in ("failed", "rolled_back") for status in statuses)
-        lost = sum(status == "unreachable" for status in statuses)
+        outcomes = [self._status(name)[0] for name in self.finished]
+        bad = sum(status in vocabulary.SPENDING for status in outcomes)
+        lost = sum(status == vocabulary.UNREACHABLE for status in outcomes)
         elapsed = (_now() - self.started).total_seconds()
         left = "" if done == total else f" · about {_duration(elapsed / done * (total - done))} left"
         self._display.display(
@@ -221,29 +218,29 @@ class CallbackModule(CallbackBase):
         state = self.hosts.get(serial, {})
         status = state.get("pos_update_status")
         reason = state.get("pos_update_reason") or ""
-        if status in FINAL:
-            if status == "current" and not reason:
+        if status in vocabulary.RECORDED:
+            if status == vocabulary.CURRENT and not reason:
                 reason = "already on the release"
-            return status, state.get("pos_update_deferred_by") if status == "deferred" else None, reason
+            return status, state.get("pos_update_deferred_by") if status == vocabulary.DEFERRED else None, reason
         if serial in self.unreachable:
-            return "unreachable", None, self.unreachable[serial]
+            return vocabulary.UNREACHABLE, None, self.unreachable[serial]
         if serial in self.failures:
-            return "failed", None, self.failures[serial]
+            return vocabulary.FAILED, None, self.failures[serial]
         if state.get("pos_update_started"):
-            return "unreachable", None, "stopped answering in the middle of its update"
+            return vocabulary.UNREACHABLE, None, "stopped answering in the middle of its update"
         if self._wave(serial) is not None:
             halt = self.run.get("update_halt")
             if halt:
-                return "deferred", "budget", f"not started, the rollout stopped: {halt}"
-            return "deferred", "stopped", f"not started, {RUN_ENDED}"
-        return "unreachable", None, "did not answer the survey"
+                return vocabulary.DEFERRED, "budget", f"not started, the rollout stopped: {halt}"
+            return vocabulary.DEFERRED, "stopped", f"not started, {RUN_ENDED}"
+        return vocabulary.UNREACHABLE, None, "did not answer the survey"
 
     def _row(self, serial, hostvars):
         state = self.hosts.get(serial, {})
         status, deferred_by, reason = self._status(serial)
         before = state.get("pos_update_before") or None
         target = state.get("pos_update_target") or None
-        after = target if status in ("updated", "would_update") else before
+        after = target if status in (vocabulary.UPDATED, vocabulary.WOULD_UPDATE) else before
         window = state.get("pos_update_window") or {}
         variables = hostvars.get(serial, {})
         steps = {step: round(seconds, 3) for step, seconds in sorted(self.steps.get(serial, {}).items())}
@@ -260,11 +257,8 @@ class CallbackModule(CallbackBase):
         }
 
     def _mode(self):
-        if self.playbook == "plan.yml":
-            return "plan"
-        if context.CLIARGS.get("check"):
-            return "check"
-        return "rollback" if self.playbook == "rollback.yml" else "update"
+        """plan, check, rollback or update: what the run recorded (rollout_plan.yml's update_settings)."""
+        return (self.run.get("update_settings") or {}).get("mode") or "update"
 
     def v2_playbook_on_stats(self, stats):
         settings = self.run.get("update_settings")
@@ -336,11 +330,11 @@ class CallbackModule(CallbackBase):
         if doc["halted"]:
             display(f"posfleet: the rollout STOPPED: {doc['halt_reason']}", color="red")
         for row in doc["terminals"]:
-            if row["status"] not in ("current", "updated", "would_update"):
+            if row["status"] not in vocabulary.AT_RELEASE:
                 display(f"  {row['serial']} {row['status']}: {row['reason']}")
         display(f"posfleet: report {os.path.join(run_dir, 'report.html')}")
         retry = [row for row in doc["terminals"]
-                 if row["status"] in ("failed", "rolled_back", "deferred", "unreachable")]
+                 if row["status"] in vocabulary.RETRY]
         if retry and doc["mode"] in ("update", "rollback"):
             display(f"posfleet: {len(retry)} terminals to retry: --limit @{os.path.join(run_dir, 'retry.limit')}")
 

@@ -11,6 +11,8 @@ import os
 import yaml
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
+from posfleet import statuses
+
 
 def _terminal(hostvars, host):
     return (hostvars.get(host) or {}).get("pos_terminal")
@@ -67,8 +69,8 @@ def pos_update_problems(hostvars, hosts):
     lines = []
     for host in sorted(hosts):
         variables = hostvars.get(host) or {}
-        status = variables.get("pos_update_status", "unreachable")
-        if status not in ("current", "updated", "would_update"):
+        status = variables.get("pos_update_status", statuses.UNREACHABLE)
+        if status not in statuses.AT_RELEASE:
             lines.append("%s %s: %s" % (host, status, variables.get("pos_update_reason") or "no answer"))
     return lines
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
-from posfleet import rollout
+from posfleet import rollout, statuses
 
 
 def _rollout_hosts(hostvars, hosts):
@@ -27,8 +27,6 @@ def _rollout_hosts(hostvars, hosts):
     return fleet
 
 
-# A terminal ends a rollout with one of these; `go` (still updating) is not an outcome.
-FINAL_STATUSES = ("current", "updated", "deferred", "failed", "rolled_back", "would_update")
 
 
 def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), order="region", seed=0,
@@ -40,7 +38,7 @@ def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), o
     (the play's hosts, in wave order), "batches": [size, ...] (the play's serial), "wave_of":
     {serial: wave index}}.
     """
-    ready = [host for host in hosts if (hostvars.get(host) or {}).get("pos_update_status") == "go"]
+    ready = [host for host in hosts if (hostvars.get(host) or {}).get("pos_update_status") == statuses.GO]
     fleet = _rollout_hosts(hostvars, ready)
     try:
         plan = rollout.plan_waves(fleet, canary_per_model, waves, order, seed)
@@ -63,9 +61,13 @@ def pos_rollout_outcomes(hostvars, hosts):
         variables = hostvars.get(host) or {}
         if not variables.get("pos_update_started"):
             continue
-        status = variables.get("pos_update_status")
-        outcomes[str(host)] = status if status in FINAL_STATUSES else "unreachable"
+        outcomes[str(host)] = statuses.outcome(variables.get("pos_update_status"))
     return outcomes
+
+
+def pos_spends_budget(status):
+    """Whether a terminal's recorded status spends the error budget and fails the run (failed, rolled back)."""
+    return status in statuses.SPENDING
 
 
 def pos_plan_lines(plan, hostvars, shown=12):
@@ -95,4 +97,5 @@ class FilterModule:
             "pos_rollout_plan": pos_rollout_plan,
             "pos_rollout_outcomes": pos_rollout_outcomes,
             "pos_plan_lines": pos_plan_lines,
+            "pos_spends_budget": pos_spends_budget,
         }

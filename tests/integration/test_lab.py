@@ -4,7 +4,10 @@ import json
 import socket
 import time
 
+import pytest
 from conftest import TERMINALS, poslab, run, status, wait_for
+
+from poslab.image import python39
 
 
 def ssh_open(ip):
@@ -49,7 +52,14 @@ def test_facts_playbook_summarises_the_fleet(lab):
     for model in ("kestrel_k200", "heron_h5", "petrel_p9"):
         assert model in result.stdout
     assert "failed=0" in result.stdout and "unreachable=0" in result.stdout
-    # The older model runs its modules on Python 3.9, the oldest target Python.
+
+
+def test_the_older_model_runs_its_modules_on_python_3_9(lab):
+    # The lab lends the older model this machine's Python 3.9 (poslab.image.python39); a host without
+    # one gives it the image's python3, and then there is no 3.9 to check.
+    if python39() is None:
+        pytest.skip("this host has no Python 3.9 to lend the petrel model (pyenv's 3.9 or /opt/python3.9): "
+                    "the modules ran on the image's python3 instead")
     petrel = of_model(lab, "petrel_p9")["serial"]
     facts = run(["ansible", petrel, "-m", "posfleet.fleet.pos_facts", "-a", "package_style=bundle"]).stdout
     assert '"python": "3.9.' in facts

@@ -78,7 +78,7 @@ def test_an_awx_job_brings_the_fleet_to_the_baseline(lab):
     assert {v[:3] for v in fleet_versions().values()} == {("1.0.0", "2026.11.0", "2026.11.0")}
     # The job's events are what AWX shows and stores: every terminal verified, and the run's stats.
     verified = {e["event_data"]["host"] for e in job["events"]
-                if e["event"] == "runner_on_ok" and e["event_data"].get("task_action") == "pos_verify"}
+                if e["event"] == "runner_on_ok" and e["event_data"].get("task_action") == "posfleet.fleet.pos_verify"}
     assert verified == set(lab)
     stats = next(e for e in job["events"] if e["event"] == "playbook_on_stats")["event_data"]
     assert not stats["failures"] and not stats["dark"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from posfleet import report
+from posfleet import report, statuses
 from posfleet.report import ReportError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -421,3 +421,25 @@ def test_concurrent_appends_give_whole_lines(tmp_path):
     with pytest.raises(ReportError, match="action 'delete'"):
         report.append_audit(path, [dict(parsed[0], action="delete")])
 
+
+
+def test_the_schema_speaks_the_one_status_vocabulary():
+    # posfleet.statuses owns the statuses; the schema's enum and totals must not drift from it.
+    schema = json.loads((REPO / "posfleet" / "report.schema.json").read_text())
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("enum"), list) and "updated" in node["enum"]:
+                found.append(tuple(node["enum"]))
+            if set(node.get("required") or ()) >= {"updated", "failed"}:
+                found.append(tuple(node["required"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert found and all(enum == statuses.OUTCOMES for enum in found), found
+    assert report.STATUSES == statuses.OUTCOMES and set(statuses.RECORDED) < set(statuses.OUTCOMES)
