@@ -30,7 +30,7 @@ SPENDING = (FAILED, ROLLED_BACK)
 # Not at the release after the run: what a re-run with retry.limit picks up.
 RETRY = (FAILED, ROLLED_BACK, DEFERRED, UNREACHABLE)
 # Why a terminal was deferred.
-DEFERRED_BY = ("window", "preflight", "budget", "stopped")
+DEFERRED_BY = ("window", "preflight", "quiesce", "upload", "budget", "stopped")
 
 
 def outcome(recorded):

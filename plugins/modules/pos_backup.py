@@ -114,7 +114,7 @@ requirements:
 
 EXAMPLES = r"""
 - name: Take a consistent snapshot and keep it encrypted in the backup store
-  pos_backup:
+  posfleet.fleet.pos_backup:
     package_style: "{{ pos_model_profile.package_style }}"
     release: "{{ pos_update_before.app_version }}"
     store_dir: "{{ pos_backup_store_dir }}"

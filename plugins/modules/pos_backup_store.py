@@ -90,7 +90,7 @@ requirements:
 
 EXAMPLES = r"""
 - name: Store the terminal's snapshot encrypted
-  pos_backup_store:
+  posfleet.fleet.pos_backup_store:
     src: "{{ pos_backup_store_dir }}/.incoming/{{ inventory_hostname }}.tar"
     serial: "{{ inventory_hostname }}"
     release: "{{ pos_update_before.app_version }}"
@@ -100,7 +100,7 @@ EXAMPLES = r"""
   delegate_to: localhost
 
 - name: Get the newest snapshot back for a rollback
-  pos_backup_store:
+  posfleet.fleet.pos_backup_store:
     state: restored
     serial: "{{ inventory_hostname }}"
     store_dir: "{{ pos_backup_store_dir }}"

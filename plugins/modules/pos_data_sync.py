@@ -85,8 +85,8 @@ attributes:
 
 EXAMPLES = r"""
 - name: Sync the release's data packs
-  pos_data_sync:
-    packs: "{{ pos_update_entry.packs | pos_pack_urls(pos_region_settings.distribution_point) }}"
+  posfleet.fleet.pos_data_sync:
+    packs: "{{ pos_update_entry.packs | posfleet.fleet.pos_pack_urls(pos_region_settings.distribution_point) }}"
     merchant: "{{ pos_update_merchant_profile }}"
   register: pos_data_sync_result
 """

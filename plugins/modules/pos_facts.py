@@ -62,11 +62,11 @@ attributes:
 
 EXAMPLES = r"""
 - name: Gather terminal facts
-  pos_facts:
+  posfleet.fleet.pos_facts:
     package_style: "{{ pos_model_profile.package_style }}"
 
 - name: Gather terminal facts and probe the distribution point
-  pos_facts:
+  posfleet.fleet.pos_facts:
     package_style: "{{ pos_model_profile.package_style }}"
     probe_url: "{{ pos_region_settings.distribution_point }}/probe"
     release: "{{ pos_release.models[pos_model] }}"

@@ -152,19 +152,19 @@ attributes:
 
 EXAMPLES = r"""
 - name: Stop selling once the sale in progress has finished
-  pos_maintenance:
+  posfleet.fleet.pos_maintenance:
     state: maintenance
     timeout: 90
   register: pos_quiesce_result
 
 - name: Stop selling for an update, with a one-hour lease for the update guard
-  pos_maintenance:
+  posfleet.fleet.pos_maintenance:
     state: maintenance
     lease: 3600
     release: 2026.12.0
 
 - name: Check the window and the terminal again, then quiesce it (update.yml's pos_quiesce)
-  pos_maintenance:
+  posfleet.fleet.pos_maintenance:
     state: maintenance
     lease: 3600
     release: 2026.12.0
@@ -177,12 +177,12 @@ EXAMPLES = r"""
       entry: "{{ pos_update_entry }}"
 
 - name: Wait for the payment app after the reboot
-  pos_maintenance:
+  posfleet.fleet.pos_maintenance:
     state: ready
     timeout: "{{ pos_model_profile.reboot_timeout }}"
 
 - name: Put the terminal back in service
-  pos_maintenance:
+  posfleet.fleet.pos_maintenance:
     state: selling
 """
 

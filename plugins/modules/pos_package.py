@@ -146,7 +146,7 @@ attributes:
 
 EXAMPLES = r"""
 - name: Install the release's payment app
-  pos_package:
+  posfleet.fleet.pos_package:
     url: "{{ pos_region_settings.distribution_point }}/{{ pos_update_entry.app.url }}"
     sha256: "{{ pos_update_entry.app.sha256 }}"
     size: "{{ pos_update_entry.app.size }}"
@@ -156,7 +156,7 @@ EXAMPLES = r"""
   register: pos_package_result
 
 - name: Install it on a model that checks the release signature itself first
-  pos_package:
+  posfleet.fleet.pos_package:
     url: "{{ pos_region_settings.distribution_point }}/{{ pos_update_entry.app.url }}"
     sha256: "{{ pos_update_entry.app.sha256 }}"
     size: "{{ pos_update_entry.app.size }}"

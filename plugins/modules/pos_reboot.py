@@ -80,7 +80,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Reboot the terminal with its model's reboot command
-  pos_reboot:
+  posfleet.fleet.pos_reboot:
     reboot_command: "{{ pos_model_profile.reboot_command }}"
     boot_time_command: "{{ pos_model_profile.boot_time_command }}"
     test_command: "{{ pos_model_profile.test_command }}"

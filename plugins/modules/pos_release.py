@@ -80,7 +80,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Load the release the terminals should run
-  pos_release:
+  posfleet.fleet.pos_release:
     manifest: "{{ pos_region_settings.distribution_point }}/releases/{{ pos_release_id }}/manifest.yml"
     public_key: "{{ pos_release_public_key }}"
     models: "{{ ansible_play_hosts | map('extract', hostvars, 'pos_model') | unique }}"
@@ -88,7 +88,7 @@ EXAMPLES = r"""
   register: release_manifest
 
 - name: Check a release in the build directory
-  pos_release:
+  posfleet.fleet.pos_release:
     manifest: /var/lib/posfleet/build/releases/2026.11.0/manifest.yml
     public_key: /var/lib/poslab/release-key/release.pub
   delegate_to: localhost

@@ -80,7 +80,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Roll the terminal back to its pre-update snapshot
-  pos_restore:
+  posfleet.fleet.pos_restore:
     src: /var/lib/pos/backup/snapshot.tar
     package_style: "{{ pos_model_profile.package_style }}"
     restart: false   # a reboot follows

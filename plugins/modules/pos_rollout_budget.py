@@ -100,8 +100,8 @@ seealso:
 
 EXAMPLES = r"""
 - name: Check the fleet-wide error budget before this batch starts
-  pos_rollout_budget:
-    outcomes: "{{ hostvars | pos_rollout_outcomes(update_targets) }}"
+  posfleet.fleet.pos_rollout_budget:
+    outcomes: "{{ hostvars | posfleet.fleet.pos_rollout_outcomes(update_targets) }}"
     max_failed_pct: 10
     total: 200
   run_once: true
@@ -109,8 +109,8 @@ EXAMPLES = r"""
   register: update_budget
 
 - name: Share one budget between AWX job slices
-  pos_rollout_budget:
-    outcomes: "{{ hostvars | pos_rollout_outcomes(update_targets) }}"
+  posfleet.fleet.pos_rollout_budget:
+    outcomes: "{{ hostvars | posfleet.fleet.pos_rollout_outcomes(update_targets) }}"
     budget_file: /var/lib/posfleet/budget/2026.12.0.json
     max_failed: 20
   run_once: true

@@ -49,7 +49,7 @@ attributes:
 
 EXAMPLES = r"""
 - name: Upload pending sales before the backup
-  pos_txn_upload:
+  posfleet.fleet.pos_txn_upload:
     timeout: 120
     retries: 2
   register: pos_txn_upload_result

@@ -90,7 +90,7 @@ attributes:
 
 EXAMPLES = r"""
 - name: Verify the update and put the terminal back in service
-  pos_verify:
+  posfleet.fleet.pos_verify:
     release:
       app_version: "{{ pos_update_entry.app.version }}"
       packs:

@@ -278,3 +278,37 @@ def test_a_window_without_the_ready_check_is_refused(tmp_path, make_terminal):
                                    window={"clock_utc": ""})
     results, _state = play(tmp_path, [earlier_state(), task], environment={"POS_ROOT": str(terminal.root)})
     assert "region_settings" in results["Quiesce"]["msg"] and terminal.status()["maintenance"] is False
+
+
+# --- pos_record: how steps pass the pipeline's state on ------------------------------------------------
+
+
+def test_recorded_state_overrides_an_earlier_one_and_is_checked_against_the_vocabulary(tmp_path):
+    record = {"name": "Record", "posfleet.fleet.pos_record": {
+        "status": "deferred", "deferred_by": "upload", "reason": "2 sales not uploaded"}}
+    misspelt = {"name": "Misspelt", "posfleet.fleet.pos_record": {"status": "rolledback"}}
+    mismatched = {"name": "Mismatched", "posfleet.fleet.pos_record": {"status": "failed", "deferred_by": "window"}}
+    results, state = play(tmp_path, [earlier_state(), record, misspelt, mismatched])
+    assert state["pos_update_status"] == "deferred" and state["pos_update_deferred_by"] == "upload"
+    assert state["pos_update_reason"] == "2 sales not uploaded"
+    # What it did not name stays as it was.
+    assert state["pos_update_started"] is False
+    assert results["Misspelt"]["failed"] and "rolled_back" in results["Misspelt"]["msg"]
+    assert results["Mismatched"]["failed"] and "deferred_by" in results["Mismatched"]["msg"]
+
+
+def test_a_record_run_once_reaches_every_terminal_of_the_batch(tmp_path):
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("A ansible_connection=local\nB ansible_connection=local\n")
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "Mark", "posfleet.fleet.pos_record": {"started": False, "status": "go"}, "run_once": True},
+        {"name": "Show", "ansible.builtin.debug": {"msg": "{{ pos_update_status }} {{ pos_update_started }}"}}]}]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = json.loads(proc.stdout)["plays"][0]["tasks"][1]["hosts"]
+    assert {host: result["msg"] for host, result in shown.items()} == {"A": "go False", "B": "go False"}

@@ -442,4 +442,5 @@ def test_the_schema_speaks_the_one_status_vocabulary():
 
     walk(schema)
     assert found and all(enum == statuses.OUTCOMES for enum in found), found
+    assert schema["$defs"]["terminal"]["properties"]["deferred_by"]["enum"] == [None, *statuses.DEFERRED_BY]
     assert report.STATUSES == statuses.OUTCOMES and set(statuses.RECORDED) < set(statuses.OUTCOMES)

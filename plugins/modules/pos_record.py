@@ -1,0 +1,98 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pos_record
+short_description: Record a POS terminal's pipeline state (status, reason, target) for the rest of the run
+description:
+  - The one way a step of posfleet's update passes a terminal's state on to the later steps, the settle play
+    and the report, as the C(pos_update_*) facts (C(docs/update-pipeline.md)). Each option given is recorded
+    as the fact of the same name with the C(pos_update_) prefix (O(status) as C(pos_update_status)), with
+    M(ansible.builtin.set_fact)'s precedence; options not given are left as they are.
+  - O(status) and O(deferred_by) are checked against posfleet's status vocabulary (C(posfleet/statuses.py)),
+    so a misspelt status fails the task where it is written instead of reaching the report.
+  - With C(run_once), the facts are recorded on every terminal of the task's batch, as with set_fact.
+  - Runs on the control node as an action plugin (C(plugins/action/pos_record.py)); it never contacts the
+    terminal.
+version_added: "0.2.0"
+author: posfleet contributors (@posfleet)
+options:
+  status:
+    description:
+      - The terminal's status. V(go) while its update goes on; the others are outcomes.
+    type: str
+    choices: [go, current, updated, deferred, failed, rolled_back, would_update]
+  reason:
+    description: Why, in words an operator reads in the report; an empty string for none.
+    type: str
+  deferred_by:
+    description: What deferred the terminal, with O(status=deferred).
+    type: str
+    choices: [window, preflight, quiesce, upload, budget, stopped]
+  started:
+    description: Whether the rollout started the terminal's update (it counts against the error budget).
+    type: bool
+  target:
+    description: What the terminal runs once on the release, C(app_version) and C(packs).
+    type: dict
+  entry:
+    description: The release manifest's entry for the terminal's model.
+    type: dict
+  merchant_profile:
+    description: The merchant profile rendered for the terminal from its registry row.
+    type: dict
+attributes:
+  action:
+    description:
+      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
+        controller.
+    support: full
+    details:
+      - It runs on the control node only.
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+    support: full
+    details:
+      - It records the same facts in check mode; it never changes the terminal.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+    support: N/A
+    details:
+      - It changes nothing on the terminal.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: all
+seealso:
+  - module: posfleet.fleet.pos_preflight
+  - module: posfleet.fleet.pos_verify
+"""
+
+EXAMPLES = r"""
+- name: Defer the terminal while a sale is unsent
+  posfleet.fleet.pos_record:
+    status: deferred
+    deferred_by: upload
+    reason: "{{ ansible_failed_result.msg | default('pending transactions not uploaded') }}"
+
+- name: Mark the terminals as not started yet
+  posfleet.fleet.pos_record:
+    started: false
+  run_once: true
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: The facts recorded, each option given as C(pos_update_<option>).
+  returned: success
+  type: dict
+  sample:
+    pos_update_status: deferred
+    pos_update_deferred_by: upload
+    pos_update_reason: 2 sales not uploaded, the acquirer did not answer
+"""
