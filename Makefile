@@ -69,7 +69,8 @@ venv: .make/venv.stamp collection
 	@mkdir -p .make && touch $@
 
 # The checkout is the collection posfleet.fleet: ansible.cfg's collections_path finds it through this
-# link, so no install step is needed to run the playbooks from here. Linters skip collections/.
+# link, so no install step is needed to run the playbooks from here (AWX, running from a checkout,
+# included). The link is in git; this only puts it back if it is gone. Linters skip collections/.
 COLLECTION_LINK := collections/ansible_collections/posfleet/fleet
 collection: $(COLLECTION_LINK)
 $(COLLECTION_LINK):

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Install the awx.awx collection into this Python's site-packages, from PyPI.
 
 Ansible Galaxy is not reachable from our machines, and the `ansible` 14 package that requirements.txt
@@ -108,7 +107,7 @@ def extract(wheel, target):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--check", action="store_true", help="only say whether awx.awx %s is installed" % VERSION)
     parser.add_argument("--wheel", type=Path, help="use this ansible wheel instead of downloading it")
     parser.add_argument("--site-packages", type=Path, default=Path(sysconfig.get_paths()["purelib"]),

@@ -1077,7 +1077,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser():
-    parser = _Parser(prog="posfleet-release", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="posfleet-release", description=__doc__.split("\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("keygen", help="make an ed25519 signing key pair (release.key, release.pub)")
     cmd.add_argument("--out", required=True,

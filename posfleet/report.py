@@ -645,7 +645,7 @@ def _merge_waves(docs):
     for doc in docs:
         for wave in doc["waves"]:
             merged = waves.setdefault(wave["index"], {"index": wave["index"], "name": wave["name"], "serials": [],
-                                                       "starts": [], "finishes": []})
+                                                      "starts": [], "finishes": []})
             merged["serials"].extend(wave["serials"])
             if wave["started_at"]:
                 merged["starts"].append(wave["started_at"])

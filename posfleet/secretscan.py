@@ -413,7 +413,7 @@ def format_table(findings):
 # --- command line ----------------------------------------------------------------------------------
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="posfleet-secretscan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="posfleet-secretscan", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
     parser.add_argument("--secret-file", action="append", default=[], metavar="F",
                         help="a file holding a secret to look for: a PEM key or one value (repeatable)")

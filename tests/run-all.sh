@@ -23,6 +23,8 @@ step ruff ruff check .
 # The lab inventory exists only while the lab is up; syntax checks need some inventory, so lint uses
 # the production example.
 step ansible-lint env ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
+# ansible-test sanity on the built collection, offline on the host's Python (about a minute).
+step ansible-test-sanity tests/sanity.sh
 step unit pytest -q -p no:cacheprovider tests/unit
 # The lab steps need root; each starts from a clean lab and leaves none behind.
 step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider tests/integration

@@ -37,7 +37,6 @@ from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_sur
 _PLUGINS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
-
 # The action's own option, `window`; every other option (ready_check included) is the module's and is
 # validated by the module on the terminal against its own argument spec.
 ARGUMENT_SPEC = {"window": {"type": "dict", "options": {
@@ -82,7 +81,7 @@ class ActionModule(ActionBase):
                                                     "pos_update_window": window})
 
         result = merge_hash(result, self._execute_module(
-                module_name="posfleet.fleet.pos_maintenance", module_args=module_args, task_vars=task_vars))
+            module_name="posfleet.fleet.pos_maintenance", module_args=module_args, task_vars=task_vars))
         self._remove_tmp_path(self._connection._shell.tmpdir)
         verdict = result.get("verdict")
         if module_args.get("ready_check") and isinstance(verdict, dict) and not result.get("failed"):

@@ -77,7 +77,7 @@ PIPELINE_FACTS = {"merchant_profile": "pos_update_merchant_profile", "target": "
 def decide(terminal, args, entry):
     """status, reason, deferred_by and before, from the terminal's pos_facts."""
     verdict = readiness(terminal, args["model_profile"], entry, args["min_kbps"],
-                                           args["storage_margin_mb"])
+                        args["storage_margin_mb"])
     return {"status": verdict["status"], "reason": verdict["reason"],
             "deferred_by": "preflight" if verdict["status"] == "deferred" else None,
             "before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}

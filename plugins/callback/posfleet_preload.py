@@ -12,12 +12,6 @@ before the first worker is forked, they come with the fork instead.
 
 from __future__ import annotations
 
-import os
-
-from ansible.plugins.callback import CallbackBase
-from ansible.plugins.loader import action_loader
-from ansible.utils.display import Display
-
 DOCUMENTATION = r"""
 ---
 name: posfleet_preload
@@ -32,6 +26,12 @@ description:
 requirements:
   - enabled in ansible.cfg (C(callbacks_enabled = posfleet.fleet.posfleet_preload))
 """
+
+import os
+
+from ansible.plugins.callback import CallbackBase
+from ansible.plugins.loader import action_loader
+from ansible.utils.display import Display
 
 display = Display()
 
@@ -58,7 +58,7 @@ class CallbackModule(CallbackBase):
         for name in action_names():
             try:
                 plugin = action_loader.get(f"posfleet.fleet.{name}", class_only=True)
-            except Exception as exc:  # pylint: disable=broad-except  (its task reports it properly)
+            except Exception as exc:  # pylint: disable=broad-except  # its task reports it properly
                 display.vvv(f"posfleet_preload: action plugin {name} not imported: {exc}")
                 continue
             if plugin is not None:

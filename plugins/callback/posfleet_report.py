@@ -12,17 +12,6 @@ result is ever copied whole, so no secret can ride along.
 
 from __future__ import annotations
 
-import datetime
-import getpass
-import os
-import secrets
-import time
-
-from ansible.plugins.callback import CallbackBase
-
-from posfleet import report as posreport
-from posfleet import statuses as vocabulary
-
 DOCUMENTATION = r"""
 ---
 name: posfleet_report
@@ -60,6 +49,17 @@ options:
       - section: posfleet_report
         key: progress
 """
+
+import datetime
+import getpass
+import os
+import secrets
+import time
+
+from ansible.plugins.callback import CallbackBase
+
+from posfleet import report as posreport
+from posfleet import statuses as vocabulary
 
 # Roles are the pipeline's steps; a report gives each terminal's seconds in each.
 STEPS = {"pos_preflight": "preflight", "pos_quiesce": "quiesce", "pos_txn_upload": "txn_upload",

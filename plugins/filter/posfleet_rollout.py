@@ -27,8 +27,6 @@ def _rollout_hosts(hostvars, hosts):
     return fleet
 
 
-
-
 def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), order="region", seed=0,
                      batch_size=None):
     """The waves of a rollout over the terminals of `hosts` whose survey said `go`.

@@ -1,3 +1,5 @@
+# Copyright: posfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # posfleet inventory plugin: the terminal fleet from the TMS registry export. Runs on the control node
 # only, so it may use ansible and PyYAML; everything else is the standard library.
 
@@ -6,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: posfleet_registry
 author:
-  - posfleet maintainers
+  - posfleet contributors (@posfleet)
 short_description: POS terminal inventory from a TMS terminal registry export (CSV or JSON)
 description:
   - Reads a terminal registry exported by the terminal management system (TMS), one terminal per row,

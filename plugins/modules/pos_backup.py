@@ -40,7 +40,7 @@ description:
     reaches the terminal. A terminal that stops answering fails the task rather than being unreachable, so that
     a play that ignores unreachability does not go on without a backup.
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   dest:
     description: Directory on the terminal for C(snapshot.tar) and C(MANIFEST.json).
@@ -71,7 +71,6 @@ options:
       - When it is empty or missing the task fails before the terminal is contacted.
     type: str
     required: true
-    no_log: true
   keep:
     description: How many backups of the terminal the store keeps, the newest (the action's option).
     type: int
@@ -81,28 +80,25 @@ options:
       - The terminal's serial number, the store's folder for its backups (the action's option).
       - Default the host's C(inventory_hostname).
     type: str
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - The action checks O(key) and the store's options before the terminal is contacted, then fetches the snapshot
         and encrypts it into O(store_dir) on the control node. O(store_dir), O(key), O(keep) and O(serial) never
         reach the terminal.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - Nothing is written on the terminal or in the store; the result says what would be backed up (RV(size) is an
         estimate, RV(manifest) lists the files with their sizes) and the action fetches and stores nothing.
       - An earlier update that stopped half-way is not switched back; RV(switched_back) is empty.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

@@ -28,7 +28,7 @@ description:
     same code (C(plugins/module_utils/pos_backup_crypto.py)) in the controller's process. C(rollback.yml) decrypts
     a backup with V(restored).
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   state:
     description: V(present) to store O(src), V(restored) to decrypt a stored backup into O(dest).
@@ -56,7 +56,6 @@ options:
       - The backup key from Ansible Vault, 64 hex digits (32 bytes) or a passphrase of 12 characters or more.
     type: str
     required: true
-    no_log: true
   keep:
     description: How many backups of each terminal to keep (the newest).
     type: int
@@ -67,19 +66,18 @@ options:
   dest:
     description: With V(restored), where to write the decrypted snapshot tar. Required with V(restored).
     type: path
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - Nothing is written or removed. V(present) returns the backup that would be written and the ones the rotation
         would remove (RV(removed)); V(restored) decrypts and checks the backup without writing it and says whether
         O(dest) would change.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

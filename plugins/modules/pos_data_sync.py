@@ -32,7 +32,7 @@ description:
     byte for byte, a missing or damaged delta, a result with another sha256, too little free space) falls back
     to the full archive; RV(transfers) says which way each pack came and why."
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   packs:
     description:
@@ -61,22 +61,20 @@ options:
     default: true
 extends_documentation_fragment:
   - posfleet.fleet.pos_download
+  - posfleet.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - Nothing is downloaded, unpacked or switched and posd is not reloaded; RV(switched) and RV(versions_after) say
         what a real run would do, RV(transfers) how each pack would come.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: partial
     details:
       - The pack versions before and after (C(packs)), in check mode too.
       - A pack put back at the version it already had, because its files were damaged, shows no difference in the
         diff; RV(switched) names it.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

@@ -17,7 +17,7 @@ description:
   - When O(release) is given, also says whether the terminal already runs that release, so that an
     up-to-date terminal costs one module call and nothing more.
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   package_style:
     description:
@@ -41,19 +41,18 @@ options:
       - What this model should run, from the release manifest, as C(app_version) and C(packs) (a dict of
         pack name to version). When given, C(pos_terminal.current) says whether the terminal runs it.
     type: dict
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - It only reads; it reports no change in any mode.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: N/A
     details:
       - It changes nothing.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

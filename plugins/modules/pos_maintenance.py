@@ -27,7 +27,7 @@ description:
     the app and data packs back to the versions recorded by M(posfleet.fleet.pos_backup) first if the change had
     begun. V(selling) (and M(posfleet.fleet.pos_verify) leaving maintenance) ends the lease."
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   state:
     description:
@@ -118,17 +118,16 @@ options:
         description: Decide no window (an emergency release, or the lab).
         type: bool
         default: false
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - The action decides O(window) on the control node before the terminal is contacted, and with O(ready_check)
         records the verdict as the pipeline's facts. Every other option goes to the module on the terminal.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: partial
     details:
       - Nothing on the terminal changes. V(maintenance) and V(selling) report whether posd's maintenance state would
@@ -137,13 +136,11 @@ attributes:
         where a real run reports one when it takes the lease (V(maintenance) with O(lease)) or ends a lease left
         behind (V(selling)).
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: partial
     details:
       - posd's maintenance state before and after (C(maintenance)), in check mode too.
       - The update's lease and guard are not in the diff; RV(lease) and RV(guard_installed) say what was done.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

@@ -45,7 +45,7 @@ description:
     again) and the module waits until it answers with the new version.
   - When the installed version already is O(version), nothing is downloaded and nothing changes.
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   url:
     description: Full URL of the artifact (the distribution point plus the C(url) of the release manifest).
@@ -121,9 +121,9 @@ options:
         required: true
 extends_documentation_fragment:
   - posfleet.fleet.pos_download
+  - posfleet.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - Nothing is downloaded or installed and posd is not restarted; RV(would_download) says how many bytes a real
@@ -131,12 +131,10 @@ attributes:
       - With O(signature) the release is checked in check mode too (it only reads the manifest and its signature), so
         that check mode fails where a real run would refuse the release.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: full
     details:
       - The app version before and after (C(app_version)), in check mode too.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

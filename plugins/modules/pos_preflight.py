@@ -34,7 +34,7 @@ description:
   - Runs on the control node as an action plugin (C(plugins/action/pos_preflight.py)); the only thing it
     runs on the terminal is M(posfleet.fleet.pos_facts).
 version_added: "0.2.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   release:
     description:
@@ -105,27 +105,24 @@ options:
     description: What O(options_spec) covers, for the failure message.
     type: str
     default: the update's roles
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - The release target, the maintenance window, the verdict and the O(options_spec) check run on the control
         node; only M(posfleet.fleet.pos_facts) runs on the terminal.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - It never changes the terminal and reports no change; in check mode it decides and records the same facts.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: N/A
     details:
       - It changes nothing on the terminal.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

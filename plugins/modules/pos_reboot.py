@@ -21,7 +21,7 @@ description:
   - Runs on the control node as an action plugin (C(plugins/action/pos_reboot.py)); the commands run on
     the terminal over the task's connection, without a module.
 version_added: "0.4.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   reboot_command:
     description: The command that reboots the terminal (C(pos_model_profile.reboot_command)).
@@ -47,26 +47,23 @@ options:
     description: Seconds one probe of the terminal's SSH port may take.
     type: float
     default: 5.0
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - Everything runs in the action on the control node; the commands run on the terminal over the task's
         connection, without a module.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - The terminal is not contacted and not rebooted; the task reports a change (it would be rebooted) with
         RV(rebooted) false.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

@@ -46,26 +46,23 @@ options:
   merchant_profile:
     description: The merchant profile rendered for the terminal from its registry row.
     type: dict
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - It runs on the control node only.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - It records the same facts in check mode; it never changes the terminal.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: N/A
     details:
       - It changes nothing on the terminal.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: all
 seealso:

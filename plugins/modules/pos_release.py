@@ -19,7 +19,7 @@ description:
     connects to the play's hosts, so it is usually run once with C(run_once) or on C(localhost).
   - The checks are those of C(bin/posfleet-release verify); see C(docs/releases.md).
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   manifest:
     description:
@@ -48,26 +48,23 @@ options:
     description: Check the TLS certificate of an C(https) URL.
     type: bool
     default: true
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - It runs entirely in the action on the control node; the module file only documents it.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - It only reads the manifest, its signature and the key, and reports no change, in every mode.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: N/A
     details:
       - It changes nothing.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: all
     details:

@@ -30,7 +30,7 @@ description:
   - Afterwards it verifies the app version, every restored pack against its C(PACK.json), the journal's
     C(integrity_check) and that it holds every snapshot sale.
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   src:
     description: The snapshot tar on the terminal.
@@ -49,23 +49,22 @@ options:
     description: Seconds to wait for posd to stop or to answer again.
     type: float
     default: 60
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - The differences are reported (RV(restored), RV(versions_after), RV(journal)) and nothing of the terminal's
         state changes; the snapshot's journal is read from a temporary copy in the system's temporary directory,
         removed again.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: partial
     details:
       - The app and pack versions before and after, in check mode too.
       - The journal is not in the diff (RV(journal) says what happens to it), nor is a pack directory re-created at the
         version it already had (RV(restored) names it).
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:
@@ -471,7 +470,7 @@ class Restore:
             restored = (["app"] if app_plan else []) + (["journal"] if action != "kept" else []) + \
                 ["pack:%s" % name for name in sorted(pack_plan)]
             after = {"app_version": version, "packs": dict(before["packs"], **{n: p["version"]
-                                                                              for n, p in pack_plan.items()})}
+                                                                               for n, p in pack_plan.items()})}
             result = dict(restored=restored, versions_before=before, counters_before=observed,
                           journal={"action": action, "reason": reason})
             diff = {"before": before, "after": after}

@@ -21,7 +21,7 @@ description:
   - Runs on the control node as an action plugin (C(plugins/action/pos_rollout_budget.py)); it never
     connects to a terminal.
 version_added: "0.2.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   outcomes:
     description:
@@ -62,29 +62,26 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - It runs entirely in the action on the control node; the module file only documents it.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: partial
     details:
       - The budget is counted as in a real run, over O(budget_file)'s outcomes and this run's, but the file is read
         and never written (a preview spends no budget), so the task reports no change where a real run would report
         one for the outcomes it adds to the file.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: partial
     details:
       - With O(budget_file) only, the file's lines (C(serial) and status) before and after; not in check mode, which
         writes nothing.
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: all
     details:

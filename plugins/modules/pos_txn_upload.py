@@ -16,7 +16,7 @@ description:
     pending and the acquirer's error, and returns RV(pending) and RV(deferred=true).
   - The terminal should be in maintenance (M(posfleet.fleet.pos_maintenance)); otherwise new sales may arrive meanwhile.
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   timeout:
     description: Seconds posd may spend on one upload attempt.
@@ -30,17 +30,16 @@ options:
     description: Seconds between attempts.
     type: float
     default: 5
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
 attributes:
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: full
     details:
       - Nothing is uploaded; RV(would_upload) says how many sales are pending, which a real run would send.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:

@@ -11,12 +11,12 @@ module: pos_verify
 short_description: Check that a POS terminal runs a release completely and intact, then put it back in service
 description:
   - "Runs every check and reports each as C({name, ok, detail}):"
-  - "C(app_version): the installed app version is O(release.app_version)."
+  - "C(app_version): the installed app version is the C(app_version) of O(release)."
   - "C(app_running): the posd process answers with that version (it was restarted or the terminal rebooted)."
   - "C(app_files): every installed app file is as shipped: for V(bundle) the C(MANIFEST.json) of
     C(/opt/pos/app/current); for V(dpkg) C(dpkg --verify posd) prints nothing."
-  - "C(pack:<name>): the pack's C(current) is the wanted version (O(release.packs), and O(merchant_version)
-    for the merchant pack) and every file matches its C(PACK.json)."
+  - "C(pack:<name>): the pack's C(current) is the wanted version (from the C(packs) of O(release), and
+    O(merchant_version) for the merchant pack) and every file matches its C(PACK.json)."
   - "C(journal): SQLite C(PRAGMA integrity_check) of the journal, opened read-only, is C(ok)."
   - "C(health): posd reports itself healthy."
   - "C(sequence): in created order every sale has the next invoice number and the next STAN (wrapping from
@@ -26,7 +26,7 @@ description:
   - When every check passes and O(leave_maintenance) is set, the terminal goes back in service and the update's
     lease ends (see M(posfleet.fleet.pos_maintenance)); these are the only changes this module makes.
 version_added: "0.1.0"
-author: posfleet contributors
+author: posfleet contributors (@posfleet)
 options:
   release:
     description: What the terminal should run, C(app_version) and C(packs) (pack name to version).
@@ -59,17 +59,16 @@ options:
         is verified and the terminal is recorded as C(would_update).
     type: bool
     default: false
+extends_documentation_fragment:
+  - posfleet.fleet.attributes
+  - posfleet.fleet.attributes.action
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed on the
-        controller.
     support: full
     details:
       - O(record_status) is handled by the action on the control node, which records the verdict as the pipeline's
         facts; every other option goes to the module on the terminal.
   check_mode:
-    description: Can run in C(check_mode) and return changed status prediction without modifying target.
     support: partial
     details:
       - Nothing on the terminal changes. The checks run; the terminal does not leave maintenance and its lease is
@@ -78,10 +77,8 @@ attributes:
       - With O(record_status) the checks do not run at all (a check-mode update installed nothing) and the terminal
         is recorded as C(would_update).
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: N/A
     platforms: posix
     details:
