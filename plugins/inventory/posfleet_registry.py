@@ -58,6 +58,15 @@ options:
       - A relative path is relative to the directory of the configuration file.
     type: str
     default: ../shared/regions.yml
+  region_overrides:
+    description:
+      - "Fields of the shared region settings this inventory changes, per region: C({region: {field: value}}).
+        Only the fields named change; the others stay as O(regions_file) has them. A production inventory
+        names its own C(distribution_point) here without repeating the region's timezone and window."
+      - A region that O(regions_file) does not define, or a field no region there has, fails the inventory
+        source.
+    type: dict
+    default: {}
   on_bad_row:
     description:
       - What a row that fails a check does.
@@ -201,7 +210,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         models_file = self._path_option("models_file", config_dir)
         regions_file = self._path_option("regions_file", config_dir)
         models = self._load_shared(models_file, "models")
-        regions = self._load_shared(regions_file, "regions")
+        regions = self._override_regions(self._load_shared(regions_file, "regions"), regions_file)
         self._check_models(models, models_file)
 
         registry = self._path_option("registry", config_dir)
@@ -237,6 +246,28 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         if not isinstance(value, str) or not value.strip():
             raise AnsibleParserError(f"{PREFIX} option '{name}' in {self._config_path} must be a non-empty path")
         return os.path.normpath(os.path.join(config_dir, os.path.expanduser(value.strip())))
+
+    def _override_regions(self, regions, regions_file):
+        """The shared regions with this inventory's region_overrides applied, field by field."""
+        overrides = self.get_option("region_overrides") or {}
+        if not isinstance(overrides, Mapping):
+            raise AnsibleParserError(f"{PREFIX} option 'region_overrides' in {self._config_path} must map region "
+                                     "names to the fields they change")
+        fields = {field for settings in regions.values() for field in settings}
+        merged = {name: dict(settings) for name, settings in regions.items()}
+        for name, changes in overrides.items():
+            if name not in regions:
+                raise AnsibleParserError(f"{PREFIX} region_overrides in {self._config_path}: region {name!r} is not in "
+                                         f"{regions_file} ({', '.join(sorted(regions))})")
+            if not isinstance(changes, Mapping):
+                raise AnsibleParserError(f"{PREFIX} region_overrides.{name} in {self._config_path} must map fields "
+                                         "to their values")
+            unknown = sorted(set(changes) - fields)
+            if unknown:
+                raise AnsibleParserError(f"{PREFIX} region_overrides.{name} in {self._config_path}: "
+                                         f"{', '.join(unknown)} is not a region field ({', '.join(sorted(fields))})")
+            merged[name].update(changes)
+        return merged
 
     def _load_shared(self, path, key):
         kind = key[:-1]

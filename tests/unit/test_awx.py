@@ -524,9 +524,9 @@ def test_schedule_rrule_is_one_awx_accepts_in_the_regions_timezone(schedule):
 
 
 def _production_settings(region):
-    """The region as the production inventory overrides it (group_vars/region_<name>.yml), if it does."""
-    path = REPO / "inventories" / "production" / "group_vars" / f"region_{region}.yml"
-    return _yaml(path).get("pos_region_settings") if path.exists() else None
+    """The region as the production inventory overrides it (its region_overrides), if it does."""
+    overrides = _yaml(REPO / "inventories" / "production" / "registry.posfleet.yml").get("region_overrides") or {}
+    return dict(REGIONS[region], **overrides[region]) if region in overrides else None
 
 
 @pytest.mark.parametrize("schedule", CFG["awx_schedules"], ids=lambda s: s["region"])

@@ -342,8 +342,9 @@ def test_production_example_parses(tmp_path):
         assert host["ansible_user"] == "root", serial
         assert "StrictHostKeyChecking=yes" in host["ansible_ssh_common_args"], serial
         region = host["pos_region"]
-        # group_vars/region_<name>.yml wins over the shared (lab) region data: production terminals
-        # download from production distribution points, with the same timezone and window.
+        # The production inventory's region_overrides change the shared (lab) region data field by
+        # field: production terminals download from production distribution points, with the same
+        # timezone and window, which the inventory does not repeat.
         settings = host["pos_region_settings"]
         assert settings["distribution_point"] != REGIONS[region]["distribution_point"], serial
         assert {k: v for k, v in settings.items() if k != "distribution_point"} == \
@@ -375,3 +376,23 @@ def test_lab_inventory_follows_POSLAB_REGISTRY(tmp_path):
     assert host["ansible_ssh_private_key_file"] == "/var/lib/poslab/ssh/id_ed25519"
     assert "-o StrictHostKeyChecking=yes" in host["ansible_ssh_common_args"]
     assert "-o UserKnownHostsFile=/var/lib/poslab/ssh/known_hosts" in host["ansible_ssh_common_args"]
+
+
+def test_region_overrides_change_only_the_fields_they_name(tmp_path):
+    write_csv(tmp_path, GOOD_ROWS)
+    data = inventory_list(write_config(tmp_path, "registry.csv",
+                                       region_overrides={"us_east": {"maintenance_window": "00:30-03:00"}}))
+    settings = data["_meta"]["hostvars"]["PTR00003"]["pos_region_settings"]
+    assert settings == dict(REGIONS["us_east"], name="us_east", maintenance_window="00:30-03:00")
+    assert data["_meta"]["hostvars"]["KST00001"]["pos_region_settings"] == dict(REGIONS["eu_west"], name="eu_west")
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"mars": {"timezone": "UTC"}}, "region 'mars' is not in"),
+    ({"eu_west": {"distribution_piont": "http://192.0.2.9:8080"}}, "distribution_piont is not a region field"),
+    ({"eu_west": "http://192.0.2.9:8080"}, "region_overrides.eu_west"),
+], ids=["unknown-region", "misspelt-field", "not-a-mapping"])
+def test_a_bad_region_override_fails_the_inventory_naming_it(tmp_path, overrides, expected):
+    write_csv(tmp_path, GOOD_ROWS)
+    proc = run_inventory(write_config(tmp_path, "registry.csv", region_overrides=overrides), "--list")
+    assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
