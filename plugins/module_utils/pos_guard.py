@@ -36,20 +36,16 @@ import inspect
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import bundle_problems, pack_intact
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import pack_intact
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
-    APP_DIR,
     PACKS_DIR,
-    ROLLBACK_DIR,
     PosdError,
-    app_version,
     atomic_symlink,
     atomic_write,
-    dpkg_argv,
     pack_versions,
     posd,
     read_json,
@@ -67,7 +63,7 @@ ACTIVE = ("quiesced", "changing")
 # How often a long step (a download) renews the lease while it runs.
 HEARTBEAT_S = 30.0
 # The module_utils the guard imports, installed beside it in the same package layout.
-GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_guard")
+GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_app", "pos_guard")
 # The package the guard's modules are installed under, as the modules import each other.
 PACKAGE = "ansible_collections.posfleet.fleet.plugins.module_utils"
 COMMAND_TEXT = """#!/bin/sh
@@ -272,24 +268,16 @@ def install(python):
 def _plan_undo(before):
     """(switches, problems): the switches back to `before`, each (what, callable), or why it cannot be done."""
     switches, problems = [], []
-    style, version = before.get("package_style"), before.get("app_version")
-    if version and app_version(style) != version:
-        if style == "bundle":
-            # Checked as pos_restore checks it: there, and matching its MANIFEST.json.
-            base = terminal_path(os.path.join(APP_DIR, version))
-            problem = bundle_problems(base, version) if os.path.isdir(base) else "it is gone"
-            if problem:
-                problems.append("the app's previous version %s in %s cannot be used: %s" % (version, APP_DIR, problem))
-            else:
-                link = terminal_path(os.path.join(APP_DIR, "current"))
-                switches.append(("app %s" % version, lambda: atomic_symlink(version, link)))
+    version = before.get("app_version")
+    installed = app(before.get("package_style")) if version else None
+    if installed and installed.version() != version:
+        problem = installed.kept_problem(version)
+        if problem:
+            problems.append("the app's previous version %s cannot be used: %s" % (version, problem))
         else:
-            deb = terminal_path(os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version))
-            if os.path.isfile(deb):
-                # First: the only switch that can fail half-way, so that nothing else is switched if it does.
-                switches.insert(0, ("app %s" % version, lambda: _dpkg_install(deb)))
-            else:
-                problems.append("the kept package of the app's previous version %s is gone (%s)" % (version, deb))
+            switch = ("app %s" % version, lambda: installed.switch_back(version))
+            # A switch that can fail half-way goes first, so that nothing else is switched if it does.
+            switches.insert(0 if installed.switch_back_can_fail else len(switches), switch)
     for name, pack_version in sorted((before.get("packs") or {}).items()):
         if not pack_version:
             continue
@@ -306,14 +294,6 @@ def _plan_undo(before):
         else:
             problems.append("the %s pack's previous version %s is missing or damaged" % (name, pack_version))
     return switches, problems
-
-
-def _dpkg_install(deb):
-    proc = subprocess.run(dpkg_argv("dpkg", "-i", deb), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          check=False)
-    if proc.returncode != 0:
-        raise OSError("dpkg -i %s failed (exit %d): %s"
-                      % (deb, proc.returncode, proc.stdout.decode("utf-8", "replace").strip()[-400:]))
 
 
 def _switch_back(before, posd_timeout):

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 
@@ -155,24 +154,6 @@ def wait_posd_ready(timeout=60.0, interval=0.5):
             time.sleep(interval)
 
 
-def app_version(package_style, run_command=None):
-    """The installed payment app version, read the way the model's package style records it."""
-    if package_style == "bundle":
-        link = terminal_path(os.path.join(APP_DIR, "current"))
-        try:
-            return os.path.basename(os.readlink(link))
-        except OSError:
-            return None
-    if package_style == "dpkg":
-        if os.environ.get("POS_ROOT"):
-            return read_text("/usr/share/posd/VERSION")
-        proc = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "posd"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        out = proc.stdout.decode("utf-8", "replace").strip()
-        return out if proc.returncode == 0 and out else None
-    raise ValueError("unknown package style %r (expected dpkg or bundle)" % package_style)
-
-
 def pack_versions():
     """{pack name: version of its `current`} for every pack the terminal holds (None if missing)."""
     versions = {}
@@ -210,18 +191,6 @@ def dpkg_argv(command, *args):
     """argv for dpkg or dpkg-query acting on the terminal's package database (under POS_ROOT in tests)."""
     root = os.environ.get("POS_ROOT")
     return [command] + (["--root=%s" % root] if root and root != "/" else []) + list(args)
-
-
-def installed_style():
-    """How the payment app is installed now: bundle, dpkg, or None when no app is installed."""
-    if os.path.islink(terminal_path(os.path.join(APP_DIR, "current"))):
-        return "bundle"
-    try:
-        if app_version("dpkg"):
-            return "dpkg"
-    except OSError:
-        pass  # no dpkg-query on this firmware: not a dpkg terminal
-    return None
 
 
 def posd_pid():

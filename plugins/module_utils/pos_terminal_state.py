@@ -13,11 +13,11 @@ import platform
 import time
 import urllib.request
 
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     BOOT_ID,
     TERMINAL_JSON,
     PosdError,
-    app_version,
     battery,
     pack_versions,
     posd,

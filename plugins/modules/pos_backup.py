@@ -192,6 +192,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     digest_tar_stream,
@@ -205,12 +206,9 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     JOURNAL,
     PACK_NAMES,
     PACKS_DIR,
-    ROLLBACK_DIR,
     TERMINAL_JSON,
-    app_version,
     atomic_write,
     free_bytes,
-    installed_style,
     read_json,
     sha256_file,
     terminal_path,
@@ -304,14 +302,12 @@ def main():
 
     sources, packs = pack_sources(module)
     sources["etc/pos/terminal.json"] = terminal_path(TERMINAL_JSON)
-    deb = None
-    if style == "dpkg":
-        kept = terminal_path(os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version))
-        if os.path.isfile(kept):
-            deb = "rollback/posd_%s_all.deb" % version
-            sources[deb] = kept
-    app = {"version": version, "style": style, "release": module.params["release"], "deb": deb,
-           "serial": identity.get("serial"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    # What the style keeps for its way back (a dpkg terminal's .deb) goes into the snapshot too.
+    kept = app(style).snapshot_files(version)
+    sources.update(kept)
+    deb = next(iter(kept), None)
+    record = {"version": version, "style": style, "release": module.params["release"], "deb": deb,
+              "serial": identity.get("serial"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     dest = terminal_path(dest_param)
     path = os.path.join(dest_param, "snapshot.tar")
     estimate = sum(os.path.getsize(p) for p in sources.values()) + os.path.getsize(journal)
@@ -350,7 +346,7 @@ def main():
             module.fail_json(msg="cannot copy the journal %s: %s; the terminal needs attention before it is "
                              "updated" % (JOURNAL, error))
         sources["journal.db"] = os.path.join(work, "journal.db")
-        for name, data in (("app.json", app), ("packs.json", packs)):
+        for name, data in (("app.json", record), ("packs.json", packs)):
             with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
                 json.dump(data, handle, indent=1, sort_keys=True)
             sources[name] = os.path.join(work, name)

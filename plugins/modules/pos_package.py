@@ -240,6 +240,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_delta_fetch as by_delta
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, deb_name, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     bundle_problems,
@@ -265,14 +266,11 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     APP_DIR,
     ROLLBACK_DIR,
     PosdError,
-    app_version,
     atomic_symlink,
     atomic_write,
     dpkg_argv,
     free_bytes,
-    installed_style,
     restart_posd,
-    sha256_file,
     terminal_path,
 )
 
@@ -281,10 +279,6 @@ VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~-]*$")
 # Fields of the installed package's status that make a valid control file again.
 CONTROL_FIELDS = ("Package", "Version", "Architecture", "Maintainer", "Section", "Priority", "Depends",
                   "Pre-Depends", "Recommends", "Description")
-
-
-def deb_name(version):
-    return "posd_%s_all.deb" % version
 
 
 def bundle_dirs():
@@ -457,28 +451,6 @@ def install_deb(module, artifact, version, previous, staging):
     return deb_info
 
 
-def kept_artifact(style, version, sha256, size):
-    """What an earlier run left that makes the download unnecessary, or None.
-
-    bundle: /opt/pos/app/<version> unpacked and intact (the terminal ran it before a rollback).
-    dpkg: the verified .deb an interrupted earlier run already moved into the rollback directory.
-    """
-    if style == "bundle":
-        final = terminal_path(os.path.join(APP_DIR, version))
-        if os.path.isdir(final) and not bundle_problems(final, version):
-            return {"path": None, "bytes_downloaded": 0, "resumed": False}
-        return None
-    path = terminal_path(os.path.join(ROLLBACK_DIR, deb_name(version)))
-    if os.path.isfile(path) and os.path.getsize(path) == size and sha256_file(path) == sha256:
-        return {"path": path, "bytes_downloaded": 0, "resumed": False}
-    return None
-
-
-def bundle_intact(version):
-    final = terminal_path(os.path.join(APP_DIR, version))
-    return os.path.isdir(final) and not os.path.islink(final) and not bundle_problems(final, version)
-
-
 def write_bundle_base(version, handle):
     """The tar of the installed bundle `version`, in the layout its deltas are made on."""
     try:
@@ -564,14 +536,15 @@ def main():
 
     spec = {key: params[key] for key in ("url", "sha256", "size", "version", "tar_sha256", "tar_size")}
     spec.update(sha256=params["sha256"].lower(), deltas=[dict(delta) for delta in params["deltas"]])
-    if style == "dpkg":
+    kind = app(style)
+    if not kind.has_deltas:
         spec["deltas"] = []
     error = by_delta.check_delta_fields(spec, "app")
     if error:
         module.fail_json(msg=error, **result)
     staging = terminal_path(params["staging_dir"])
-    kept = kept_artifact(style, version, spec["sha256"], size)
-    factor = 3 if style == "bundle" else 2
+    kept = kind.kept_download(version, spec["sha256"], size)
+    factor = kind.disk_factor
     have = size if kept else partial_bytes(staging, spec["sha256"])
     need = 0 if kept else factor * size - have
     free = free_bytes(params["staging_dir"])
@@ -582,8 +555,8 @@ def main():
                             params["staging_dir"]), need_bytes=need, free_bytes=free, **result)
     # Applying a delta needs the rebuilt tars of the base and of the new version beside the download.
     found, reason = [], "a dpkg model downloads the whole .deb (packages have no deltas)"
-    if style == "bundle":
-        found, reason = by_delta.candidates(spec["deltas"], bundle_intact, previous, "app bundle")
+    if kind.has_deltas:
+        found, reason = by_delta.candidates(spec["deltas"], kind.intact, previous, "app bundle")
     no_delta = by_delta.refusal(params["delta"], free, need + 2 * (spec["tar_size"] or 0), "the app bundle")
     if kept:
         result["transfer"] = dict(by_delta.new_transfer(None), transfer="kept")
@@ -601,7 +574,7 @@ def main():
     try:
         if not kept:
             transfer = result["transfer"] = by_delta.new_transfer(no_delta or reason)
-            if style == "bundle":
+            if kind.unpacked:
                 fetch_and_unpack_bundle(module, spec, found, transfer, result, staging, options)
             else:
                 path = by_delta.fetch_cheapest(spec, staging, result, transfer, [], "posd", None, options)
@@ -616,7 +589,7 @@ def main():
         # Under the update's lease: the update guard neither acts in the middle of the switch nor lets it
         # begin once it has put the terminal back (LeaseLost).
         with switching():
-            if style == "bundle":
+            if kind.unpacked:
                 install_bundle(version, previous)
             else:
                 rollback.update(install_deb(module, path, version, previous, staging))

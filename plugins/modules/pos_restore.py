@@ -131,9 +131,9 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
-    bundle_problems,
     digest_tar_stream,
     manifest_problems,
     member_path,
@@ -150,18 +150,13 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import 
     write_into,
 )
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
-    APP_DIR,
     JOURNAL,
     PACKS_DIR,
-    ROLLBACK_DIR,
     SEQUENCE_GAPS,
     STAGING_DIR,
     PosdError,
-    app_version,
     atomic_symlink,
     atomic_write,
-    dpkg_argv,
-    installed_style,
     pack_versions,
     posd,
     posd_pid,
@@ -285,25 +280,14 @@ class Restore:
         version, style = self.app.get("version"), self.params["package_style"]
         if installed == version:
             return None
-        if style == "bundle":
-            path = os.path.join(APP_DIR, version)
-            if not os.path.isdir(terminal_path(path)):
-                self.fail("cannot restore the app to %s: %s is gone (pos_package keeps the previous "
-                          "version; was it removed by hand?). Reinstall posd %s with pos_package"
-                          % (version, path, version))
-            problem = bundle_problems(terminal_path(path), version)
-            if problem:
-                self.fail("cannot restore the app to %s: %s is damaged (%s); reinstall posd %s with "
-                          "pos_package" % (version, path, problem, version))
-            return {"dir": path}
-        kept = os.path.join(ROLLBACK_DIR, "posd_%s_all.deb" % version)
-        if os.path.isfile(terminal_path(kept)):
-            return {"deb": kept}
+        problem = app(style).kept_problem(version)
+        if problem is None:
+            return {"kept": True}
+        # What the style keeps for its way back may be in the snapshot (a dpkg terminal's .deb).
         inside = self.app.get("deb")
         if inside and inside in self.members:
-            return {"deb": kept, "from_snapshot": inside}
-        self.fail("cannot restore the app to %s: neither %s nor the snapshot holds its .deb; install posd %s "
-                  "with pos_package" % (version, kept, version))
+            return {"from_snapshot": inside}
+        self.fail("cannot restore the app to %s: %s; reinstall posd %s with pos_package" % (version, problem, version))
         return None
 
     def plan_packs(self):
@@ -426,18 +410,13 @@ class Restore:
         return "replaced"
 
     def install_app(self, tar, plan, version):
-        if "dir" in plan:
-            atomic_symlink(version, terminal_path(os.path.join(APP_DIR, "current")))
-            return
-        deb = terminal_path(plan["deb"])
-        if "from_snapshot" in plan:
-            os.makedirs(os.path.dirname(deb), mode=0o755, exist_ok=True)
-            extract_one(tar, plan["from_snapshot"], deb + ".tmp")
-            os.rename(deb + ".tmp", deb)
-        rc, out, err = self.module.run_command(dpkg_argv("dpkg", "-i", deb))
-        if rc != 0:
-            self.fail("dpkg -i %s failed (exit %d): %s" % (plan["deb"], rc, (err or out).strip()[-800:]),
-                      changed=True)
+        installed = app(self.params["package_style"])
+        try:
+            if "from_snapshot" in plan:
+                installed.restore_from_snapshot(version, lambda dest: extract_one(tar, plan["from_snapshot"], dest))
+            installed.switch_back(version)
+        except OSError as error:
+            self.fail("restoring the app %s failed: %s" % (version, error), changed=True)
 
     def run(self):
         module, style = self.module, self.params["package_style"]

@@ -123,41 +123,24 @@ import os
 import sqlite3
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
-    bundle_problems,
     read_pack_manifest,
     verify_files,
 )
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import end_lease
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import connect_ro, integrity, sequence_problems
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
-    APP_DIR,
     JOURNAL,
     PACKS_DIR,
     SEQUENCE_GAPS,
     PosdError,
-    app_version,
-    dpkg_argv,
     posd,
     read_json,
     terminal_path,
     wait_posd_ready,
 )
-
-
-def check_app_files(module, style):
-    if style == "bundle":
-        link = terminal_path(os.path.join(APP_DIR, "current"))
-        base = os.path.realpath(link)
-        problem = bundle_problems(base, os.path.basename(base))
-        if problem:
-            return False, "%s/current: %s" % (APP_DIR, problem)
-        return True, "every file of %s matches its MANIFEST.json" % os.path.basename(base)
-    rc, out, err = module.run_command(dpkg_argv("dpkg", "--verify", "posd"))
-    if rc != 0 or out.strip():
-        return False, "dpkg --verify posd: %s" % ((out or err).strip()[:600] or "exit %d" % rc)
-    return True, "dpkg --verify posd found no difference"
 
 
 def check_pack(name, version):
@@ -239,7 +222,7 @@ def main():
     running = status.get("app_version") if status else None
     add("app_running", (running == wanted_app, "posd runs %s, wanted %s" % (running, wanted_app))
         if status else down)
-    add("app_files", check_app_files(module, style))
+    add("app_files", app(style).check_files())
     for name in sorted(wanted_packs):
         if wanted_packs[name] is not None:  # None: the release does not have this pack (a factory terminal)
             add("pack:%s" % name, check_pack(name, str(wanted_packs[name])))
