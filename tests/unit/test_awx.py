@@ -22,6 +22,7 @@ import jinja2
 import pytest
 import yaml
 from conftest import ansible_tool
+from dateutil import rrule as dateutil_rrule
 
 from posfleet import rollout
 
@@ -65,10 +66,6 @@ REGIONS = _yaml(REPO / "inventories" / "shared" / "regions.yml")["regions"]
 MODELS = _yaml(REPO / "inventories" / "shared" / "models.yml")["models"]
 ORG = CFG["awx_organization"]["name"]
 TEMPLATES = {jt["name"]: jt for jt in CFG["awx_job_templates"]}
-# Playbooks that another issue is still writing: named by a job template before they are committed.
-# A missing one is reported as a skip with its reason, never as a pass; once it exists it is checked
-# like any other. (playbooks/plan.yml comes with issue 4, rollout control.)
-PENDING_PLAYBOOKS = {"playbooks/plan.yml": "issue 4 (rollout control) adds playbooks/plan.yml"}
 
 
 def _render(value, context=CFG):
@@ -152,6 +149,10 @@ def test_ansible_builder_creates_the_build_context(tmp_path):
     assert _yaml(build / "requirements.yml") == _yaml(REPO / "collections" / "requirements.yml")
     assert (build / "bindep.txt").read_text(encoding="utf-8").splitlines() == deps["system"]
     assert (build / "scripts" / "assemble").exists()
+    # The control-node package the collection's plugins import is in the image, importable.
+    assert (build / "posfleet" / "statuses.py").exists() and (build / "posfleet" / "report.schema.json").exists()
+    assert "COPY _build/posfleet /opt/posfleet/lib/posfleet" in containerfile
+    assert "ENV PYTHONPATH=/opt/posfleet/lib" in containerfile
 
 
 # --- argument specs and surveys -------------------------------------------------------------------
@@ -172,7 +173,8 @@ PLAYBOOK_SPECS = "posfleet_playbooks"
 
 
 def _playbook_text(playbook, seen=None):
-    """A playbook's text with the playbooks it imports, to find the roles it runs."""
+    """A playbook's text with the playbooks it imports and the task files of the roles it runs, to find
+    every role it runs (pos_update's tasks import the step roles)."""
     seen = seen if seen is not None else set()
     path = (REPO / playbook).resolve()
     if path in seen or not path.exists():
@@ -181,6 +183,8 @@ def _playbook_text(playbook, seen=None):
     text = path.read_text(encoding="utf-8")
     for imported in re.findall(r"import_playbook:\s*(\S+)", text):
         text += _playbook_text(str(path.parent.relative_to(REPO) / imported), seen)
+    for role in re.findall(r"\bname:\s*posfleet\.fleet\.(pos_[a-z_]+)", text):
+        text += _playbook_text(f"roles/{role}/tasks/main.yml", seen)
     return text
 
 
@@ -308,8 +312,6 @@ def test_playbook_specs_document_the_rollout_settings_of_docs_rollout():
 @pytest.mark.parametrize("jt", CFG["awx_job_templates"], ids=lambda jt: jt["name"])
 def test_every_job_template_names_a_playbook_that_exists(jt):
     path = REPO / jt["playbook"]
-    if not path.exists() and jt["playbook"] in PENDING_PLAYBOOKS:
-        pytest.skip(f"{jt['playbook']} does not exist yet: {PENDING_PLAYBOOKS[jt['playbook']]}")
     assert path.is_file(), f"{jt['name']}: {jt['playbook']} does not exist"
     assert isinstance(_yaml(path), list), f"{jt['playbook']} is not a playbook"
 
@@ -486,8 +488,6 @@ def _awx_rrule_problems(rrule):
 
 
 def _occurrences(rrule, count):
-    dateutil_rrule = pytest.importorskip(
-        "dateutil.rrule", reason="python-dateutil is not installed (requirements.txt should pin it)")
     rule = dateutil_rrule.rrulestr(rrule.replace(" RRULE:", "\nRRULE:"))
     return list(itertools.islice(iter(rule), count))
 
@@ -568,8 +568,7 @@ def _awx_collection():
     if proc.returncode == 0 and proc.stdout.strip():
         for collections in json.loads(proc.stdout).values():
             found.update(collections)
-    if "awx.awx" not in found:
-        pytest.skip("the awx.awx collection is not installed: run .venv/bin/python awx/install_awx_collection.py")
+    assert "awx.awx" in found, "awx.awx is not installed: run .venv/bin/python awx/install_awx_collection.py"
     return found["awx.awx"]["version"]
 
 
