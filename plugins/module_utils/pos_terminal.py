@@ -235,6 +235,8 @@ def stop_posd(timeout=20.0):
     if pid is None or not _process_alive(pid):
         return None
     if not _is_posd(pid):
+        if not _process_alive(pid):
+            return None  # it ended between the two looks: a posd that exits at start (a damaged journal)
         raise PosdError("%s names pid %d, which is not posd: the pid file is stale; is init running posd?"
                         % (POSD_PID, pid))
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
