@@ -99,7 +99,6 @@ attributes:
   diff_mode:
     support: none
   platform:
-    support: N/A
     platforms: posix
     details:
       - The module runs on the terminal with the Python standard library only (Python 3.9 or newer).

@@ -78,7 +78,6 @@ attributes:
   diff_mode:
     support: none
   platform:
-    support: N/A
     platforms: posix
     details:
       - "The control node (C(delegate_to: localhost)), which needs the Python C(cryptography) package; not a terminal."

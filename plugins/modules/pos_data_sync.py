@@ -75,7 +75,6 @@ attributes:
       - A pack put back at the version it already had, because its files were damaged, shows no difference in the
         diff; RV(switched) names it.
   platform:
-    support: N/A
     platforms: posix
     details:
       - Runs on the terminal with the Python standard library only (Python 3.9 or newer).

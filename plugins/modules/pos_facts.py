@@ -53,7 +53,6 @@ attributes:
     details:
       - It changes nothing.
   platform:
-    support: N/A
     platforms: posix
     details:
       - Runs on the terminal with the Python standard library only (Python 3.9 or newer).

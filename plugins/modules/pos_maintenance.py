@@ -141,7 +141,6 @@ attributes:
       - posd's maintenance state before and after (C(maintenance)), in check mode too.
       - The update's lease and guard are not in the diff; RV(lease) and RV(guard_installed) say what was done.
   platform:
-    support: N/A
     platforms: posix
     details:
       - The module runs on the terminal with the Python standard library only (Python 3.9 or newer).

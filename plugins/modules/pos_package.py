@@ -135,7 +135,6 @@ attributes:
     details:
       - The app version before and after (C(app_version)), in check mode too.
   platform:
-    support: N/A
     platforms: posix
     details:
       - Runs on the terminal with the Python standard library only (Python 3.9 or newer); V(dpkg) models need

@@ -123,7 +123,6 @@ attributes:
     details:
       - It changes nothing on the terminal.
   platform:
-    support: N/A
     platforms: posix
     details:
       - M(posfleet.fleet.pos_facts) runs on the terminal (Python 3.9 or newer, standard library only).

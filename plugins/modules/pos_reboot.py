@@ -64,7 +64,6 @@ attributes:
   diff_mode:
     support: none
   platform:
-    support: N/A
     platforms: posix
     details:
       - A terminal whose model profile names the three commands; it needs a shell, not Python.

@@ -63,7 +63,6 @@ attributes:
     details:
       - It changes nothing on the terminal.
   platform:
-    support: N/A
     platforms: all
 seealso:
   - module: posfleet.fleet.pos_preflight

@@ -65,7 +65,6 @@ attributes:
     details:
       - It changes nothing.
   platform:
-    support: N/A
     platforms: all
     details:
       - It never connects to the host, so any host will do (C(run_once), or C(localhost)); the work is done on the

@@ -65,7 +65,6 @@ attributes:
       - The journal is not in the diff (RV(journal) says what happens to it), nor is a pack directory re-created at the
         version it already had (RV(restored) names it).
   platform:
-    support: N/A
     platforms: posix
     details:
       - Runs on the terminal with the Python standard library only (Python 3.9 or newer); V(dpkg) models need

@@ -82,7 +82,6 @@ attributes:
       - With O(budget_file) only, the file's lines (C(serial) and status) before and after; not in check mode, which
         writes nothing.
   platform:
-    support: N/A
     platforms: all
     details:
       - It runs on the control node only and never connects to the host or a terminal.

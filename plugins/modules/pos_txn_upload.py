@@ -40,7 +40,6 @@ attributes:
   diff_mode:
     support: none
   platform:
-    support: N/A
     platforms: posix
     details:
       - Runs on the terminal with the Python standard library only (Python 3.9 or newer).
