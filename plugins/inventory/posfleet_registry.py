@@ -38,7 +38,7 @@ options:
       - A relative path is relative to the directory of the configuration file.
       - May be a Jinja2 template (the configuration file is trusted), for example to let an environment
         variable override the path with the P(ansible.builtin.env#lookup) lookup.
-      - "CSV: UTF-8 (a byte order mark is allowed), a header row is required, with the columns
+      - "CSV: text in the encoding O(encoding) names (UTF-8 by default), a header row is required, with the columns
         C(serial), C(model), C(region), C(merchant_id), C(terminal_id), C(merchant_name), C(store) and C(ip)
         in any order. Column names are matched case-insensitively. Any further column becomes a host variable
         named C(pos_registry_<column>) holding the cell's text."
@@ -46,6 +46,19 @@ options:
         Further keys become C(pos_registry_<key>) host variables with their JSON values."
     type: str
     required: true
+  encoding:
+    description:
+      - The text encoding of the registry file, as a Python codec name, for example V(gb18030) or V(gbk) for
+        exports from spreadsheet tools set up for Chinese, or V(utf-16) for UTF-16 exports.
+      - The default reads UTF-8 with or without a byte order mark. With V(utf-16) the byte order mark at the
+        start of the file decides the byte order; V(utf-16-le) and V(utf-16-be) read files without one.
+        A byte order mark at the start of the text is never read as part of the header.
+      - An unknown codec name fails the inventory source before anything is read. A file that is not text in
+        this encoding fails it too, naming the line and byte offset where decoding stopped.
+      - V(gb18030) reads GBK files as well (GB18030 extends GBK).
+      - Applies to CSV and JSON registries alike.
+    type: str
+    default: utf-8-sig
   models_file:
     description:
       - Path to the shared model profiles (a YAML mapping under C(models)).
@@ -107,6 +120,12 @@ keyed_groups:
     prefix: store
 
 ---
+# An export from a spreadsheet tool set up for Chinese: GB18030 text (GBK reads the same way).
+plugin: posfleet.fleet.posfleet_registry
+registry: registry.csv
+encoding: gb18030
+
+---
 # Load what is good and warn about the rest; use a registry column for the SSH port and
 # group the terminals that run on battery.
 plugin: posfleet.fleet.posfleet_registry
@@ -121,7 +140,9 @@ groups:
   on_battery: pos_model_profile.battery
 """
 
+import codecs
 import csv
+import io
 import ipaddress
 import json
 import os
@@ -143,6 +164,11 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXTRA_PREFIX = "pos_registry_"
 CONFIG_SUFFIXES = (".posfleet.yml", ".posfleet.yaml")
 PREFIX = "posfleet_registry:"
+DEFAULT_ENCODING = "utf-8-sig"
+# What an export that does not decode most likely is, for the error that asks for option 'encoding'.
+LIKELY_ENCODINGS = ("gb18030 or gbk for exports from spreadsheet tools set up for Chinese (gb18030 reads GBK "
+                    "too), utf-16 for UTF-16 text with a byte order mark")
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 class _Entry:
@@ -206,6 +232,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self._read_config_data(path)
         self._config_path = path
         config_dir = os.path.dirname(os.path.realpath(path))
+        encoding = self._encoding_option()
 
         models_file = self._path_option("models_file", config_dir)
         regions_file = self._path_option("regions_file", config_dir)
@@ -214,7 +241,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self._check_models(models, models_file)
 
         registry = self._path_option("registry", config_dir)
-        entries = self._read_registry(registry)
+        entries = self._read_registry(registry, encoding)
         good, bad = self._check_entries(entries, models, regions, models_file, regions_file)
 
         if bad:
@@ -246,6 +273,22 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         if not isinstance(value, str) or not value.strip():
             raise AnsibleParserError(f"{PREFIX} option '{name}' in {self._config_path} must be a non-empty path")
         return os.path.normpath(os.path.join(config_dir, os.path.expanduser(value.strip())))
+
+    def _encoding_option(self):
+        """Option 'encoding', checked before any file is read."""
+        encoding = self.get_option("encoding")
+        try:
+            codecs.lookup(encoding)
+            # codecs.lookup also knows bytes-to-bytes codecs (base64, rot13) that cannot decode text.
+            io.TextIOWrapper(io.BytesIO(), encoding=encoding)
+        except (LookupError, TypeError):
+            # from None: Python's own wording ("use codecs.open()") would only confuse an operator.
+            raise AnsibleParserError(
+                f"{PREFIX} option 'encoding' in {self._config_path}: {encoding!r} is not a text encoding Python "
+                f"knows; use a Python codec name such as {DEFAULT_ENCODING} (the default: UTF-8 with or without "
+                "a byte order mark), gb18030, gbk or utf-16"
+            ) from None
+        return encoding
 
     def _override_regions(self, regions, regions_file):
         """The shared regions with this inventory's region_overrides applied, field by field."""
@@ -305,7 +348,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
 
     # -- reading the registry ---------------------------------------------------------------------
 
-    def _read_registry(self, registry):
+    def _read_registry(self, registry, encoding):
         if not os.path.isfile(registry):
             raise AnsibleParserError(
                 f"{PREFIX} registry file {registry} not found; write the TMS export there or point option "
@@ -317,21 +360,41 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 f"{PREFIX} registry file {registry} must end in .csv or .json so that its format is known"
             )
         try:
-            # utf-8-sig: spreadsheet tools put a byte order mark in front of the header.
-            with open(registry, encoding="utf-8-sig", newline="") as f:
-                entries = self._read_csv(registry, f) if ext == ".csv" else self._read_json(registry, f)
-        except UnicodeDecodeError as e:
-            raise AnsibleParserError(
-                f"{PREFIX} registry file {registry} is not UTF-8 text ({to_native(e)}); export it as UTF-8"
-            ) from e
+            with open(registry, "rb") as f:
+                raw = f.read()
         except OSError as e:
             raise AnsibleParserError(f"{PREFIX} cannot read registry file {registry}: {to_native(e)}") from e
+        text = io.StringIO(self._decode(registry, raw, encoding), newline="")
+        entries = self._read_csv(registry, text) if ext == ".csv" else self._read_json(registry, text)
         if not entries:
             raise AnsibleParserError(
                 f"{PREFIX} registry file {registry} holds no terminals; an empty export usually means the TMS "
                 "export failed, so check it rather than run against an empty fleet"
             )
         return entries
+
+    def _decode(self, registry, raw, encoding):
+        # The whole file at once (a registry is small): the error then holds the offset in the file,
+        # where a text stream's counts from the start of the chunk it was decoding.
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            # utf-8-sig reports positions after the byte order mark it removed; the file's offset counts it.
+            offset = e.start + len(raw) - len(e.object)
+            line = raw[:offset].decode(encoding, errors="replace").count("\n") + 1
+            described = "UTF-8 (the default encoding)" if encoding == DEFAULT_ENCODING else encoding
+            likely = LIKELY_ENCODINGS
+            if raw.startswith(UTF16_BOMS) and codecs.lookup(encoding).name != "utf-16":
+                likely = "utf-16, as the file starts with a UTF-16 byte order mark"
+            # from None: the codec's own message counts utf-8-sig positions after the byte order mark.
+            raise AnsibleParserError(
+                f"{PREFIX} {registry}:{line}: the registry file is not {described} text: "
+                f"{e.reason} at byte offset {offset} (byte(s) {e.object[int(e.start):int(e.end)].hex(' ')}). "
+                f"Set option 'encoding' in {self._config_path} to the export's encoding: {likely}; "
+                "or export the file as UTF-8"
+            ) from None
+        # A byte order mark that the codec keeps (utf-8, utf-16-le, gb18030) is not part of the header.
+        return text[1:] if text.startswith("\ufeff") else text
 
     def _read_csv(self, registry, f):
         reader = csv.reader(f, strict=True)
