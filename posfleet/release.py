@@ -5,7 +5,7 @@
     posfleet-release sign    --release DIR/releases/ID --key release.key [--dry-run]
     posfleet-release verify  --release DIR/releases/ID --pubkey release.pub [--root DIR]
     posfleet-release publish --root DIR --repo BASE (--region NAME... | --all-regions) [--release ID...]
-                             [--pubkey release.pub] [--dry-run]
+                             [--pubkey release.pub] [--dry-run] [--audit-log FILE]
 
 Every subcommand prints one JSON object (with `changed` where it writes) and exits 0, or prints
 `posfleet-release: <what is wrong>` as the first line on stderr, the JSON object `{"changed", "failed":
@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from jsonschema import Draft202012Validator, validators
 
 from posfleet import packs
+from posfleet import report as posreport
 
 PROJECT = Path(__file__).resolve().parents[1]
 MODELS_FILE = PROJECT / "inventories" / "shared" / "models.yml"
@@ -901,7 +902,7 @@ class PublishError(ReleaseError):
 
 
 def publish(root, repo_base, *, regions=(), all_regions=False, releases=(), pubkey=None, dry_run=False,
-            models_file=MODELS_FILE, regions_file=REGIONS_FILE):
+            models_file=MODELS_FILE, regions_file=REGIONS_FILE, audit_log=None, audit_user=None, awx_job_id=None):
     """Copy releases from a build directory to each region's distribution point root.
 
     Per region, all or nothing: every file is copied to a temporary name and checked against its
@@ -911,20 +912,72 @@ def publish(root, repo_base, *, regions=(), all_regions=False, releases=(), pubk
     before every file it names is there and verified: terminals never get a manifest they cannot
     follow. Files already there and identical are skipped. A release already published with other
     bytes is refused before anything is copied: a release id names one content forever.
+
+    With `audit_log` (not in a dry run), each distribution point's outcome is appended to that audit
+    trail as soon as it is known: a line per release it got files of, or per release when it failed.
+    A line that cannot be written stops the publish before the next point. Its `who` is `audit_user`
+    (AWX's user, which publish.yml can pass on), else the local login.
     """
     root = Path(root)
     targets = _targets(regions, all_regions, regions_file)
     releases = list(dict.fromkeys(releases)) or _built_releases(root)
     files, finals, manifests = _publish_plan(root, releases, pubkey, models_file)
     _refuse_conflicts(repo_base, targets, finals)
+    trail = _PublishTrail(audit_log, manifests, audit_user, awx_job_id) if audit_log and not dry_run else None
     report = {}
     for region in targets:
+        base = Path(repo_base) / region
         try:
-            report[region] = _publish_point(Path(repo_base) / region, files, finals, manifests, dry_run)
+            report[region] = _publish_point(base, files, finals, manifests, dry_run)
         except (ReleaseError, OSError) as exc:
-            raise _stopped(region, exc, report, dry_run) from None
+            error = _stopped(region, exc, report, dry_run)
+            if trail:
+                trail.failed(region, base, error)
+            raise error from None
+        if trail:
+            trail.published(region, base, report)
     return {"changed": any(item["copied"] for item in report.values()), "dry_run": dry_run,
             "releases": releases, "regions": report}
+
+
+class _PublishTrail:
+    """The audit lines of one publish (posfleet.report's trail): who, from which control node, which
+    release reached which distribution point, and the outcome."""
+
+    def __init__(self, path, manifests, user=None, awx_job_id=None):
+        self.path = path
+        self.files = {release: set(artifacts(manifest)) | {f"releases/{release}/{SIGNATURE}",
+                                                           f"releases/{release}/{MANIFEST}"}
+                      for release, manifest in manifests}
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.common = {"run_id": f"{stamp}-publish-{os.urandom(2).hex()}", "who": user or posreport.local_user(),
+                       "awx_job_id": str(awx_job_id) if awx_job_id else None,
+                       "control_node": posreport.this_control_node()}
+
+    def _line(self, region, release, status, reason):
+        return posreport.audit_entry(self.common, "publish", posreport.ENDED, what="release", distribution_point=region,
+                                     release=release, status=status, reason=reason)
+
+    def published(self, region, base, report):
+        """A line per release the point got files of (none when it already had everything)."""
+        lines = []
+        for release, names in self.files.items():
+            got = names & set(report[region]["copied"])
+            if got:
+                lines.append(self._line(region, release, "published", f"{len(got)} file(s) copied to {base}"))
+        try:
+            posreport.append_audit(self.path, lines)
+        except (OSError, posreport.ReportError) as exc:
+            done = ", ".join(name for name, item in report.items() if item["copied"])
+            raise PublishError(f"published to {region}, but the audit log {self.path} cannot be written: {exc}; "
+                               f"nothing more is published until it can (already published to {done})",
+                               changed=True) from None
+
+    def failed(self, region, base, error):
+        """A line per release the point did not get; the publish's own error stays the one raised."""
+        lines = [self._line(region, release, "failed", f"{base}: {error}") for release in self.files]
+        with contextlib.suppress(OSError, posreport.ReportError):
+            posreport.append_audit(self.path, lines)
 
 
 def _targets(regions, all_regions, regions_file):
@@ -1108,7 +1161,20 @@ def _parser():
                      help="release ids (default: every release in the build directory)")
     cmd.add_argument("--pubkey", help="also verify each release's signature against this public key")
     cmd.add_argument("--dry-run", action="store_true", help="say what would be copied, copy nothing")
+    cmd.add_argument("--audit-log", type=Path, default=None,
+                     help="the audit trail that gets a line per release and distribution point published, or "
+                          "failed (default: audit.jsonl in $POSFLEET_REPORT_DIR, else in this checkout's reports/, "
+                          "where update.yml's trail is); see docs/reports.md")
+    cmd.add_argument("--audit-user", help="who publishes, for the audit trail (default: the local login; "
+                                          "publish.yml run from AWX passes awx_user_name)")
+    cmd.add_argument("--awx-job-id", help="the AWX job that publishes, for the audit trail")
     return parser
+
+
+def default_audit_log():
+    """The audit trail publish appends to: where the posfleet_report callback writes with posfleet's
+    ansible.cfg (reports/ beside it), or $POSFLEET_REPORT_DIR as for the callback."""
+    return Path(os.environ.get("POSFLEET_REPORT_DIR") or PROJECT / "reports") / "audit.jsonl"
 
 
 def main(argv=None):
@@ -1124,7 +1190,9 @@ def main(argv=None):
             result = verify(args.release, args.pubkey, args.root)
         else:
             result = publish(args.root, args.repo, regions=args.region, all_regions=args.all_regions,
-                             releases=args.releases, pubkey=args.pubkey, dry_run=args.dry_run)
+                             releases=args.releases, pubkey=args.pubkey, dry_run=args.dry_run,
+                             audit_log=args.audit_log or default_audit_log(), audit_user=args.audit_user,
+                             awx_job_id=args.awx_job_id)
     except ReleaseError as exc:
         return _fail(str(exc), changed=getattr(exc, "changed", False))
     except OSError as exc:

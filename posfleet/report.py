@@ -16,6 +16,7 @@ import contextlib
 import csv
 import datetime
 import fcntl
+import getpass
 import hashlib
 import html
 import io
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -34,6 +36,9 @@ SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 # The vocabulary is posfleet.status's; these names are the report's view of it.
 STATUSES = statuses.OUTCOMES
 RETRY_STATUSES = statuses.RETRY
+# The rows report.html lists with their reasons: every terminal not at the release, unfit ones too,
+# although retry.limit leaves them out (no re-run makes the release fit their flash).
+PROBLEM_STATUSES = tuple(status for status in STATUSES if status not in statuses.AT_RELEASE)
 # The update pipeline's steps in the order they run; a CSV has one column for each, and for any
 # other step a document names.
 STEPS = ("preflight", "quiesce", "txn_upload", "backup", "package", "data_sync", "reboot", "verify", "rollback")
@@ -181,6 +186,7 @@ td.zero{color:#98a2b3}#terminals td[data-key=packs_after]{overflow-wrap:anywhere
 #terminals th[aria-sort=descending]::after{content:" \\25BC"}
 .st{display:inline-block;padding:0 .4em;border-radius:3px;font-size:.9em}
 .st-current{background:#eef4ff}.st-updated{background:#d1fadf}.st-deferred{background:#fef0c7}
+.st-unfit{background:#ebe9fe}
 .st-failed{background:#fecdca}.st-rolled_back{background:#fddcab}.st-unreachable{background:#e4e7ec}
 .st-would_update{background:#d1e9ff}
 #timeline .wave{display:grid;grid-template-columns:14em 1fr;gap:1em;align-items:center;margin:.3em 0}
@@ -297,7 +303,7 @@ _JS = r"""
     var box = document.getElementById("failures");
     var bad = rows.filter(function (r) { return PROBLEMS.indexOf(r.status) >= 0; });
     if (!bad.length) {
-      box.appendChild(el("p", {}, "No terminal failed, rolled back, was deferred or unreachable."));
+      box.appendChild(el("p", {}, "No terminal failed, rolled back, was deferred, unfit or unreachable."));
       return;
     }
     var table = box.appendChild(el("table", {"id": "failure-list"}));
@@ -426,7 +432,7 @@ beside this file.</p></noscript>
 <table id="counts"></table>
 <h2>Waves</h2>
 <div id="timeline"></div>
-<h2>Failures, rollbacks, deferred and unreachable terminals</h2>
+<h2>Failures, rollbacks, deferred, unfit and unreachable terminals</h2>
 <div id="failures"></div>
 <h2>Every terminal</h2>
 <p>Click a column header to sort; click again to reverse.</p>
@@ -466,14 +472,14 @@ def render_html(doc):
     else:
         halt = ""
     js = (_JS.replace("@@STATUSES@@", json.dumps(list(STATUSES)))
-          .replace("@@PROBLEMS@@", json.dumps(list(RETRY_STATUSES))))
+          .replace("@@PROBLEMS@@", json.dumps(list(PROBLEM_STATUSES))))
     parts = {"CSS": _CSS, "JS": js, "META": meta_html, "HALT": halt, "TITLE": esc(title), "DATA": _script_json(doc)}
     # One pass: text put in is never scanned again, so no value can look like a placeholder.
     return re.sub(r"@@([A-Z]+)@@", lambda match: parts[match.group(1)], _PAGE)
 
 
 def retry_serials(doc):
-    """The serials a re-run should take: failed, rolled back, deferred or unreachable, sorted."""
+    """The serials a re-run should take: failed, rolled back, deferred or unreachable, sorted; never unfit."""
     return [row["serial"] for row in doc["terminals"] if row["status"] in RETRY_STATUSES]
 
 
@@ -563,68 +569,188 @@ def read_run(run_dir):
     return validate(doc)
 
 
-# --- the audit log ---------------------------------------------------------------------------------
+# --- the audit trail -------------------------------------------------------------------------------
 
-AUDIT_KEYS = ("at", "who", "run_id", "terminal", "what", "action", "from", "to", "awx_job_id")
+# One JSON line per event, every key on every line (null where it does not apply); docs/reports.md has
+# the table. What PCI DSS 10.2.2 asks of a record: who (who, awx_job_id), what (action, event), when
+# (at, UTC), where (terminal or distribution_point, and control_node), the outcome (status, reason)
+# and the object (what, release, from, to). run_id and step tie a line to its run and to the step a
+# change had reached.
+AUDIT_KEYS = ("at", "who", "awx_job_id", "control_node", "run_id", "action", "event", "terminal",
+              "distribution_point", "step", "status", "reason", "release", "what", "from", "to")
+STARTED, ENDED = "started", "ended"
+# The events of each action. A change to a terminal logs a line when it starts and one when it ends,
+# each written at once, so a run killed in between leaves its `started` line and no `ended` one. A
+# backup and a publication log their outcome once. The update guard's switch-back, learnt at the
+# terminal's next contact, logs the phase the guard left it in.
+AUDIT_EVENTS = {
+    "update": (STARTED, ENDED), "rollback": (STARTED, ENDED), "restore": (STARTED, ENDED),
+    "backup": (ENDED,), "publish": (ENDED,), "guard": ("undone", "resumed", "stuck"),
+}
+# Never null, never empty: who, when, where from, what was done and to what.
+AUDIT_REQUIRED = ("at", "who", "control_node", "run_id", "action", "event", "what")
+TERMINAL = "terminal"  # `what` of a line about the whole terminal: from and to hold every component
+GUARD = "pos-update-guard"  # `who` of a guard line: the terminal's own guard, on an earlier run's lease
 
 
-def _components(state):
-    state = state or {"app_version": None, "packs": {}}
-    found = {"app": state["app_version"]}
-    found.update({f"pack:{name}": version for name, version in state["packs"].items()})
+def audit_time(moment=None):
+    """`moment` (a datetime, or ISO 8601 text; now when None) in UTC to the second: 2026-11-24T09:21:02Z."""
+    if moment is None:
+        moment = datetime.datetime.now(UTC)
+    elif isinstance(moment, str):
+        moment = _parse_time(moment)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def local_user():
+    """The login running this process: the `who` of a run not started from AWX."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def this_control_node():
+    """The `control_node` of the lines this process writes: its fully qualified name, or its host name
+    where the name resolves to nothing better than localhost (a host name listed on 127.0.0.1)."""
+    fqdn = socket.getfqdn()
+    if fqdn and fqdn.split(".")[0] != "localhost":
+        return fqdn
+    return socket.gethostname() or "unknown"
+
+
+def valid_run_id(run_id):
+    """Whether `run_id` can name a run: a report directory, and the run of an audit line."""
+    return isinstance(run_id, str) and bool(_RUN_ID.fullmatch(run_id)) and run_id != LATEST
+
+
+def last_step(steps):
+    """The furthest of `steps` (step names) in the pipeline's order, a step it does not know last; or None."""
+    ordered = [name for name in STEPS if name in steps] + sorted(set(steps) - set(STEPS))
+    return ordered[-1] if ordered else None
+
+
+def versions(state):
+    """{component: version} of a version state ({app_version, packs}): `app`, then `pack:<name>` by name; None
+    when the state is not known."""
+    if not isinstance(state, dict):
+        return None
+    found = {"app": state.get("app_version")}
+    found.update({f"pack:{name}": version for name, version in sorted((state.get("packs") or {}).items())})
     return found
 
 
-def audit_entries(doc, who=None, at=None):
-    """The audit entries a finished run implies, one per change on a terminal.
+def audit_entry(common, action, event, *, what=TERMINAL, before=None, after=None, at=None, **fields):
+    """One line of the trail.
 
-    An updated terminal gives one entry per component (app, pack:<name>) whose version differs between
-    before and after, action "update" ("rollback" in a rollback run). A rolled_back terminal gives one
-    entry what="terminal", action "rollback", from the run's release to the app version it was restored
-    to (its before). A check or plan run changed nothing and gives none. `who` defaults to the run's
-    user and `at` to its finish.
+    `common` holds what every line of a run shares (run_id, who, awx_job_id, control_node). The object:
+    for what="terminal", `before` and `after` are version states, written as from and to
+    {component: version}; for one component (`app`, `pack:<name>`), its two versions. `at` is now by
+    default. Any other key of AUDIT_KEYS may be given in `fields`; the rest are null.
+    """
+    entry = dict.fromkeys(AUDIT_KEYS)
+    entry.update(common, **fields)
+    entry.update(at=audit_time(at), action=action, event=event, what=what)
+    if what == TERMINAL:
+        entry.update({"from": versions(before), "to": versions(after)})
+    else:
+        entry.update({"from": before, "to": after})
+    return entry
+
+
+def change_entries(common, action, *, before, after, at=None, **fields):
+    """The `ended` lines of a change to a terminal (`fields`: terminal, status, reason, step, release).
+
+    A change that took (status updated, or rolled_back by a restore that switched versions) gives one
+    line per component whose version differs between `before` and `after`: what is the component, from
+    and to its versions. Any other end gives one line for the whole terminal: from and to every
+    component's versions, to null when not known (a terminal that stopped answering).
+    """
+    old, new = versions(before), versions(after)
+    if fields.get("status") in (statuses.UPDATED, statuses.ROLLED_BACK) and old is not None and new is not None:
+        at = audit_time(at)
+        names = sorted(set(old) | set(new), key=lambda name: (name != "app", name))
+        changed = [name for name in names if old.get(name) != new.get(name)]
+        if changed:
+            return [audit_entry(common, action, ENDED, what=name, before=old.get(name), after=new.get(name), at=at,
+                                **fields) for name in changed]
+    return [audit_entry(common, action, ENDED, before=before, after=after, at=at, **fields)]
+
+
+def audit_entries(doc, who=None, at=None, control_node=None):
+    """The `ended` lines a finished run's report implies for its changed terminals (updated, rolled_back).
+
+    The callback writes them as each terminal ends (change_entries); this gives them from a report.
+    The action is "update" ("rollback" in a rollback run), `who` defaults to the run's user, `at` to its
+    finish and `control_node` to this machine. A check or plan run changed nothing and gives none.
     """
     if doc["mode"] in ("check", "plan"):
         return []
-    who = doc["user"] if who is None else who
-    at = doc["finished_at"] if at is None else (at if isinstance(at, str) else _iso(at))
-    common = {"at": at, "who": who, "run_id": doc["run_id"], "awx_job_id": doc["awx_job_id"]}
+    common = {"run_id": doc["run_id"], "who": doc["user"] if who is None else who, "awx_job_id": doc["awx_job_id"],
+              "control_node": control_node or this_control_node()}
+    action = "rollback" if doc["mode"] == "rollback" else "update"
+    at = doc["finished_at"] if at is None else at
     entries = []
     for row in doc["terminals"]:
-        if row["status"] == "updated":
-            action = "rollback" if doc["mode"] == "rollback" else "update"
-            before, after = _components(row["before"]), _components(row["after"])
-            for what in sorted(set(before) | set(after), key=lambda name: (name != "app", name)):
-                if before.get(what) != after.get(what):
-                    entries.append(dict(common, terminal=row["serial"], what=what, action=action,
-                                        **{"from": before.get(what), "to": after.get(what)}))
-        elif row["status"] == statuses.ROLLED_BACK:
-            restored = row["before"]["app_version"] if row["before"] else None
-            entries.append(dict(common, terminal=row["serial"], what="terminal", action="rollback",
-                                **{"from": doc["release"], "to": restored}))
+        if row["status"] in (statuses.UPDATED, statuses.ROLLED_BACK):
+            entries += change_entries(common, action, before=row["before"], after=row["after"], at=at,
+                                      terminal=row["serial"], status=row["status"], reason=row["reason"],
+                                      step=last_step(row["steps"]), release=doc["release"])
     return entries
+
+
+def _audit_problem(entry):
+    """What is wrong with an audit entry, or None."""
+    if not isinstance(entry, dict):
+        return "is not a mapping"
+    missing = [key for key in AUDIT_KEYS if key not in entry]
+    extra = sorted(set(entry) - set(AUDIT_KEYS))
+    if missing or extra:
+        return f"missing {missing}, unknown {extra}"
+    empty = [key for key in AUDIT_REQUIRED if not isinstance(entry[key], str) or not entry[key]]
+    if empty:
+        return f"{', '.join(empty)} must be text (an audit record names who, when, where, what and the object)"
+    if not entry["terminal"] and not entry["distribution_point"]:
+        return "names no place: a terminal or a distribution_point"
+    events = AUDIT_EVENTS.get(entry["action"])
+    if events is None:
+        return f"action {entry['action']!r} is not one of {', '.join(AUDIT_EVENTS)}"
+    if entry["event"] not in events:
+        return f"event {entry['event']!r} is not one of {', '.join(events)} for action {entry['action']}"
+    if (entry["status"] is None) != (entry["event"] == STARTED):
+        return "status: every line but a started one has an outcome, and a started one has none yet"
+    _parse_time(entry["at"])
+    return None
 
 
 def append_audit(path, entries):
     """Append one JSON line per entry to the audit log; return how many were written.
 
-    One write under an exclusive flock, on a descriptor opened O_APPEND: concurrent runs (AWX slices
-    on one control node) never interleave or cut each other's lines.
+    Every entry is checked first (all of AUDIT_KEYS, no other; the PCI fields set; a known action and
+    event), so nothing is written for a batch with a wrong one. One write under an exclusive flock, on
+    a descriptor opened O_APPEND, then fsync: concurrent runs (AWX slices on one control node) never
+    interleave or cut each other's lines, and a line is on the disk before the caller goes on, so a
+    run killed right after still leaves it. The directory is made (0750) when missing.
     """
     lines = []
     for entry in entries:
-        missing = [key for key in AUDIT_KEYS if key not in entry]
-        extra = sorted(set(entry) - set(AUDIT_KEYS))
-        if missing or extra:
-            raise ReportError(f"audit entry {entry!r}: missing {missing}, unknown {extra}")
-        if entry["action"] not in ("update", "rollback"):
-            raise ReportError(f"audit entry for {entry['terminal']}: action {entry['action']!r} "
-                              f"is not 'update' or 'rollback'")
-        lines.append(json.dumps({key: entry[key] for key in AUDIT_KEYS}, ensure_ascii=True) + "\n")
+        try:
+            problem = _audit_problem(entry)
+        except ReportError as exc:
+            problem = str(exc)
+        if problem:
+            where = (entry.get("terminal") or entry.get("distribution_point")) if isinstance(entry, dict) else None
+            raise ReportError(f"audit entry for {where or '?'}: {problem}: {entry!r}")
+        lines.append(json.dumps({key: entry[key] for key in AUDIT_KEYS}, ensure_ascii=True, default=str) + "\n")
     if not lines:
         return 0
     data = "".join(lines).encode("utf-8")
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    path = Path(path)
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ReportError(f"audit log {path} is not a regular file")
@@ -635,6 +761,13 @@ def append_audit(path, entries):
         os.fsync(fd)
     finally:
         os.close(fd)  # releases the lock
+    if created:
+        # The new file's name must survive a crash too, not only its lines.
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return len(lines)
 
 

@@ -6,6 +6,9 @@
 It watches the pipeline's own facts (pos_update_* per terminal, update_* for the run) as set_fact
 results arrive, so it needs nothing from the playbooks beyond what they already record, and it
 writes its report even when the run stops half-way (a halted rollout, a broken batch, Ctrl-C).
+The audit trail is written as the run goes, not at its end: a line when a change to a terminal
+starts and one when it ends, each on the disk before the run goes on, so a run killed with
+kill -9 still leaves the terminals it had started and not ended.
 Which fields reach a report is decided here and in posfleet.report, field by field: no module
 result is ever copied whole, so no secret can ride along.
 """
@@ -21,10 +24,14 @@ description:
   - For every run of C(update.yml) or C(plan.yml) (and C(rollback.yml) to a release), prints a progress
     line as terminals finish (wave k of n, done of total, failed, time left) and, at the end, the
     outcome by model and region and why the rollout stopped.
-  - Writes C(reports/<run-id>/) with C(report.json), C(report.csv), C(report.html) and C(retry.limit),
-    points C(reports/latest) at it, and appends one JSON line per change to C(reports/audit.jsonl).
-    See C(docs/reports.md).
-  - Other playbooks (facts, verify, publish) write no report.
+  - Writes C(reports/<run-id>/) with C(report.json), C(report.csv), C(report.html) and C(retry.limit) and
+    points C(reports/latest) at it.
+  - Appends to the audit trail C(reports/audit.jsonl) as the run goes, each line written and synced at
+    once - when a change to a terminal starts (C(update.yml), C(rollback.yml)) and when it ends, a backup
+    stored (C(backup.yml)), and the update guard's switch-back found at a terminal's next contact - so a
+    killed run leaves C(started) lines with no C(ended) line. See C(docs/reports.md).
+  - Other playbooks (facts, verify, publish) write no report; C(bin/posfleet-release publish) logs its
+    publications itself.
 requirements:
   - enabled in ansible.cfg (C(callbacks_enabled = posfleet.fleet.posfleet_report))
 options:
@@ -51,8 +58,8 @@ options:
 """
 
 import datetime
-import getpass
 import os
+import re
 import secrets
 import time
 
@@ -72,6 +79,15 @@ RUN_ENDED = ("the run ended before its batch started (Ansible stops a play when 
 HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_before",
               "pos_update_target", "pos_update_started", "pos_update_window")
 RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
+# The run's own record (id, by, control_node, started), set early in the run on localhost and on every
+# terminal: its id names the report and every audit line.
+RUN_FACT = "posfleet_run"
+# rollback.yml's fact: the terminal goes on to its restore from a backup (quiesced, sales uploaded).
+RESTORE_COMMITTED = "rollback_committed"
+# The steps that change a terminal: a change that ended before reaching any left it as it was.
+CHANGING_STEPS = ("package", "data_sync", "reboot", "verify", "rollback")
+# The modes whose terminals change (not check, not plan): their changes are in the audit trail.
+CHANGING_MODES = ("update", "rollback")
 
 
 def _now():
@@ -111,6 +127,13 @@ class CallbackModule(CallbackBase):
         self.finished = set()
         self.last_progress = 0.0
         self.inventory = None
+        self.run_id = None       # posfleet_run's id, or one made when first needed
+        self.token = secrets.token_hex(2)
+        self.changes = {}        # serial -> the change started and not ended yet (action, run_id, ...)
+        self.restore_source = {}  # serial -> the backup rollback.yml decrypted for it
+        self.control_node = None
+        self.audit_failures = 0
+        self.run_fact_refused = False
 
     # --- collecting ------------------------------------------------------------------------------
 
@@ -118,6 +141,9 @@ class CallbackModule(CallbackBase):
         self.playbook = os.path.basename(playbook._file_name)
 
     def v2_playbook_on_play_start(self, play):
+        # Called for every batch too. The batch or play before is over: a change still open there ended
+        # with no outcome recorded (a failure with no rescue, a terminal Ansible dropped).
+        self._end_open()
         manager = play.get_variable_manager()
         if manager is not None:
             self.extra = dict(manager.extra_vars)
@@ -140,6 +166,7 @@ class CallbackModule(CallbackBase):
         data = result._result
         action = _short(result._task.action)
         facts = data.get("ansible_facts") or {}
+        self._run_fact(data)
         # Whatever task recorded them: set_fact, or an action that records its own decision with
         # set_fact's precedence (plugins/plugin_utils/posfleet_facts.py). Only the pipeline's facts are read.
         if facts and any(key in facts for key in HOST_FACTS + RUN_FACTS):
@@ -151,11 +178,15 @@ class CallbackModule(CallbackBase):
             self.release = data["release_id"]
         elif action in DOWNLOADERS and isinstance(data.get("bytes_downloaded"), int):
             self.bytes[serial] = self.bytes.get(serial, 0) + data["bytes_downloaded"]
+        self._trail(serial, action, data, facts, delegated=bool(result._task.delegate_facts))
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         serial = self._timed(result)
         if not ignore_errors:
             self.failures[serial] = f"{result._task.get_name()}: {result._result.get('msg') or 'failed'}"
+        lease = result._result.get("earlier_lease")
+        if _short(result._task.action) == "pos_maintenance" and isinstance(lease, dict):
+            self._guard(serial, lease)
 
     def v2_runner_on_skipped(self, result):
         self.task_started.pop((result._host.get_name(), result._task._uuid), None)
@@ -163,6 +194,10 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_unreachable(self, result):
         serial = self._timed(result)
         self.unreachable[serial] = str(result._result.get("msg") or "unreachable")
+        # The steps that change a terminal ignore unreachability and go on to check what the cut left
+        # (docs/update-pipeline.md): only a terminal Ansible drops from the run ends here.
+        if not getattr(result._task, "ignore_unreachable", False):
+            self._end(serial, vocabulary.UNREACHABLE, self.unreachable[serial])
         self._progress(serial)
 
     def _facts(self, serial, facts, delegated):
@@ -176,6 +211,15 @@ class CallbackModule(CallbackBase):
             return
         state = self.hosts.setdefault(serial, {})
         state.update(mine)
+        status = state.get("pos_update_status")
+        # The quiesce step's check found the terminal still ready and took it out of service: its change
+        # starts. Any outcome recorded after that ends it.
+        if (serial not in self.changes and mine.get("pos_update_started") is True and status == vocabulary.GO
+                and self.run.get("update_settings") is not None and self._mode() in CHANGING_MODES):
+            self._start(serial, self._mode(), "quiesce", self._release(),
+                        before=state.get("pos_update_before"), after=state.get("pos_update_target"))
+        elif serial in self.changes and status in vocabulary.RECORDED:
+            self._end(serial, status, state.get("pos_update_reason"))
         wave = self._wave(serial)
         if mine.get("pos_update_started") and isinstance(wave, int):
             self.waves_seen.setdefault(wave, [_now(), None])
@@ -261,6 +305,9 @@ class CallbackModule(CallbackBase):
         return (self.run.get("update_settings") or {}).get("mode") or "update"
 
     def v2_playbook_on_stats(self, stats):
+        self._end_open()
+        if self.audit_failures > 1:
+            self._display.error(f"posfleet_report: {self.audit_failures} writes to the audit trail failed")
         settings = self.run.get("update_settings")
         targets = self.run.get("update_targets")
         if settings is None or targets is None:
@@ -280,12 +327,12 @@ class CallbackModule(CallbackBase):
             halt = RUN_ENDED
         doc = {
             "schema": "posfleet-report/1",
-            "run_id": f"{self.started:%Y%m%dT%H%M%SZ}-{mode}-{secrets.token_hex(2)}",
+            "run_id": self._run_id(),
             "playbook": self.playbook, "mode": mode,
-            "release": self.release or self.extra.get("update_release") or self.extra.get("rollback_release"),
+            "release": self._release(),
             "started_at": _iso(self.started), "finished_at": _iso(finished),
-            "user": str(self.extra.get("awx_user_name") or self.extra.get("tower_user_name") or _user()),
-            "awx_job_id": _text(self.extra.get("awx_job_id") or self.extra.get("tower_job_id")),
+            "user": self._who(),
+            "awx_job_id": self._awx_job(),
             "settings": _settings(settings),
             "waves": waves,
             "budget": self.budget if mode not in ("plan",) else None,
@@ -293,16 +340,169 @@ class CallbackModule(CallbackBase):
             "totals": posreport.totals(rows),
             "terminals": rows,
         }
-        report_dir = self.get_option("report_dir") or os.path.abspath("reports")
+        report_dir = self._report_dir()
         try:
             run_dir = posreport.write_run(report_dir, doc)
-            if mode in ("update", "rollback"):
-                posreport.append_audit(os.path.join(report_dir, "audit.jsonl"),
-                                       posreport.audit_entries(doc, doc["user"], doc["finished_at"]))
         except (OSError, posreport.ReportError) as exc:
             self._display.error(f"posfleet_report: could not write the report under {report_dir}: {exc}")
             return
         self._summary(doc, run_dir)
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    def _report_dir(self):
+        return self.get_option("report_dir") or os.path.abspath("reports")
+
+    def _release(self):
+        return self.release or self.extra.get("update_release") or self.extra.get("rollback_release")
+
+    def _who(self):
+        """Who ran it: AWX's user, or the local login."""
+        return str(self.extra.get("awx_user_name") or self.extra.get("tower_user_name") or posreport.local_user())
+
+    def _awx_job(self):
+        return _text(self.extra.get("awx_job_id") or self.extra.get("tower_job_id"))
+
+    def _run_id(self):
+        """The run's id: posfleet_run's once a result carried it, else one made here when first needed
+        (start, mode or playbook, 4 hex digits) and kept, so the report and the trail name one run."""
+        if self.run_id is None:
+            kind = (self._mode() if self.run.get("update_settings") is not None
+                    else re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(self.playbook or "run")[0]))
+            self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{kind}-{self.token}"
+        return self.run_id
+
+    def _run_fact(self, data):
+        """Take the run's id from posfleet_run, on whichever host's result it arrives: in the result's facts,
+        the result itself, or a loop's results. A change already started keeps the id of its started line."""
+        found = [data, data.get("ansible_facts")]
+        found += [item for item in data.get("results") or () if isinstance(item, dict)]
+        found += [item.get("ansible_facts") for item in found[2:]]
+        for holder in found:
+            record = holder.get(RUN_FACT) if isinstance(holder, dict) else None
+            if not isinstance(record, dict):
+                continue
+            if posreport.valid_run_id(record.get("id")):
+                self.run_id = record["id"]
+            elif not self.run_fact_refused:
+                self.run_fact_refused = True
+                self._display.warning(f"posfleet_report: {RUN_FACT}.id {record.get('id')!r} cannot name a run "
+                                      f"(letters, digits, '.', '_', '-'); the report uses its own id")
+
+    # --- the audit trail ----------------------------------------------------------------------------
+
+    def _common(self, run_id):
+        """What every audit line of the run holds: the run, who, and where from."""
+        if self.control_node is None:
+            self.control_node = posreport.this_control_node()
+        return {"run_id": run_id, "who": self._who(), "awx_job_id": self._awx_job(),
+                "control_node": self.control_node}
+
+    def _audit(self, entries):
+        """Append lines to the trail now. A failure is shown once (and counted at the end), never raised:
+        the run goes on, as the terminals' own journals and leases do."""
+        path = os.path.join(self._report_dir(), "audit.jsonl")
+        try:
+            posreport.append_audit(path, entries)
+        except (OSError, posreport.ReportError) as exc:
+            self.audit_failures += 1
+            if self.audit_failures == 1:
+                self._display.error(f"posfleet_report: could not append to the audit trail {path}: {exc}")
+
+    def _trail(self, serial, action, data, facts, delegated):
+        """The audit lines of a result besides the pipeline's statuses (_facts): the guard's switch-back,
+        rollback.yml's restore, a backup stored."""
+        if action == "pos_maintenance" and isinstance(data.get("earlier_lease"), dict):
+            self._guard(serial, data["earlier_lease"])
+        elif action == "pos_backup_store" and data.get("dest") and isinstance(data.get("path"), str):
+            self.restore_source[serial] = data["path"]  # the backup rollback.yml is about to restore
+        elif action == "pos_restore" and serial in self.changes:
+            self.changes[serial].update(restored_from=data.get("versions_before"), restored=data.get("versions_after"))
+        elif action == "pos_backup":
+            self._backup(serial, data)
+        if not delegated and facts.get(RESTORE_COMMITTED) in (True, "True", "true"):
+            source = self.restore_source.get(serial)
+            self._start(serial, "restore", "rollback", _backup_label(source),
+                        reason=f"from the backup {source}" if source else "from its newest backup")
+
+    def _start(self, serial, action, step, release, before=None, after=None, reason=None):
+        """The `started` line of a change: the terminal, the step it starts at, the versions it runs and
+        those it is going to."""
+        if serial in self.changes:
+            return
+        run_id = self._run_id()
+        self.changes[serial] = {"action": action, "run_id": run_id, "step": step, "release": release}
+        self._audit([posreport.audit_entry(self._common(run_id), action, posreport.STARTED, terminal=serial,
+                                           step=step, release=release, reason=reason, before=before, after=after)])
+
+    def _end(self, serial, status, reason):
+        """The `ended` lines of the terminal's open change, if it has one: the outcome, the last step reached,
+        the versions it ran before and those it runs now (null when that is not known)."""
+        change = self.changes.pop(serial, None)
+        if change is None:
+            return
+        state = self.hosts.get(serial, {})
+        step = posreport.last_step(self.steps.get(serial, {})) or change["step"]
+        restored = change.get("restored")
+        # A restore goes from what the terminal ran when restored; an update from what it ran at its start.
+        before = change.get("restored_from") if change["action"] == "restore" else state.get("pos_update_before")
+        if status == vocabulary.UPDATED:
+            after = state.get("pos_update_target")
+        elif restored is not None:
+            after = restored
+        elif change["action"] != "restore" and (
+                status in (vocabulary.CURRENT, vocabulary.DEFERRED) or step not in CHANGING_STEPS):
+            after = before
+        else:
+            after = None
+        self._audit(posreport.change_entries(
+            self._common(change["run_id"]), change["action"], before=before, after=after, terminal=serial,
+            status=status, reason=str(reason or ""), step=step, release=change["release"]))
+
+    def _end_open(self):
+        """End every open change with the outcome the run left it in."""
+        for serial in list(self.changes):
+            if serial in self.unreachable:
+                self._end(serial, vocabulary.UNREACHABLE, self.unreachable[serial])
+            elif serial in self.failures:
+                self._end(serial, vocabulary.FAILED, self.failures[serial])
+            else:
+                action = self.changes[serial]["action"]
+                self._end(serial, vocabulary.UNREACHABLE,
+                          f"no outcome was recorded: the run ended or lost the terminal during its {action}")
+
+    def _backup(self, serial, data):
+        """A backup stored outside a change (backup.yml): inside one, the change's own lines cover it."""
+        stored = data.get("stored")
+        if not isinstance(stored, dict) or not stored.get("changed") or serial in self.changes:
+            return
+        path = str(stored.get("path") or "")
+        self._audit([posreport.audit_entry(
+            self._common(self._run_id()), "backup", posreport.ENDED, terminal=serial, step="backup",
+            status="stored", reason=f"stored as {path}", release=_backup_label(path),
+            before={"app_version": data.get("app_version"), "packs": data.get("packs")})])
+
+    def _guard(self, serial, lease):
+        """The update guard's switch-back of an earlier run's change, as pos_maintenance found it in the
+        terminal's lease: one line in the name of that run, at the time the guard acted."""
+        phase = lease.get("phase")
+        if phase not in posreport.AUDIT_EVENTS["guard"]:
+            return  # a dead run's lease taken over (quiesced, changing, holding): the guard did nothing
+        guard = lease.get("guard") if isinstance(lease.get("guard"), dict) else {}
+        earlier = lease.get("run") if isinstance(lease.get("run"), dict) else {}
+        try:
+            at = posreport.audit_time(guard["at"])
+        except (KeyError, AttributeError, TypeError, ValueError):
+            at = None  # ReportError is a ValueError: an unreadable time is the time it was found
+        run_id = earlier.get("id") if posreport.valid_run_id(earlier.get("id")) else self._run_id()
+        switched = _switched(guard.get("switched"))
+        reason = "; ".join(text for text in (str(guard.get("reason") or ""),
+                                             f"found at its next contact by run {self._run_id()}") if text)
+        common = dict(self._common(run_id), who=posreport.GUARD, awx_job_id=_text(earlier.get("awx_job_id")))
+        # The object: the components switched back, and the versions they were switched back to.
+        self._audit([posreport.audit_entry(common, "guard", phase, what=",".join(switched) or posreport.TERMINAL,
+                                           after=switched or None, at=at, terminal=serial, status=phase,
+                                           reason=reason, release=_text(lease.get("release")))])
 
     def _inventory_vars(self, serials):
         """pos_model and pos_region of every target, from the inventory the play ran on."""
@@ -357,11 +557,27 @@ def _settings(settings):
     return {key: settings.get(key) for key in keys}
 
 
-def _user():
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+def _backup_label(path):
+    """The release a stored backup is labelled with: <store>/<serial>/<UTC stamp>-<release>.tar.enc."""
+    name = os.path.basename(path or "")
+    if not name.endswith(".tar.enc") or "-" not in name:
+        return None
+    return name[:-len(".tar.enc")].split("-", 1)[1]
+
+
+def _switched(items):
+    """{component: version} of what the guard switched back, from its words (`app 4.1.0`, `pack params
+    2026.11.1`, module_utils/pos_guard.py); words of another shape are kept whole, with no version."""
+    found = {}
+    for item in items if isinstance(items, list) else ():
+        words = str(item).split()
+        if len(words) == 2 and words[0] == "app":
+            found["app"] = words[1]
+        elif len(words) == 3 and words[0] == "pack":
+            found[f"pack:{words[1]}"] = words[2]
+        else:
+            found[str(item)] = None
+    return found
 
 
 def _duration(seconds):

@@ -135,6 +135,20 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 # --- running a module ------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _report_dir(tmp_path_factory):
+    """Reports and audit lines of the tools the tests run go to a temporary directory, never to the
+    checkout's reports/ (the lab's live audit trail)."""
+    directory = tmp_path_factory.mktemp("reports")
+    before = os.environ.get("POSFLEET_REPORT_DIR")
+    os.environ["POSFLEET_REPORT_DIR"] = str(directory)
+    yield directory
+    if before is None:
+        os.environ.pop("POSFLEET_REPORT_DIR", None)
+    else:
+        os.environ["POSFLEET_REPORT_DIR"] = before
+
+
 @pytest.fixture
 def run_module(tmp_path):
     """run_module(name, args, root, check=False, diff=True) -> the module's JSON result (a dict)."""

@@ -179,17 +179,22 @@ def test_a_damaged_artifact_in_the_build_directory_is_refused_with_the_cause_fir
     assert_untouched(repo, before, series / "keys" / "release.pub")
 
 
-def test_a_publish_stopped_at_the_second_region_says_where_it_already_published(point, series, monkeypatch,
-                                                                                 capsys):
-    out, repo = point
+def make_read_only(monkeypatch, region):
+    """Every write to `region`'s distribution point fails, as on a point mounted read-only."""
     real_write = posrelease.write_temp
 
-    def us_east_is_read_only(dest, *args, **kwargs):
-        if "/us_east/" in str(dest):
+    def read_only(dest, *args, **kwargs):
+        if f"/{region}/" in str(dest):
             raise PermissionError(errno.EACCES, "Permission denied")
         return real_write(dest, *args, **kwargs)
 
-    monkeypatch.setattr(posrelease, "write_temp", us_east_is_read_only)
+    monkeypatch.setattr(posrelease, "write_temp", read_only)
+
+
+def test_a_publish_stopped_at_the_second_region_says_where_it_already_published(point, series, monkeypatch,
+                                                                                 capsys):
+    out, repo = point
+    make_read_only(monkeypatch, "us_east")
     code = posrelease.main(["publish", "--root", str(out), "--repo", str(repo), "--region", "eu_west", "us_east",
                             "--release", NEW])
     stdout, stderr = capsys.readouterr()

@@ -99,7 +99,7 @@ def make_doc(rows=None, **changes):
 def test_schema_accepts_a_good_document():
     doc = make_doc()
     assert report.validate(doc) is doc
-    assert report.totals(doc["terminals"]) == {"current": 1, "updated": 5, "deferred": 3, "failed": 1,
+    assert report.totals(doc["terminals"]) == {"current": 1, "updated": 5, "deferred": 3, "unfit": 0, "failed": 1,
                                                "rolled_back": 1, "unreachable": 1, "would_update": 0}
     assert report.totals([]) == dict.fromkeys(report.STATUSES, 0)
     # Settings echo what the operator gave: `-e update_max_failed=3` is text, a clock without offset is UTC.
@@ -170,6 +170,29 @@ def test_write_run_writes_every_file_and_a_retry_limit_of_what_is_not_done(tmp_p
     assert {oct(path.stat().st_mode & 0o777) for path in run.iterdir()} == {oct(0o640)}
     done = make_doc([row("KST00001", "a80", "eu_west", 0, "updated")], run_id="20261124T100000Z-update-0001")
     assert (report.write_run(tmp_path / "reports", done) / "retry.limit").read_text() == ""
+
+
+UNFIT_REASON = ("the release needs 70 MB of flash and the model has 64 MB in all: no free space makes it fit; "
+                "build a smaller release for this model")
+
+
+def unfit_rows():
+    return [row("KST00001", "a80", "eu_west", 0, "updated"),
+            row("KST00002", "a80", "eu_west", None, "unfit", reason=UNFIT_REASON),
+            row("KST00003", "a80", "eu_west", None, "deferred", deferred_by="preflight",
+                reason="needs 12 MB free flash, has 5 MB")]
+
+
+def test_retry_limit_takes_a_deferred_terminal_and_leaves_an_unfit_one_out(tmp_path):
+    doc = make_doc(unfit_rows())
+    assert (doc["totals"]["unfit"], doc["totals"]["deferred"]) == (1, 1)
+    run = report.write_run(tmp_path / "reports", doc)
+    # Not enough free flash now: a re-run may find it. Less flash than the release needs: no re-run will.
+    assert (run / "retry.limit").read_text().splitlines() == ["KST00003"]
+    parsed = list(csv.DictReader(io.StringIO((run / "report.csv").read_text(), newline="")))
+    assert [(line["serial"], line["status"], line["deferred_by"]) for line in parsed] == [
+        ("KST00001", "updated", ""), ("KST00002", "unfit", ""), ("KST00003", "deferred", "preflight")]
+    assert parsed[1]["reason"] == UNFIT_REASON
 
 
 def test_latest_is_a_relative_link_to_the_newest_run(tmp_path):
@@ -313,6 +336,19 @@ def test_html_in_headless_chromium_shows_the_counts_waves_failures_and_sorts(tmp
     assert bars[0]["attrs"]["style"].startswith("left: 0.67%")  # 8 s of a 1200 s run
 
 
+def test_html_counts_an_unfit_terminal_and_lists_it_with_its_reason(tmp_path):
+    run = report.write_run(tmp_path / "reports", make_doc(unfit_rows()))
+    dom = dump_dom(run / "report.html", tmp_path)
+    assert dom.find("body", data_ready="true"), "the page's script did not run to its end"
+    (count,) = dom.find("td", data_scope="fleet", data_status="unfit")
+    assert count["text"] == "1"
+    # Not retried, but not at the release either: the operator reads why with the other problems.
+    listed = {element["attrs"]["data-serial"]: element for element in dom.find("tr", inside="failures")
+              if "data-serial" in element["attrs"]}
+    assert sorted(listed) == ["KST00002", "KST00003"]
+    assert listed["KST00002"]["attrs"]["data-status"] == "unfit" and UNFIT_REASON in listed["KST00002"]["text"]
+
+
 # --- merging AWX slices ----------------------------------------------------------------------------
 
 def slice_doc(serials, index, **changes):
@@ -375,17 +411,25 @@ def test_merge_and_validate_from_the_command_line(tmp_path):
 
 def test_audit_entries_record_every_change_with_from_and_to():
     doc = make_doc(awx_job_id="77")
-    entries = report.audit_entries(doc, "ops-anna", "2026-11-24T09:21:02Z")
+    entries = report.audit_entries(doc, "ops-anna", "2026-11-24T09:21:02Z", control_node="ctl-1.example.net")
     first = [entry for entry in entries if entry["terminal"] == "KST00001"]
-    assert [(entry["what"], entry["from"], entry["to"], entry["action"]) for entry in first] == [
-        ("app", "4.1.0", "4.2.0", "update"),
-        ("pack:catalog", "2026.11", "2026.12", "update"),
-        ("pack:merchant", "7", "8", "update"),
+    assert [(entry["what"], entry["from"], entry["to"], entry["action"], entry["event"], entry["status"])
+            for entry in first] == [
+        ("app", "4.1.0", "4.2.0", "update", "ended", "updated"),
+        ("pack:catalog", "2026.11", "2026.12", "update", "ended", "updated"),
+        ("pack:merchant", "7", "8", "update", "ended", "updated"),
     ]  # params did not change: no entry
+    assert {entry["step"] for entry in first} == {"verify"}  # the last step it reached
     assert {entry["who"] for entry in entries} == {"ops-anna"} and {entry["awx_job_id"] for entry in entries} == {"77"}
+    assert {(entry["at"], entry["run_id"], entry["control_node"], entry["release"]) for entry in entries} == {
+        ("2026-11-24T09:21:02Z", "20261124T090102Z-update-3f2a", "ctl-1.example.net", "2026.12.0")}
+    # Rolled back: one line for the whole terminal, its versions before and (unknown here) after.
     (rollback,) = [entry for entry in entries if entry["terminal"] == "KST00004"]
-    assert (rollback["what"], rollback["action"], rollback["from"], rollback["to"]) == (
-        "terminal", "rollback", "2026.12.0", "4.1.0")
+    assert (rollback["what"], rollback["action"], rollback["status"], rollback["step"], rollback["to"]) == (
+        "terminal", "update", "rolled_back", "rollback", None)
+    assert rollback["from"] == {"app": "4.1.0", "pack:catalog": "2026.11", "pack:merchant": "7",
+                                "pack:params": "2026.11.1"}
+    assert rollback["reason"] == HOSTILE  # text in a JSON string: json.dumps escapes it
     assert {entry["terminal"] for entry in entries} == {"KST00001", "KST00003", "KST00004", "KST00005", "KST00009",
                                                         "KST00012"}  # nothing for failed, deferred, current ...
     assert report.audit_entries(make_doc(mode="check"), "ops-anna", "2026-11-24T09:21:02Z") == []
@@ -393,11 +437,12 @@ def test_audit_entries_record_every_change_with_from_and_to():
 
 
 def _append_many(path, worker):
-    entry = {key: None for key in report.AUDIT_KEYS}
+    entry = dict.fromkeys(report.AUDIT_KEYS)
     for number in range(60):
         # Longer than PIPE_BUF (4096): only the lock keeps such writes whole.
-        batch = [dict(entry, at="2026-11-24T09:21:02Z", who=f"slice-{worker}", run_id="r", terminal=f"T{number}",
-                      what="app", action="update", to="x" * 3000) for _ in range(3)]
+        batch = [dict(entry, at="2026-11-24T09:21:02Z", who=f"slice-{worker}", control_node="ctl-1", run_id="r",
+                      terminal=f"T{number}", what="app", action="update", event="ended", status="updated",
+                      to="x" * 3000) for _ in range(3)]
         report.append_audit(path, batch)
 
 
