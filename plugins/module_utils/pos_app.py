@@ -19,23 +19,55 @@ Runs on terminals: standard library only, Python 3.9 or newer.
 from __future__ import annotations
 
 import os
-import subprocess
 
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import bundle_problems
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
+    CommandTimeout,
     atomic_symlink,
     dpkg_argv,
     read_text,
+    run_bounded,
     sha256_file,
     terminal_path,
 )
+
+# How long each package command may run on a terminal before it is stopped (seconds):
+# dpkg-query and dpkg-deb --field read the package database or one control file, seconds even on slow flash.
+DPKG_READ_TIMEOUT = 30
+# dpkg --verify reads and hashes every file of the installed app from slow flash.
+DPKG_VERIFY_TIMEOUT = 120
+# dpkg-deb --build compresses the whole installed app again on a terminal's slow CPU.
+DPKG_BUILD_TIMEOUT = 300
+# dpkg -i unpacks the app onto slow flash and runs posd's maintainer scripts (which stop posd): minutes.
+DPKG_INSTALL_TIMEOUT = 600
 
 
 def deb_name(version):
     """The file name of posd `version`'s package as kept in the rollback directory."""
     return "posd_%s_all.deb" % version
+
+
+def run_dpkg(command, *args, timeout, leaves, merge_output=False):
+    """Run dpkg or dpkg-query on the terminal's package database; (rc, stdout, stderr).
+
+    CommandTimeout after `timeout` (one of the constants above) names the command and `leaves`.
+    """
+    return run_bounded(dpkg_argv(command, *args), timeout, leaves, what=" ".join((command, *args)),
+                       merge_output=merge_output)
+
+
+def dpkg_query(*args):
+    """dpkg-query `args` (read-only); (rc, stdout, stderr)."""
+    return run_dpkg("dpkg-query", *args, timeout=DPKG_READ_TIMEOUT, leaves="nothing was changed")
+
+
+def dpkg_install(deb, leaves):
+    """dpkg -i `deb`; OSError saying why when it fails, CommandTimeout (with `leaves`) when it hangs."""
+    rc, out, err = run_dpkg("dpkg", "-i", deb, timeout=DPKG_INSTALL_TIMEOUT, leaves=leaves, merge_output=True)
+    if rc != 0:
+        raise OSError("dpkg -i %s failed (exit %d): %s" % (deb, rc, (out + err).strip()[-800:]))
 
 
 class BundleApp:
@@ -116,14 +148,14 @@ class DebApp:
         """The installed version of posd, or None."""
         if os.environ.get("POS_ROOT"):
             return read_text("/usr/share/posd/VERSION")
-        proc = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "posd"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        out = proc.stdout.decode("utf-8", "replace").strip()
-        return out if proc.returncode == 0 and out else None
+        rc, out = dpkg_query("-W", "-f", "${Version}", "posd")[:2]
+        return out.strip() if rc == 0 and out.strip() else None
 
     def present(self):
         try:
             return bool(self.version())
+        except CommandTimeout:
+            raise  # dpkg-query is there but hung: that says nothing about the app
         except OSError:
             return False  # no dpkg-query on this firmware: not a dpkg terminal
 
@@ -144,11 +176,7 @@ class DebApp:
 
     def switch_back(self, version):
         deb = self.kept(version)
-        proc = subprocess.run(dpkg_argv("dpkg", "-i", deb), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              check=False)
-        if proc.returncode != 0:
-            raise OSError("dpkg -i %s failed (exit %d): %s"
-                          % (deb, proc.returncode, proc.stdout.decode("utf-8", "replace").strip()[-400:]))
+        dpkg_install(deb, "posd may be left half-installed; rollback.yml reinstalls %s" % deb)
 
     def kept_download(self, version, sha256, size):
         """The verified .deb an interrupted earlier run already moved into the rollback directory."""
@@ -162,12 +190,20 @@ class DebApp:
         kept = self.kept(version)
         return {"rollback/%s" % deb_name(version): kept} if os.path.isfile(kept) else {}
 
+    def file_differences(self):
+        """What `dpkg --verify posd` finds changed in posd's installed files ("" when nothing)."""
+        rc, out, err = run_dpkg("dpkg", "--verify", "posd", timeout=DPKG_VERIFY_TIMEOUT, leaves="nothing was changed")
+        if rc != 0 or out.strip():
+            return (out or err).strip() or "exit %d" % rc
+        return ""
+
     def check_files(self):
-        proc = subprocess.run(dpkg_argv("dpkg", "--verify", "posd"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, check=False)
-        out, err = (stream.decode("utf-8", "replace") for stream in (proc.stdout, proc.stderr))
-        if proc.returncode != 0 or out.strip():
-            return False, "dpkg --verify posd: %s" % ((out or err).strip()[:600] or "exit %d" % proc.returncode)
+        try:
+            differences = self.file_differences()
+        except CommandTimeout as error:
+            return False, str(error)
+        if differences:
+            return False, "dpkg --verify posd: %s" % differences[:600]
         return True, "dpkg --verify posd found no difference"
 
 

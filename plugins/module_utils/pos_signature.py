@@ -26,6 +26,8 @@ import shutil
 import tempfile
 import urllib.request
 
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import CommandTimeout, run_bounded
+
 # The options of the check: pos_package's `signature` suboptions.
 SIGNATURE_OPTIONS = {
     "manifest_url": {"type": "str", "required": True},
@@ -35,6 +37,8 @@ SIGNATURE_OPTIONS = {
 }
 # A manifest or its signature is a few KB; more than this is not one.
 MAX_BYTES = 1 << 20
+# openssl checks one signature of a few KB in well under a second, even on a slow terminal; longer is a hang.
+OPENSSL_TIMEOUT = 30
 
 
 class SignatureError(Exception):
@@ -57,7 +61,7 @@ def _download(url, timeout):
 def check_signature(module, manifest_url, manifest_sha256, public_key, timeout):
     """Check the release manifest at `manifest_url` on the terminal; its sha256 when it can be trusted.
 
-    Raises SignatureError naming what is wrong. `module` (an AnsibleModule) finds and runs openssl.
+    Raises SignatureError naming what is wrong. `module` (an AnsibleModule) finds openssl.
     """
     openssl = module.get_bin_path("openssl")
     if not openssl:
@@ -81,8 +85,12 @@ def check_signature(module, manifest_url, manifest_sha256, public_key, timeout):
             paths[name] = os.path.join(workdir, name)
             with open(paths[name], "wb") as handle:
                 handle.write(data)
-        rc, out, err = module.run_command([openssl, "pkeyutl", "-verify", "-pubin", "-inkey", paths["release.pub"],
-                                           "-rawin", "-in", paths["manifest.yml"], "-sigfile", paths["manifest.sig"]])
+        rc, out, err = run_bounded([openssl, "pkeyutl", "-verify", "-pubin", "-inkey", paths["release.pub"], "-rawin",
+                                    "-in", paths["manifest.yml"], "-sigfile", paths["manifest.sig"]],
+                                   OPENSSL_TIMEOUT, "nothing is installed", what="openssl pkeyutl -verify")
+    except CommandTimeout as error:
+        raise SignatureError("the terminal could not check the signature of %s: %s" % (manifest_url, error),
+                             hashlib.sha256(manifest).hexdigest()) from error
     except OSError as error:
         raise SignatureError("cannot hand the manifest of %s to openssl in %s: %s; the terminal needs a writable "
                              "temporary directory with a few KB free" % (manifest_url, tempfile.gettempdir(), error)

@@ -10,11 +10,13 @@ against a terminal laid out in a temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 
@@ -191,6 +193,74 @@ def dpkg_argv(command, *args):
     """argv for dpkg or dpkg-query acting on the terminal's package database (under POS_ROOT in tests)."""
     root = os.environ.get("POS_ROOT")
     return [command] + (["--root=%s" % root] if root and root != "/" else []) + list(args)
+
+
+class CommandTimeout(OSError):
+    """A command did not finish within its timeout and was stopped, with every process it started.
+
+    An OSError, so that the callers that already turn a failed command into fail_json report this one
+    the same way. The message names the command, the timeout and the state the command leaves.
+    """
+
+
+# A stopped command gets this long to exit on SIGTERM (a maintainer script may still clean up) before
+# SIGKILL, and this long again to be reaped after SIGKILL.
+STOP_GRACE = 5.0
+
+
+def run_bounded(argv, timeout, leaves, what=None, merge_output=False):
+    """Run `argv` (a list, no shell) for at most `timeout` seconds; (rc, stdout, stderr) as text.
+
+    Every subprocess on a terminal goes through here (subprocess.run's timeout kills only the direct
+    child). The command runs in a session of its own, so that a timeout stops it with everything it
+    started (dpkg's maintainer scripts and their children) and raises CommandTimeout naming `what` (the
+    command line by default), the timeout and `leaves`: the state the stopped command leaves behind.
+    With `merge_output`, stderr is interleaved into stdout and the returned stderr is "".
+    OSError when the command cannot be started.
+    """
+    what = what or " ".join(argv)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if merge_output else subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        stopped = _stop_session(proc)
+        tail = " ".join(_text(expired.output).split())[-200:]
+        raise CommandTimeout("%s did not finish within %g s and %s%s; %s"
+                             % (what, timeout, "was stopped" if stopped else "could not be stopped even by SIGKILL",
+                                " (its last output: %s)" % tail if tail else "", leaves)) from None
+    except BaseException:
+        _stop_session(proc)
+        raise
+    return proc.returncode, _text(out), _text(err)
+
+
+def _stop_session(proc):
+    """SIGTERM the process group of `proc` (started with a session of its own), then SIGKILL what is left of it.
+
+    True once `proc` has exited (and is reaped); False when it survives even SIGKILL (stuck in the kernel).
+    """
+    exited = False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        # Its pid is the group's id. It is reaped only after the SIGKILL, so that the id cannot have been
+        # reused by then: what is left of the group is what the command started (OSError: nothing is left).
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + STOP_GRACE
+        while not exited and time.monotonic() < deadline:
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            if not exited:
+                time.sleep(0.05)
+    if exited:
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+    return exited
+
+
+def _text(data):
+    return data.decode("utf-8", "replace") if data else ""
 
 
 def posd_pid():

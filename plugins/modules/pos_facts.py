@@ -97,6 +97,7 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import CommandTimeout
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal_state import NotATerminal, terminal_state
 
 
@@ -115,6 +116,8 @@ def main():
                                module.params["probe_timeout"], module.params["release"])
     except NotATerminal as error:
         module.fail_json(msg=str(error))
+    except CommandTimeout as error:
+        module.fail_json(msg="cannot read the terminal's state: %s" % error)
     module.exit_json(changed=False, ansible_facts={"pos_terminal": facts})
 
 
