@@ -14,9 +14,13 @@ records the decision as the pipeline's facts with set_fact's precedence
 2. then the module, which decides on the terminal whether it is still ready for the update, in the
    same round trip as the quiesce:
    - go: the terminal is now out of service; pos_update_before is refreshed from what it runs now;
-   - current or deferred: nothing was changed on the terminal; pos_update_status, pos_update_reason,
-     pos_update_deferred_by (`preflight`, as the survey's readiness deferrals) and pos_update_before
-     say so, and update.yml ends the terminal's run.
+   - current, unfit or deferred: nothing was changed on the terminal; pos_update_status,
+     pos_update_reason, pos_update_deferred_by (`preflight` as the survey's readiness deferrals, `held`
+     when another run holds the terminal) and pos_update_before say so, and update.yml ends the
+     terminal's run.
+
+A terminal that does not answer at this check (off the network since the survey, or rebooted by another
+run that holds it) is recorded deferred too (`quiesce`): nothing was changed on it.
 
 Either way the terminal is recorded as started (pos_update_started): the rollout reached it, and the
 error budget and the report count it from here. The terminal's state read for the verdict becomes the
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import os
 
-from ansible.errors import AnsibleActionFail, AnsibleFilterError
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
@@ -53,8 +57,12 @@ def verdict_facts(verdict, terminal):
              "pos_update_before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
     if verdict["status"] != "go":
         facts.update(pos_update_status=verdict["status"], pos_update_reason=verdict["reason"],
-                     pos_update_deferred_by="preflight" if verdict["status"] == "deferred" else None)
+                     pos_update_deferred_by=verdict.get("by") if verdict["status"] == "deferred" else None)
     return facts
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or ["no answer"])[0]
 
 
 class ActionModule(ActionBase):
@@ -74,14 +82,25 @@ class ActionModule(ActionBase):
             if window and not window["open"]:
                 # Not contacted: the terminal keeps selling and runs what the survey found.
                 reason = survey.window_reason(window)
-                result.update(changed=False, verdict={"status": "deferred", "reason": reason})
+                result.update(changed=False, verdict={"status": "deferred", "reason": reason, "by": "window"})
                 return _facts.record(self, result, {"pos_update_started": True, "pos_update_status": "deferred",
                                                     "pos_update_reason": reason,
                                                     "pos_update_deferred_by": "window",
                                                     "pos_update_window": window})
 
-        result = merge_hash(result, self._execute_module(
-            module_name="posfleet.fleet.pos_maintenance", module_args=module_args, task_vars=task_vars))
+        try:
+            result = merge_hash(result, self._execute_module(
+                module_name="posfleet.fleet.pos_maintenance", module_args=module_args, task_vars=task_vars))
+        except AnsibleConnectionFailure as exc:
+            if not module_args.get("ready_check"):
+                raise
+            # Nothing was changed: the terminal is left for a later run, not counted unreachable. (Ansible
+            # ends the whole play when every terminal of a batch is unreachable: a canary that another run
+            # is rebooting, or that went off the network since the survey, would end the rollout.)
+            reason = f"did not answer at the check before its change ({_first_line(exc)}); nothing was changed"
+            result.update(changed=False, verdict={"status": "deferred", "reason": reason, "by": "quiesce"})
+            return _facts.record(self, result, {"pos_update_started": True, "pos_update_status": "deferred",
+                                                "pos_update_reason": reason, "pos_update_deferred_by": "quiesce"})
         self._remove_tmp_path(self._connection._shell.tmpdir)
         verdict = result.get("verdict")
         if module_args.get("ready_check") and isinstance(verdict, dict) and not result.get("failed"):

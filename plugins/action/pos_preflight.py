@@ -14,7 +14,8 @@ as tasks of their own (the control node pays for every task on every terminal, d
    pos_terminal fact, as when pos_facts runs as a task), then the verdict (pos_preflight_verdict).
 
 It returns `target`, `entry`, `merchant_profile`, `window` (absent when windows are ignored), `status`
-(current, deferred or go), `reason`, `deferred_by` (window, preflight or null), `before` (the versions
+(current, unfit, deferred or go), `reason`, `deferred_by` (window, preflight, held: another run holds the
+terminal, or null), `before` (the versions
 the terminal runs; null when not contacted) and, for a terminal found go, `recheck`: the options of
 pos_maintenance's `window` and `ready_check` that check it again just before its change (update.yml's
 quiesce step), with the same thresholds and clock. It records them as the pipeline's facts
@@ -40,6 +41,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.parsing.vault import EncryptedString
 from ansible.plugins.action import ActionBase
 from ansible.template import trust_as_template
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_facts as _facts
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
@@ -65,6 +67,7 @@ ARGUMENT_SPEC = {
     "storage_margin_mb": {"type": "int", "default": 2},
     "options_spec": {"type": "dict"},
     "options_of": {"type": "str", "default": "the update's roles"},
+    "run": RUN_OPTION,
 }
 
 # What the action returns and what it records as the pipeline's fact of the same meaning.
@@ -77,9 +80,9 @@ PIPELINE_FACTS = {"merchant_profile": "pos_update_merchant_profile", "target": "
 def decide(terminal, args, entry):
     """status, reason, deferred_by and before, from the terminal's pos_facts."""
     verdict = readiness(terminal, args["model_profile"], entry, args["min_kbps"],
-                        args["storage_margin_mb"])
+                        args["storage_margin_mb"], args["run"])
     return {"status": verdict["status"], "reason": verdict["reason"],
-            "deferred_by": "preflight" if verdict["status"] == "deferred" else None,
+            "deferred_by": verdict["by"] if verdict["status"] == "deferred" else None,
             "before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
 
 

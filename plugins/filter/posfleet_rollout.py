@@ -31,8 +31,8 @@ def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), o
                      batch_size=None):
     """The waves of a rollout over the terminals of `hosts` whose survey said `go`.
 
-    Terminals that are current, deferred or did not answer the survey are left out: a canary must be
-    a terminal that will really be updated. Returns {"waves": [[serial, ...]], "order": [serial, ...]
+    Terminals that are current, deferred, unfit or did not answer the survey are left out: a canary
+    must be a terminal that will really be updated. Returns {"waves": [[serial, ...]], "order": [serial, ...]
     (the play's hosts, in wave order), "batches": [size, ...] (the play's serial), "wave_of":
     {serial: wave index}}.
     """

@@ -23,6 +23,14 @@ in service by the control node, so that a control node that comes back does not 
 the terminal has undone (renew() raises LeaseLost), and so that `pos-update-guard --status` shows what
 happened.
 
+The lease is also what keeps two posfleet runs off one terminal: it names the run that holds it (`run`:
+its id, who started it, from which control node). While it is live (held and not run out) another run is
+refused (LeaseHeld) and leaves the terminal alone; a run that the holder's control node found dead may
+take it over at once (its `supersedes`), any other only once the lease has run out. A module acts for
+one run (act_as(), from its `run` option); every step checks the lease is still that run's. rollback.yml's
+restore holds the terminal with an unguarded lease (phase `holding`): the guard leaves it alone, since
+undoing a restore half-way is not what the terminal ran before.
+
 Runs on terminals: standard library only, Python 3.9 or newer.
 """
 
@@ -58,8 +66,10 @@ LEASE = "/var/lib/pos/update-lease.json"
 LEASE_LOCK = "/var/lib/pos/.update-lease.lock"
 INSTALL_DIR = "/usr/local/lib/posfleet"
 COMMAND = "/usr/local/sbin/pos-update-guard"
-# The phases in which the control node holds the terminal; the others are the guard's outcomes.
+# The phases in which the guard watches the lease; the others are its outcomes, and `holding`.
 ACTIVE = ("quiesced", "changing")
+# The phases in which a run holds the terminal: while the lease has not run out, no other run may take it.
+HELD = (*ACTIVE, "holding")
 # How often a long step (a download) renews the lease while it runs.
 HEARTBEAT_S = 30.0
 # The module_utils the guard imports, installed beside it in the same package layout.
@@ -78,6 +88,74 @@ exec %(python)s -m %(package)s.pos_guard "$@"
 
 class LeaseLost(Exception):
     """The guard has already acted on this terminal's update: the control node must not go on with it."""
+
+
+class LeaseHeld(LeaseLost):
+    """Another posfleet run holds the terminal: this run must leave it alone. `lease` is the other's."""
+
+    def __init__(self, lease):
+        self.lease = lease
+        super().__init__(held_message(lease))
+
+
+# The `run` option of every module that takes, renews or ends the lease (the action group
+# posfleet.fleet.lease; the doc fragment posfleet.fleet.run documents it): the pos_run action's posfleet_run.
+RUN_OPTION = dict(type="dict", options=dict(
+    id=dict(type="str", required=True),
+    mode=dict(type="str"),
+    release=dict(type="str"),
+    by=dict(type="str"),
+    control_node=dict(type="str"),
+    started=dict(type="str"),
+    supersedes=dict(type="list", elements="str", default=[]),
+))
+
+# The run this module acts for (its `run` option; act_as()). None: a module called on its own, outside a
+# run, which may take or end only a lease that names no run either.
+_RUN = [None]
+
+
+def act_as(run):
+    """Make every lease operation of this module process check the lease is `run`'s (a dict with `id`)."""
+    _RUN[0] = run or None
+
+
+def _run_id(lease):
+    return ((lease or {}).get("run") or {}).get("id")
+
+
+def live(lease, now=None):
+    """Whether `lease` holds the terminal now: a run's phase, and not run out."""
+    now = time.time() if now is None else now
+    return bool(lease) and lease.get("phase") in HELD and now < float(lease.get("expires", 0))
+
+
+def ours(lease, run=None):
+    """Whether this module's run may act on a terminal under `lease`: its own, or one it supersedes."""
+    run = _RUN[0] if run is None else run
+    holder = _run_id(lease)
+    if not holder:
+        return True     # a lease of no run (a manual pos_maintenance) belongs to whoever acts
+    if not run:
+        return False
+    return holder == run.get("id") or holder in (run.get("supersedes") or [])
+
+
+def held_message(lease):
+    holder = (lease or {}).get("run") or {}
+    return ("held by another posfleet run: %s (%s of %s by %s on %s, since %s); it is left alone"
+            % (holder.get("id") or "?", "restore" if lease.get("phase") == "holding" else "update",
+               lease.get("release") or "?", holder.get("by") or "?", holder.get("control_node") or "?",
+               _stamp(float(lease.get("taken", 0)))))
+
+
+def summary(lease, now=None):
+    """What the survey needs to know of a lease (pos_terminal_state's `lease`), or None without one."""
+    if not lease:
+        return None
+    return {"run": lease.get("run"), "phase": lease.get("phase"), "release": lease.get("release"),
+            "since": _stamp(float(lease.get("taken", 0))), "expires": _stamp(float(lease.get("expires", 0))),
+            "live": live(lease, now), "held": held_message(lease)}
 
 
 @contextlib.contextmanager
@@ -123,18 +201,27 @@ def describe(lease):
             % (what, guard.get("at", "?"), int(lease.get("ttl", 0)), lease.get("release") or "?"))
 
 
-def take(ttl, release, now=None):
-    """Start a lease of `ttl` seconds for an update to `release` (phase quiesced); returns it.
+def take(ttl, release, now=None, guarded=True):
+    """Start a lease of `ttl` seconds for this module's run (act_as) and `release`; returns it.
+
+    Raises LeaseHeld, changing nothing, when another run's lease is live and not superseded. The new
+    lease records the earlier one it replaces (`previous`: the guard's outcome, or the dead run it takes
+    over from). Guarded (an update), it starts in phase quiesced; unguarded (a restore), in `holding`.
 
     A terminal still in the middle of an earlier update's change (an earlier lease in phase `changing`,
     its control node gone, the guard not yet run) keeps that phase and what it ran before that update:
     the way back stays the way to the last whole release, and pos_backup takes it before its snapshot.
     """
     now = time.time() if now is None else now
-    lease = {"phase": "quiesced", "release": release, "ttl": float(ttl), "taken": now, "renewed": now,
-             "expires": now + float(ttl), "before": None, "guard": None}
+    lease = {"phase": "quiesced" if guarded else "holding", "release": release, "ttl": float(ttl), "taken": now,
+             "renewed": now, "expires": now + float(ttl), "before": None, "guard": None, "run": _RUN[0],
+             "previous": None}
     with _locked():
         earlier = read_lease() or {}
+        if live(earlier, now) and not ours(earlier):
+            raise LeaseHeld(earlier)
+        if earlier and _run_id(earlier) != _run_id(lease):
+            lease["previous"] = {key: earlier.get(key) for key in ("phase", "release", "run", "guard", "taken")}
         if earlier.get("phase") == "changing" and earlier.get("before"):
             lease.update(phase="changing", before=earlier["before"])
         _write(lease)
@@ -152,10 +239,12 @@ def renew(forward=True, now=None):
 
 
 def _renewed(lease, forward, now):
-    """(Under the lock.) The lease pushed on and written; see renew()."""
+    """(Under the lock.) The lease pushed on and written; see renew(). LeaseHeld when another run's."""
     if not lease:
         return None
-    if lease.get("phase") not in ACTIVE:
+    if not ours(lease):
+        raise LeaseHeld(lease)
+    if lease.get("phase") not in HELD:
         if forward:
             raise LeaseLost(describe(lease))
         return lease
@@ -197,19 +286,34 @@ def undo_interrupted(posd_timeout=60.0):
     """
     with _locked():
         lease = read_lease() or {}
+        if not ours(lease):
+            raise LeaseHeld(lease)
         if lease.get("phase") != "changing" or not lease.get("before"):
             return []
         return _switch_back(lease["before"], posd_timeout)
 
 
 def end_lease():
-    """The terminal is back in service on the control node's word: the lease ends. True if there was one."""
+    """The terminal is back in service on the control node's word: the lease ends. True if there was one.
+
+    Raises LeaseHeld, ending nothing, when the lease is another run's and still live.
+    """
     with _locked():
         path = terminal_path(LEASE)
         if not os.path.lexists(path):
             return False
+        lease = read_lease()
+        if live(lease) and not ours(lease):
+            raise LeaseHeld(lease)
         os.unlink(path)
         return True
+
+
+def check_not_held():
+    """Raise LeaseHeld when another run's live lease holds the terminal; for steps outside a lease (backup.yml)."""
+    lease = read_lease()
+    if live(lease) and not ours(lease):
+        raise LeaseHeld(lease)
 
 
 _last_beat = [0.0]

@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app_version
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import read_lease, summary
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     BOOT_ID,
     TERMINAL_JSON,
@@ -69,6 +70,8 @@ def terminal_state(package_style, probe_url=None, probe_timeout=10.0, release=No
         "charging": charging,
         "boot_id": read_text(BOOT_ID),
         "python": platform.python_version(),
+        # Which run holds the terminal, if one does: the survey leaves a terminal another run holds alone.
+        "lease": summary(read_lease()),
     }
     try:
         status = posd("status")

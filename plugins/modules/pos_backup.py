@@ -82,6 +82,7 @@ options:
     type: str
 extends_documentation_fragment:
   - posfleet.fleet.attributes
+  - posfleet.fleet.run
   - posfleet.fleet.attributes.action
 attributes:
   action:
@@ -199,13 +200,22 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import 
     tree_files,
     verify_files,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, begin_change, undo_interrupted
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
+    RUN_OPTION,
+    LeaseHeld,
+    LeaseLost,
+    act_as,
+    begin_change,
+    check_not_held,
+    undo_interrupted,
+)
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     JOURNAL,
     PACK_NAMES,
     PACKS_DIR,
     TERMINAL_JSON,
+    CommandTimeout,
     atomic_write,
     free_bytes,
     read_json,
@@ -265,12 +275,14 @@ def write_tar(path, sources, manifest_bytes, mtime):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            run=RUN_OPTION,
             dest=dict(type="str", default="/var/lib/pos/backup"),
             package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
             release=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
+    act_as(module.params["run"])
     style, dest_param = module.params["package_style"], module.params["dest"]
     if not dest_param.startswith("/"):
         module.fail_json(msg="dest must be an absolute path on the terminal, not %r" % dest_param)
@@ -278,20 +290,34 @@ def main():
     if not identity:
         module.fail_json(msg="%s is missing or unreadable: this does not look like a provisioned POS terminal"
                          % TERMINAL_JSON)
-    found_style = installed_style()
+    try:
+        found_style = installed_style()
+    except CommandTimeout as error:
+        module.fail_json(msg="no backup was taken: %s" % error)
     if found_style not in (None, style):
         module.fail_json(msg="the terminal has a %s app but package_style is %s; fix the model profile"
                          % (found_style, style))
+    # Another run's terminal is left alone (backup.yml meeting an update, say): its update may reboot it
+    # or switch its app under this snapshot.
+    try:
+        check_not_held()
+    except LeaseHeld as error:
+        module.fail_json(msg="no backup was taken: %s" % error, held=True)
     # A snapshot is of one whole release: what an earlier update left half-way (its control node gone
     # before the update guard's lease ran out) is switched back first.
     switched_back = []
     if not module.check_mode:
         try:
             switched_back = undo_interrupted()
+        except LeaseHeld as error:
+            module.fail_json(msg="no backup was taken: %s" % error, held=True)
         except OSError as error:
             module.fail_json(msg="an earlier update of this terminal stopped half-way and cannot be switched back "
                              "before the backup: %s" % error)
-    version = app_version(style)
+    try:
+        version = app_version(style)
+    except CommandTimeout as error:
+        module.fail_json(msg="no backup was taken: %s" % error, changed=bool(switched_back))
     if not version:
         module.fail_json(msg="no %s payment app is installed, so there is no app version to back up; "
                          "install posd first" % style)

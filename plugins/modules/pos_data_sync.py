@@ -62,6 +62,7 @@ options:
 extends_documentation_fragment:
   - posfleet.fleet.pos_download
   - posfleet.fleet.attributes
+  - posfleet.fleet.run
 attributes:
   check_mode:
     support: full
@@ -171,7 +172,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import
     DownloadError,
     partial_bytes,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, switching
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION, LeaseLost, act_as, switching
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     PACK_NAMES,
     PACKS_DIR,
@@ -323,6 +324,7 @@ def counters_now():
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            run=RUN_OPTION,
             packs=dict(type="dict", default={}),
             merchant=dict(type="dict"),
             timeout=dict(type="float", default=60.0),
@@ -332,6 +334,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    act_as(module.params["run"])
     packs = {name: dict(spec) if isinstance(spec, dict) else spec
              for name, spec in module.params["packs"].items()}
     check_specs(module, packs)

@@ -49,6 +49,13 @@ options:
         waits.
     type: float
     default: 0
+  guard:
+    description:
+      - "With O(lease), whether the update guard watches it. V(false) (rollback.yml's restore) only holds the
+        terminal for this run (phase C(holding)): when it runs out the guard does nothing, since a restore left
+        half-way is no release to switch back to; the terminal stays in maintenance until rollback.yml runs again."
+    type: bool
+    default: true
   release:
     description: With O(lease), the release being installed, recorded in the lease for the guard's messages.
     type: str
@@ -57,8 +64,9 @@ options:
     description:
       - With V(maintenance), first read the terminal's state (as M(posfleet.fleet.pos_facts) does) and decide whether
         it is still ready for the update, with the same verdict as the survey's (C(module_utils/pos_readiness.py)),
-        one of current, deferred (battery, flash, link, the payment app down) or go. Only on V(go) is the terminal
-        taken out of service; otherwise nothing is changed and RV(verdict) says why.
+        one of current, unfit, deferred (battery, flash, link, the payment app down, another run holding the
+        terminal) or go. Only on V(go) is the terminal taken out of service; otherwise nothing is changed and
+        RV(verdict) says why.
       - The update's check just before the change, in the same round trip as the quiesce.
     type: dict
     suboptions:
@@ -120,6 +128,7 @@ options:
         default: false
 extends_documentation_fragment:
   - posfleet.fleet.attributes
+  - posfleet.fleet.run
   - posfleet.fleet.attributes.action
 attributes:
   action:
@@ -210,7 +219,7 @@ verdict:
   description: With O(ready_check), whether the terminal was still ready (and in its O(window)), and if not why.
   returned: with O(ready_check)
   type: dict
-  sample: {status: deferred, reason: "battery at 12%, below the model's 20% and not charging"}
+  sample: {status: deferred, by: preflight, reason: "battery at 12%, below the model's 20% and not charging"}
 ansible_facts:
   description:
     - With O(ready_check), the terminal's state as read for the verdict (the C(pos_terminal) fact, as
@@ -222,14 +231,40 @@ guard_installed:
   returned: when a lease was taken
   type: bool
   sample: false
+earlier_lease:
+  description:
+    - The lease this one replaced, when it was not this run's; its C(phase) says what it was. V(undone),
+      V(resumed) or V(stuck) are the update guard's outcome of an earlier update (C(guard) says when and what it
+      switched); V(quiesced), V(changing) or V(holding) are the lease of a dead run, taken over.
+  returned: when a lease was taken over another
+  type: dict
+  sample: {phase: undone, release: 2026.12.0, run: {id: 20261203T010203Z-update-3f2a},
+           guard: {at: "2026-12-03T02:10:00Z", reason: "", switched: [app 1.1.0]}, taken: 1795000000.0}
+held:
+  description:
+    - True when another posfleet run holds the terminal (see O(run)); nothing was changed. With O(ready_check)
+      this is a verdict instead (RV(verdict) with C(by) V(held)), not a failure.
+  returned: failure
+  type: bool
+  sample: true
 """
 
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import end_lease, install, renew, take
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
+    RUN_OPTION,
+    LeaseHeld,
+    act_as,
+    check_not_held,
+    end_lease,
+    install,
+    renew,
+    take,
+)
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
+    CommandTimeout,
     PosdError,
     posd,
     posd_wait,
@@ -245,9 +280,11 @@ def clean(status):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            run=RUN_OPTION,
             state=dict(type="str", required=True, choices=["maintenance", "selling", "ready"]),
             timeout=dict(type="float", default=60.0),
             lease=dict(type="float", default=0.0),
+            guard=dict(type="bool", default=True),
             release=dict(type="str", default=""),
             ready_check=dict(type="dict", options=dict(
                 package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
@@ -262,6 +299,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    act_as(module.params["run"])
     state, timeout = module.params["state"], module.params["timeout"]
     if timeout < 0:
         module.fail_json(msg="timeout must be 0 or more seconds, not %s" % timeout)
@@ -275,7 +313,10 @@ def main():
         except PosdError as error:
             module.fail_json(msg="%s; look at /var/log/posd.log on the terminal" % error)
         if not module.check_mode:
-            renew(forward=False)  # the control node is still there: the wait for a reboot is over
+            try:
+                renew(forward=False)  # the control node is still there: the wait for a reboot is over
+            except LeaseHeld as error:
+                module.fail_json(msg=str(error), held=True, status=clean(status))
         module.exit_json(changed=False, status=clean(status))
 
     checked = {}
@@ -283,46 +324,71 @@ def main():
         checked = check_ready(module, module.params["ready_check"])
         if checked["verdict"]["status"] != "go":
             module.exit_json(changed=False, **checked)
+    # Another run's terminal is not touched at all: not quiesced, not put back in service.
+    try:
+        check_not_held()
+    except LeaseHeld as error:
+        refuse(module, error, checked)
     try:
         before = posd("status")
     except PosdError as error:
         module.fail_json(msg="cannot read the payment app's state: %s" % error, **checked)
     wanted = state == "maintenance"
     diff = {"before": {"maintenance": bool(before.get("maintenance"))}, "after": {"maintenance": wanted}}
-    if bool(before.get("maintenance")) == wanted:
-        if module.check_mode:
-            module.exit_json(changed=False, status=clean(before), **checked)
-        if wanted and lease:
-            # Already out of service (left so by an earlier run): the lease is taken all the same.
-            module.exit_json(changed=True, status=clean(before), **dict(checked, **hold(module, lease)))
-        # Selling already: a lease left behind (the guard's outcome, say) ends all the same.
-        module.exit_json(changed=(not wanted and end_lease()), status=clean(before))
     if module.check_mode:
+        if bool(before.get("maintenance")) == wanted:
+            module.exit_json(changed=False, status=clean(before), **checked)
         module.exit_json(changed=True, status=clean(before), diff=diff, **checked)
+    if not wanted:
+        was_selling = not before.get("maintenance")
+        if not was_selling:
+            try:
+                posd("maintenance_leave")
+            except PosdError as error:
+                module.fail_json(msg="cannot put the terminal back in service: %s" % error)
+        # A lease left behind (the guard's outcome, say) ends all the same.
+        try:
+            ended = end_lease()
+        except LeaseHeld as error:     # taken by another run in between: it is theirs now
+            refuse(module, error, checked)
+        if was_selling:
+            module.exit_json(changed=ended, status=clean(before))
+        exit_after(module, diff, {})
 
-    if wanted:
-        try:
-            posd_wait("maintenance_enter", timeout)
-        except PosdError as error:
-            refusal = str(error.answer.get("error", ""))
-            if refusal.startswith("in-transaction"):
-                module.fail_json(msg="in-transaction: a sale was still in progress after %gs; the update of "
-                                 "this terminal is deferred, try again later" % timeout,
-                                 deferred=True, status=clean(error.answer), **checked)
-            module.fail_json(msg="cannot enter maintenance: %s" % error)
-    else:
-        try:
-            posd("maintenance_leave")
-        except PosdError as error:
-            module.fail_json(msg="cannot put the terminal back in service: %s" % error)
-        end_lease()
-    held = hold(module, lease) if wanted and lease else {}
+    # The lease first: of two runs quiescing the terminal at once, the one whose lease is taken second
+    # is refused before it changes anything.
+    held = hold(module, lease, checked) if lease else {}
+    if before.get("maintenance"):
+        # Already out of service (left so by an earlier run): the lease is taken all the same.
+        module.exit_json(changed=bool(held), status=clean(before), **dict(checked, **held))
+    try:
+        posd_wait("maintenance_enter", timeout)
+    except PosdError as error:
+        let_go(held)
+        refusal = str(error.answer.get("error", ""))
+        if refusal.startswith("in-transaction"):
+            module.fail_json(msg="in-transaction: a sale was still in progress after %gs; the update of "
+                             "this terminal is deferred, try again later" % timeout,
+                             deferred=True, status=clean(error.answer), **checked)
+        module.fail_json(msg="cannot enter maintenance: %s" % error)
+    exit_after(module, diff, dict(checked, **held))
+
+
+def exit_after(module, diff, extra):
     try:
         after = posd("status")
     except PosdError as error:
         module.fail_json(msg="the state changed but posd did not answer status afterwards: %s" % error,
                          changed=True)
-    module.exit_json(changed=True, status=clean(after), diff=diff, **dict(checked, **held))
+    module.exit_json(changed=True, status=clean(after), diff=diff, **extra)
+
+
+def refuse(module, error, checked):
+    """Leave another run's terminal alone: with ready_check a verdict (deferred, held), otherwise a failure."""
+    if checked:
+        verdict = {"status": "deferred", "reason": str(error), "by": "held"}
+        module.exit_json(changed=False, **dict(checked, verdict=verdict))
+    module.fail_json(msg=str(error), held=True)
 
 
 def check_ready(module, check):
@@ -331,19 +397,43 @@ def check_ready(module, check):
         facts = terminal_state(check["package_style"], check["probe_url"], check["probe_timeout"], check["release"])
     except NotATerminal as error:
         module.fail_json(msg=str(error))
-    verdict = readiness(facts, check["model_profile"], check["entry"], check["min_kbps"], check["storage_margin_mb"])
+    except CommandTimeout as error:
+        module.fail_json(msg="cannot read the terminal's state: %s" % error)
+    verdict = readiness(facts, check["model_profile"], check["entry"], check["min_kbps"], check["storage_margin_mb"],
+                        module.params["run"])
     return {"verdict": verdict, "ansible_facts": {"pos_terminal": facts}}
 
 
-def hold(module, lease):
-    """Install the update guard and take the update's lease: the terminal's own way back to service."""
+def hold(module, lease, checked):
+    """Take the update's lease (refusing another run's terminal) and install the update guard.
+
+    Returns the module's result keys: the lease, whether the guard's files changed, and the earlier
+    lease it replaced when that was the guard's outcome or a dead run's (`earlier_lease`).
+    """
     try:
-        installed = install(sys.executable)
-        taken = take(lease, module.params["release"])
+        taken = take(lease, module.params["release"], guarded=module.params["guard"])
+    except LeaseHeld as error:
+        refuse(module, error, checked)
     except OSError as error:
-        module.fail_json(msg="the terminal is in maintenance, but its update guard could not be armed: %s; "
-                         "nothing was changed, put it back with state=selling" % error, changed=True)
-    return {"lease": taken, "guard_installed": installed}
+        module.fail_json(msg="cannot take the lease on the terminal: %s; nothing was changed" % error)
+    try:
+        installed = install(sys.executable) if module.params["guard"] else False
+    except OSError as error:
+        let_go({"lease": taken})
+        module.fail_json(msg="the update guard could not be installed: %s; nothing was changed" % error)
+    result = {"lease": taken, "guard_installed": installed}
+    if taken.get("previous"):
+        result["earlier_lease"] = taken["previous"]
+    return result
+
+
+def let_go(held):
+    """Give back a lease this module has just taken, when the terminal could not be quiesced after all.
+
+    A lease that carries an interrupted update's way back (phase changing) is kept: the guard needs it.
+    """
+    if held and held["lease"].get("phase") != "changing":
+        end_lease()
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ options:
 extends_documentation_fragment:
   - posfleet.fleet.pos_download
   - posfleet.fleet.attributes
+  - posfleet.fleet.run
 attributes:
   check_mode:
     support: full
@@ -239,7 +240,16 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_delta_fetch as by_delta
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, deb_name, installed_style
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import (
+    DPKG_BUILD_TIMEOUT,
+    DPKG_READ_TIMEOUT,
+    app,
+    app_version,
+    deb_name,
+    dpkg_install,
+    dpkg_query,
+    installed_style,
+)
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     bundle_problems,
@@ -255,7 +265,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import
     DownloadError,
     partial_bytes,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import LeaseLost, switching
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION, LeaseLost, act_as, switching
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import (
     SIGNATURE_OPTIONS,
     SignatureError,
@@ -264,12 +274,13 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature impor
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
+    CommandTimeout,
     PosdError,
     atomic_symlink,
     atomic_write,
-    dpkg_argv,
     free_bytes,
     restart_posd,
+    run_bounded,
     terminal_path,
 )
 
@@ -337,8 +348,12 @@ def write_rollback_record(record):
     atomic_write(os.path.join(directory, "app.json"), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def run(module, argv, what, changed=True):
-    rc, out, err = module.run_command(argv)
+def run(module, argv, what, timeout, leaves, changed=True):
+    """Run `argv` for at most `timeout` seconds (`leaves`: the state a stop leaves); fails the module for `what`."""
+    try:
+        rc, out, err = run_bounded(argv, timeout, leaves)
+    except OSError as error:  # CommandTimeout, or a command missing from the firmware
+        module.fail_json(msg="%s failed: %s" % (what, error), changed=changed)
     if rc != 0:
         module.fail_json(msg="%s failed (%s, exit %d): %s"
                          % (what, " ".join(argv), rc, (err or out).strip()[-800:]), changed=changed)
@@ -351,12 +366,16 @@ def repack_installed(module, version, dest):
     Only after `dpkg --verify posd` found every file as the package shipped it: a rollback must not
     bring back a tampered app.
     """
-    rc, out, err = module.run_command(dpkg_argv("dpkg", "--verify", "posd"))
-    if rc != 0 or out.strip():
+    try:
+        differences = app("dpkg").file_differences()
+        rc, status, err = dpkg_query("-s", "posd")
+        rc_listing, listing, err_listing = dpkg_query("-L", "posd")
+    except CommandTimeout as error:
+        module.fail_json(msg="cannot keep a rollback copy of posd %s: %s" % (version, error))
+    if differences:
         module.fail_json(msg="cannot keep a rollback copy of posd %s: its installed files differ from the "
                          "package (dpkg --verify posd: %s); reinstall posd %s or put %s in %s first"
-                         % (version, (out or err).strip()[:400], version, deb_name(version), ROLLBACK_DIR))
-    rc, status, err = module.run_command(dpkg_argv("dpkg-query", "-s", "posd"))
+                         % (version, differences[:400], version, deb_name(version), ROLLBACK_DIR))
     if rc != 0:
         module.fail_json(msg="cannot read the installed posd package: %s" % err.strip())
     control, keep = [], False
@@ -369,9 +388,8 @@ def repack_installed(module, version, dest):
         keep = field in CONTROL_FIELDS
         if keep:
             control.append(line)
-    rc, listing, err = module.run_command(dpkg_argv("dpkg-query", "-L", "posd"))
-    if rc != 0:
-        module.fail_json(msg="cannot list the installed posd files: %s" % err.strip())
+    if rc_listing != 0:
+        module.fail_json(msg="cannot list the installed posd files: %s" % err_listing.strip())
     work = tempfile.mkdtemp(prefix=".repack-", dir=os.path.dirname(dest))
     try:
         tree = os.path.join(work, "root")
@@ -399,7 +417,8 @@ def repack_installed(module, version, dest):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copy2(source, target)
         run(module, ["dpkg-deb", "--build", "--root-owner-group", tree, dest + ".tmp"],
-            "rebuilding the installed posd %s for rollback" % version)
+            "rebuilding the installed posd %s for rollback" % version, DPKG_BUILD_TIMEOUT,
+            "nothing is installed yet; the next run rebuilds it")
         os.rename(dest + ".tmp", dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -427,8 +446,8 @@ def install_deb(module, artifact, version, previous, staging):
     if previous:
         path, source = keep_previous_deb(module, previous, staging)
         deb_info = {"deb": path, "deb_source": source}
-    out = run(module, ["dpkg-deb", "--field", artifact, "Package", "Version"],
-              "reading the downloaded package", changed=deb_info.get("deb_source") not in (None, "kept"))
+    out = run(module, ["dpkg-deb", "--field", artifact, "Package", "Version"], "reading the downloaded package",
+              DPKG_READ_TIMEOUT, "nothing is installed yet", changed=deb_info.get("deb_source") not in (None, "kept"))
     fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     if fields.get("Package") != "posd" or fields.get("Version") != version:
         module.fail_json(msg="the downloaded package is %s %s, not posd %s: the release manifest is wrong"
@@ -442,7 +461,9 @@ def install_deb(module, artifact, version, previous, staging):
     if previous:
         record["previous_deb"] = os.path.join(ROLLBACK_DIR, deb_name(previous))
     write_rollback_record(record)
-    run(module, dpkg_argv("dpkg", "-i", new_deb), "installing posd %s" % version)
+    # A failure or a hang fails the module through main()'s OSError (changed: the new .deb is in place).
+    dpkg_install(new_deb, "posd may be left half-installed: the update's rollback reinstalls posd %s" % previous
+                 if previous else "posd may be left half-installed: run the update again")
     for name in os.listdir(rollback):
         if name.startswith("posd_") and name.endswith("_all.deb") and name not in (deb_name(version),
                                                                                    deb_name(previous)):
@@ -497,6 +518,7 @@ def check_release(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            run=RUN_OPTION,
             url=dict(type="str", required=True),
             sha256=dict(type="str", required=True),
             size=dict(type="int", required=True),
@@ -513,6 +535,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    act_as(module.params["run"])
     started = time.time()
     params = module.params
     version, style, size = params["version"], params["style"], params["size"]
@@ -521,11 +544,14 @@ def main():
     if size <= 0:
         module.fail_json(msg="size must be the artifact's size in bytes, not %d" % size)
     verified = check_release(module)
-    found = installed_style()
-    if found is not None and found != style:
-        module.fail_json(msg="the terminal has a %s app installed but the release ships a %s artifact for "
-                         "it; fix the model profile's package_style or the release manifest" % (found, style))
-    previous = app_version(style)
+    try:
+        found = installed_style()
+        if found is not None and found != style:
+            module.fail_json(msg="the terminal has a %s app installed but the release ships a %s artifact for "
+                             "it; fix the model profile's package_style or the release manifest" % (found, style))
+        previous = app_version(style)
+    except CommandTimeout as error:
+        module.fail_json(msg="cannot read which app version the terminal has: %s" % error)
     result = dict(previous_version=previous, version=version, bytes_downloaded=0, resumed=False)
     if verified:
         result["signature"] = verified
@@ -596,7 +622,11 @@ def main():
         module.fail_json(msg="not installing posd %s: %s" % (version, error), **result)
     except OSError as error:
         module.fail_json(msg="installing posd %s failed: %s" % (version, error), changed=True, **result)
-    installed = app_version(style)
+    try:
+        installed = app_version(style)
+    except CommandTimeout as error:
+        module.fail_json(msg="posd %s is installed but its version cannot be read back: %s" % (version, error),
+                         changed=True, **result)
     if installed != version:
         module.fail_json(msg="after installing, the terminal reports app version %s instead of %s"
                          % (installed, version), changed=True, **result)

@@ -108,6 +108,7 @@ options:
 extends_documentation_fragment:
   - posfleet.fleet.attributes
   - posfleet.fleet.attributes.action
+  - posfleet.fleet.run
 attributes:
   action:
     support: full

@@ -24,16 +24,17 @@ author: posfleet contributors (@posfleet)
 options:
   status:
     description:
-      - The terminal's status. V(go) while its update goes on; the others are outcomes.
+      - The terminal's status. V(go) while its update goes on; the others are outcomes, each explained in
+        C(docs/update-pipeline.md).
     type: str
-    choices: [go, current, updated, deferred, failed, rolled_back, would_update]
+    choices: [go, current, updated, deferred, unfit, failed, rolled_back, would_update]
   reason:
     description: Why, in words an operator reads in the report; an empty string for none.
     type: str
   deferred_by:
     description: What deferred the terminal, with O(status=deferred).
     type: str
-    choices: [window, preflight, quiesce, upload, budget, stopped]
+    choices: [window, preflight, held, quiesce, upload, budget, stopped]
   started:
     description: Whether the rollout started the terminal's update (it counts against the error budget).
     type: bool

@@ -51,6 +51,7 @@ options:
     default: 60
 extends_documentation_fragment:
   - posfleet.fleet.attributes
+  - posfleet.fleet.run
 attributes:
   check_mode:
     support: full
@@ -138,7 +139,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import 
     member_path,
     pack_intact,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import renew
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION, LeaseHeld, act_as, renew
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import (
     COUNTERS,
     connect_ro,
@@ -153,6 +154,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     PACKS_DIR,
     SEQUENCE_GAPS,
     STAGING_DIR,
+    CommandTimeout,
     PosdError,
     atomic_symlink,
     atomic_write,
@@ -417,18 +419,31 @@ class Restore:
         except OSError as error:
             self.fail("restoring the app %s failed: %s" % (version, error), changed=True)
 
+    def installed_version(self, changed=False, **result):
+        """The installed app version; fails the module when dpkg-query hangs (`changed`: after the restore)."""
+        try:
+            return app_version(self.params["package_style"])
+        except CommandTimeout as error:
+            self.fail("cannot read the installed app version: %s" % error, changed=changed, **result)
+
     def run(self):
         module, style = self.module, self.params["package_style"]
-        found = installed_style()
+        try:
+            found = installed_style()
+        except CommandTimeout as error:
+            self.fail("nothing was restored: %s" % error)
         if found not in (None, style):
             self.fail("the terminal has a %s app but package_style is %s" % (found, style))
         self.load_snapshot()
         if not module.check_mode:
             # The control node is putting the terminal back itself: keep the update guard out of its way
             # (a restore that the guard has already done is found to have nothing left to do).
-            renew(forward=False)
+            try:
+                renew(forward=False)
+            except LeaseHeld as error:
+                self.fail("nothing was restored: %s" % error)
         version = self.app["version"]
-        installed = app_version(style)
+        installed = self.installed_version()
         before = {"app_version": installed, "packs": pack_versions()}
         app_plan = self.plan_app(installed)
         pack_plan = self.plan_packs()
@@ -517,12 +532,12 @@ class Restore:
             self.fail("the terminal is restored but posd did not come back: %s" % error, changed=True,
                       **result)
         self.verify(version, pack_plan, result)
-        result["versions_after"] = {"app_version": app_version(style), "packs": pack_versions()}
+        result["versions_after"] = {"app_version": self.installed_version(True, **result), "packs": pack_versions()}
         module.exit_json(changed=True, diff=diff, **result)
 
     def verify(self, version, pack_plan, result):
         problems = []
-        installed = app_version(self.params["package_style"])
+        installed = self.installed_version(True, **result)
         if installed != version:
             problems.append("app version is %s, not %s" % (installed, version))
         for name, item in pack_plan.items():
@@ -551,6 +566,7 @@ class Restore:
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            run=RUN_OPTION,
             src=dict(type="str", default="/var/lib/pos/backup/snapshot.tar"),
             package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
             restart=dict(type="bool", default=True),
@@ -558,6 +574,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    act_as(module.params["run"])
     Restore(module).run()
 
 

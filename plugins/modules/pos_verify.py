@@ -61,6 +61,7 @@ options:
     default: false
 extends_documentation_fragment:
   - posfleet.fleet.attributes
+  - posfleet.fleet.run
   - posfleet.fleet.attributes.action
 attributes:
   action:
@@ -128,12 +129,13 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import 
     read_pack_manifest,
     verify_files,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import end_lease
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION, LeaseHeld, act_as, end_lease
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import connect_ro, integrity, sequence_problems
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     JOURNAL,
     PACKS_DIR,
     SEQUENCE_GAPS,
+    CommandTimeout,
     PosdError,
     posd,
     read_json,
@@ -188,6 +190,7 @@ def check_journal():
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            run=RUN_OPTION,
             release=dict(type="dict", required=True),
             package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
             merchant_version=dict(type="str"),
@@ -196,6 +199,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    act_as(module.params["run"])
     release, style = module.params["release"], module.params["package_style"]
     wanted_app = release.get("app_version")
     wanted_packs = dict(release.get("packs") or {})
@@ -209,8 +213,11 @@ def main():
     def add(name, outcome):
         checks.append({"name": name, "ok": bool(outcome[0]), "detail": outcome[1]})
 
-    installed = app_version(style)
-    add("app_version", (installed == wanted_app, "installed %s, wanted %s" % (installed, wanted_app)))
+    try:
+        installed = app_version(style)
+        add("app_version", (installed == wanted_app, "installed %s, wanted %s" % (installed, wanted_app)))
+    except CommandTimeout as error:
+        add("app_version", (False, str(error)))
     try:
         # Waiting here rather than in a task of its own saves a round trip per terminal.
         status = wait_posd_ready(module.params["ready_timeout"]) if module.params["ready_timeout"] > 0 \
@@ -245,7 +252,11 @@ def main():
                 module.fail_json(msg="every check passed but the terminal could not leave maintenance: %s"
                                  % error, checks=checks, drift=drift)
     # Verified and selling: the update is over, and with it the update guard's lease.
-    lease_ended = module.params["leave_maintenance"] and not module.check_mode and end_lease()
+    try:
+        lease_ended = module.params["leave_maintenance"] and not module.check_mode and end_lease()
+    except LeaseHeld as error:
+        module.fail_json(msg="every check passed, but the terminal's lease is not this run's: %s" % error,
+                         checks=checks, drift=drift, changed=left)
     module.exit_json(changed=left or lease_ended, checks=checks, drift=drift,
                      left_maintenance=left and not module.check_mode)
 

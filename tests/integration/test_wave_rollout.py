@@ -6,14 +6,31 @@ Runs after test_update.py (file order): the fleet starts on 2026.11.0, one heron
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import awx_job
 import pytest
-from conftest import COMMAND_LOG, OUTPUT_DIR, REPORT_DIR, ROOT, latest_report, poslab, rows_by_serial, run
+from conftest import (
+    COMMAND_LOG,
+    OUTPUT_DIR,
+    REPORT_DIR,
+    ROOT,
+    latest_report,
+    poslab,
+    rows_by_serial,
+    run,
+    wait_for,
+)
+from conftest import status as status_rows
 
 sys.path.insert(0, str(ROOT))
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_runs as runs
+
 from posfleet import report as posreport
 from posfleet import secretscan
 
@@ -25,6 +42,8 @@ NIGHT_EUROPE = "2026-11-24T02:00:00Z"
 # 05:00 UTC: 05:00 in London (closed, the end is exclusive), 06:00 in Berlin (closed), 00:00 in New
 # York: open, past midnight inside a window that began the evening before.
 NIGHT_US = "2026-11-24T05:00:00Z"
+# pos_run's default runs directory: where a run notes that it is going.
+RUNS_DIR = Path("/var/tmp/posfleet/runs")
 
 
 def playbook(name, release, *extra, check=True):
@@ -114,7 +133,10 @@ def test_three_job_slices_share_one_budget_and_merge_into_the_fleet_report(lab):
     # The jobs' private data directories, the budget and the merged report are outputs the secret scan
     # reads (OUTPUT_DIR).
     budget = OUTPUT_DIR / "slices-budget.json"
-    answers = {"update_release": "2026.11.0", "update_ignore_windows": "true", "update_budget_file": str(budget)}
+    # AWX runs the slices of one job as the jobs of one workflow job, and says so in awx_workflow_job_id:
+    # slices of one job are not "another run going" for each other.
+    answers = {"update_release": "2026.11.0", "update_ignore_windows": "true", "update_budget_file": str(budget),
+               "awx_workflow_job_id": "901"}
     started = [awx_job.start(OUTPUT_DIR / "runner" / f"slice{k}", "posfleet update", answers,
                              limit=",".join(serials[k::3]), ident=f"slice{k}") for k in range(3)]
     jobs = [awx_job.finish(*job) for job in started]
@@ -177,14 +199,143 @@ def test_error_budget_stops_mid_rollout_and_the_retry_converges(lab):
     ledger = json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
     assert ledger["missing"] == 0 and ledger["duplicated"] == 0
 
-    # The audit log has one line per change, the rollback included.
+    # The audit trail: a started and an ended line for every terminal the run changed, the rolled back
+    # one included, and the ended lines of the updated ones name each component's versions.
     audit = [json.loads(line) for line in (REPORT_DIR / "audit.jsonl").read_text().splitlines()]
     mine = [entry for entry in audit if entry["run_id"] == report["run_id"]]
-    assert {"terminal": victim, "action": "rollback"}.items() <= next(
-        entry for entry in mine if entry["terminal"] == victim).items()
-    app = [entry for entry in mine if entry["what"] == "app" and entry["action"] == "update"]
+    changed = sorted(waves[0]["serials"] + [victim])
+    assert sorted(entry["terminal"] for entry in mine if entry["event"] == "started") == changed
+    assert {entry["terminal"] for entry in mine if entry["event"] == "ended"} == set(changed)
+    victim_end = next(entry for entry in mine if entry["terminal"] == victim and entry["event"] == "ended")
+    assert victim_end["status"] == "rolled_back" and "selftest-fail" in victim_end["reason"], victim_end
+    assert all(entry["control_node"] and entry["who"] and entry["at"] for entry in mine)
+    app = [entry for entry in mine if entry["what"] == "app" and entry["event"] == "ended"
+           and entry["status"] == "updated"]
     assert sorted(entry["terminal"] for entry in app) == sorted(waves[0]["serials"])
     assert all(entry["from"] == "1.0.0" and entry["to"] == "1.1.0" for entry in app)
+
+
+def report_of(stdout):
+    """report.json of the run whose output this is (the callback's last line names its report.html)."""
+    path = next(line.split("posfleet: report ", 1)[1].strip() for line in stdout.splitlines()
+                if "posfleet: report " in line)
+    return json.loads((Path(path).parent / "report.json").read_text())
+
+
+def start_update(release, *extra):
+    """update.yml started in the background in a session of its own (so that it can be killed whole)."""
+    argv = ["ansible-playbook", "playbooks/update.yml", "-e", f"update_release={release}", *extra, *VAULT]
+    log = open(OUTPUT_DIR / f"background-{time.monotonic_ns()}.log", "w+", encoding="utf-8")  # noqa: SIM115
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+                                     POSFLEET_REPORT_DIR=str(REPORT_DIR)))
+    return proc, log
+
+
+def output_of(proc, log, timeout=900):
+    proc.wait(timeout=timeout)
+    log.seek(0)
+    text = log.read()
+    log.close()
+    with open(COMMAND_LOG, "a", encoding="utf-8") as handle:
+        handle.write(f"$ {' '.join(proc.args)}\n{text}\n")
+    return text
+
+
+def run_files():
+    """The runs directory's files; a run that ended abnormally (all its terminals failed) leaves one, dead."""
+    return set(RUNS_DIR.glob("*.json")) if RUNS_DIR.is_dir() else set()
+
+
+def live_runs():
+    return [run for run in runs.others(str(RUNS_DIR)) if run["alive"]]
+
+
+def test_a_second_run_stops_at_its_start_or_shares_and_no_terminal_is_in_two_runs(lab):
+    assert set(versions().values()) == {"1.1.0"}
+    assert not live_runs(), "no posfleet run is going before the test"
+    earlier = run_files()
+    first, first_log = start_update("2026.11.0")
+    try:
+        (first_file,) = wait_for(lambda: run_files() - earlier, timeout=120,
+                                 what="the first run's file in the runs directory")
+        # A second update.yml of the same release: it says so in one line at its start and stops.
+        second = playbook("update.yml", "2026.11.0", check=False)
+        assert second.returncode != 0
+        line = next(line for line in second.stdout.splitlines() if "another posfleet run is going" in line)
+        assert f"run {first_file.stem}: update of 2026.11.0" in line, line
+        assert "update_other_runs=share" in line
+        assert "Survey the terminal" not in second.stdout, "it stopped before the survey, touching no terminal"
+
+        # An AWX job (ansible-runner) told to share: it takes only what the first run has not reached.
+        job = awx_job.finish(*awx_job.start(OUTPUT_DIR / "runner" / "share", "posfleet update",
+                                            {"update_release": "2026.11.0", "update_ignore_windows": "true",
+                                             "update_other_runs": "share"}, ident="share"))
+    finally:
+        first_out = output_of(first, first_log)
+    assert first.returncode == 0, first_out[-3000:]
+    assert (job["rc"], job["status"]) == (0, "successful"), job["stdout"][-3000:]
+    assert "another posfleet run is going; this one leaves the terminals it holds alone" in job["stdout"]
+
+    reports = [report_of(first_out), json.loads((job["report_dir"] / "report.json").read_text())]
+    by_run = [rows_by_serial(report) for report in reports]
+    for serial in lab:
+        statuses = [rows[serial]["status"] for rows in by_run]
+        # Updated by exactly one of the runs. The other found it held by the updating run, or already
+        # current, or could not reach it at its check (the updating run was rebooting it): untouched.
+        assert statuses.count("updated") == 1, (serial, statuses)
+        other = next(rows[serial] for rows in by_run if rows[serial]["status"] != "updated")
+        if other["status"] != "current":
+            assert (other["status"], other["deferred_by"]) in (("deferred", "held"), ("deferred", "quiesce")), other
+            assert other["reason"].startswith(("held by another posfleet run: ", "did not answer at the check")), \
+                other
+    assert all(not report["halted"] and not report["budget"]["exhausted"] for report in reports)
+    assert set(versions().values()) == {"1.0.0"}
+    assert run_files() == earlier, "both runs removed their files"
+    ledger = json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
+    assert ledger["missing"] == 0 and ledger["duplicated"] == 0
+
+
+def test_a_killed_run_s_terminals_are_taken_over_by_the_next_run_at_once(lab):
+    assert set(versions().values()) == {"1.0.0"}
+    earlier = run_files()
+    victim, victim_log = start_update("2026.12.0")
+    try:
+        (dead,) = wait_for(lambda: run_files() - earlier, timeout=120, what="the run's file")
+
+        def started():
+            trail = [json.loads(line) for line in (REPORT_DIR / "audit.jsonl").read_text().splitlines()]
+            return [entry["terminal"] for entry in trail
+                    if entry["run_id"] == dead.stem and entry["event"] == "started"]
+
+        # Killed (the whole process group, as a control node that dies) once it has quiesced a terminal.
+        wait_for(started, timeout=300, interval=0.1, what="a terminal quiesced by the run")
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        output_of(victim, victim_log, timeout=60)
+    # The audit trail names the terminals the killed run had started changing and never ended; they
+    # hold its lease.
+    trail = [json.loads(line) for line in (REPORT_DIR / "audit.jsonl").read_text().splitlines()]
+    killed = [entry for entry in trail if entry["run_id"] == dead.stem]
+    held = sorted({entry["terminal"] for entry in killed if entry["event"] == "started"}
+                  - {entry["terminal"] for entry in killed if entry["event"] == "ended"})
+    assert held, killed
+    for serial in held:
+        lease = json.loads(poslab("exec", serial, "--", "cat", "/var/lib/pos/update-lease.json").stdout)
+        assert lease["run"]["id"] == dead.stem and lease["phase"] in ("quiesced", "changing"), lease
+        assert status_rows()[serial]["state"] == "maintenance"
+
+    # The next run finds the dead run (its process is gone) and takes its terminals over at once, long
+    # before their leases would run out.
+    rerun = playbook("update.yml", "2026.12.0")
+    report = latest_report()
+    assert not [row for row in report["terminals"] if row["deferred_by"] == "held"], report["terminals"]
+    assert {row["status"] for row in report["terminals"]} <= {"updated", "current"}
+    assert set(versions().values()) == {"1.1.0"}
+    assert f"run {dead.stem}" in rerun.stdout + rerun.stderr and "dead (its process is gone)" in rerun.stderr
+    assert run_files() - earlier == {dead}, "the dead run's file is kept for a day, for later runs"
+    ledger = json.loads(poslab("ledger", "--json", check=False).stdout)["totals"]
+    assert ledger["missing"] == 0 and ledger["duplicated"] == 0
 
 
 def test_every_report_is_valid_and_its_csv_has_the_same_rows(lab):

@@ -96,3 +96,22 @@ def test_role_options_refuse_an_option_two_roles_specify_differently(tmp_path):
         (meta / "argument_specs.yml").write_text(f"argument_specs:\n  main:\n    options:\n      x: {{type: {kind}}}\n")
     with pytest.raises(ValueError, match="option x"):
         filters.pos_role_options(["a", "b"], str(tmp_path))
+
+
+def test_a_terminal_that_does_not_answer_at_the_check_before_its_change_is_left_deferred(tmp_path):
+    # Not unreachable: Ansible would end the whole play when a batch's every terminal is, and the rollout
+    # with it (a canary rebooted by another run, or gone off the network since the survey).
+    check = {"package_style": "dpkg", "release": {"app_version": "1.1.0", "packs": {}},
+             "model_profile": {}, "entry": {"storage_mb": 1}}
+    result = action(tmp_path, "posfleet.fleet.pos_maintenance",
+                    {"state": "maintenance", "lease": 60, "ready_check": check})
+    assert not result.get("unreachable") and not result.get("failed") and not result["changed"], result
+    assert result["verdict"]["status"] == "deferred" and result["verdict"]["by"] == "quiesce"
+    assert result["verdict"]["reason"].startswith("did not answer at the check before its change (")
+    facts = result["ansible_facts"]
+    assert (facts["pos_update_status"], facts["pos_update_deferred_by"], facts["pos_update_started"]) == \
+        ("deferred", "quiesce", True)
+
+    # Without the update's check (rollback.yml's quiesce) it is unreachable, as any task.
+    plain = action(tmp_path, "posfleet.fleet.pos_maintenance", {"state": "maintenance"})
+    assert plain.get("unreachable"), plain

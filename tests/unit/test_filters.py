@@ -4,6 +4,8 @@ from ansible_collections.posfleet.fleet.plugins.filter import posfleet as filter
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
 
+from posfleet import statuses
+
 PROFILE = {"battery": True, "battery_min_pct": 30}
 ENTRY = {"storage_mb": 10}
 
@@ -36,6 +38,34 @@ def test_deferrals_name_their_reason():
     assert "unreachable" in verdict(probe={"reachable": False, "error": "timed out"})["reason"]
     assert "too slow" in verdict(probe={"reachable": True, "kbps": 10})["reason"]
     assert "not answering" in verdict(posd={"state": "down", "health_detail": "no socket"})["reason"]
+
+
+def test_a_release_larger_than_the_model_flash_is_unfit_and_a_full_flash_is_deferred():
+    # The release needs 10 MB on the model, plus the 2 MB margin: 12 MB.
+    def on_model(flash_mb, **overrides):
+        return readiness(facts(**overrides), dict(PROFILE, storage_mb=flash_mb), ENTRY, min_kbps=64, margin_mb=2)
+
+    # 11 MB of flash in all: no free space ever makes 12, so not `deferred` (later) but `unfit`.
+    unfit = on_model(11)
+    assert unfit["status"] == statuses.UNFIT and unfit["by"] is None
+    assert "needs 12 MB of flash and the model has 11 MB in all" in unfit["reason"]
+    # Unfit whatever the terminal's state of the moment: a full flash or a flat battery changes nothing.
+    assert on_model(11, storage_free_mb=5, battery_pct=5)["status"] == statuses.UNFIT
+    # Room enough on the model, only not free now: deferred by preflight, for a re-run to pick up.
+    full = on_model(64, storage_free_mb=5)
+    assert (full["status"], full["by"]) == (statuses.DEFERRED, "preflight")
+    assert "needs 12 MB free flash, has 5 MB" in full["reason"]
+    # Exactly what it needs fits; a terminal already on the release stays current.
+    assert on_model(12)["status"] == statuses.GO
+    assert on_model(11, current=True)["status"] == statuses.CURRENT
+    # A profile without storage_mb says nothing about the model's flash: only the free space counts.
+    assert verdict()["status"] == statuses.GO
+
+
+def test_problems_list_an_unfit_terminal_with_its_reason():
+    hostvars = {"A": {"pos_update_status": "unfit", "pos_update_reason": "the release needs 70 MB of flash"},
+                "B": {"pos_update_status": "current"}}
+    assert filters.pos_update_problems(hostvars, ["A", "B"]) == ["A unfit: the release needs 70 MB of flash"]
 
 
 def test_problems_name_every_terminal_not_current_or_updated():

@@ -29,6 +29,9 @@ def argument_spec(path):
             for option in node.value.keywords:
                 if option.arg is None:
                     continue  # **SHARED_OPTIONS: documented by a doc fragment
+                if isinstance(option.value, ast.Name):
+                    spec[option.arg] = {"shared": option.value.id}   # one option's spec, shared by modules
+                    continue
                 if not isinstance(option.value, ast.Call):
                     return None
                 spec[option.arg] = {k.arg: ast.literal_eval(k.value) for k in option.value.keywords
@@ -50,6 +53,13 @@ def test_module_documents_every_option_it_accepts(path):
         # The documentation of an action plugin, which validates its own arguments.
         assert (path.parents[1] / "action" / path.name).exists(), f"{path.name} has no AnsibleModule call"
         return
+    # A shared option is documented by its doc fragment (pos_guard's RUN_OPTION by posfleet.fleet.run).
+    fragments = {"RUN_OPTION": "posfleet.fleet.run"}
+    for name, accepted in list(spec.items()):
+        if "shared" in accepted:
+            assert fragments[accepted["shared"]] in documentation.get("extends_documentation_fragment", []), \
+                f"{path.name}: option {name} needs the doc fragment {fragments[accepted['shared']]}"
+            del spec[name]
     options = documentation.get("options") or {}
     assert set(spec) <= set(options), f"{path.name}: undocumented options {set(spec) - set(options)}"
     for name, accepted in spec.items():

@@ -12,6 +12,8 @@ import textwrap
 
 import yaml
 from ansible.parsing.vault import VaultLib, VaultSecret
+from ansible_collections.posfleet.fleet.plugins.action import pos_record as pos_record_action
+from ansible_collections.posfleet.fleet.plugins.modules import pos_record as pos_record_module
 from conftest import REPO, TERMINAL_PYTHON, ansible_tool
 
 RELEASE = {"release": "2026.12.0", "models": {"kestrel_k200": {
@@ -194,7 +196,7 @@ def test_a_terminal_still_ready_is_quiesced_and_its_versions_recorded(tmp_path, 
     results, state = play(tmp_path, [earlier_state(), quiesce(NEWER)], environment={"POS_ROOT": str(terminal.root)})
     quiesced = results["Quiesce"]
     assert not quiesced.get("failed") and quiesced["changed"] is True, quiesced
-    assert quiesced["verdict"] == {"status": "go", "reason": ""}
+    assert quiesced["verdict"] == {"status": "go", "reason": "", "by": None}
     assert terminal.status()["maintenance"] is True
     assert state["pos_update_status"] == "go"
     assert quiesced["ansible_facts"]["pos_update_before"]["app_version"] == "1.0.0"
@@ -295,6 +297,26 @@ def test_recorded_state_overrides_an_earlier_one_and_is_checked_against_the_voca
     assert state["pos_update_started"] is False
     assert results["Misspelt"]["failed"] and "rolled_back" in results["Misspelt"]["msg"]
     assert results["Mismatched"]["failed"] and "deferred_by" in results["Mismatched"]["msg"]
+
+
+def test_unfit_is_recorded_as_a_status_of_its_own_never_with_a_deferral_cause(tmp_path):
+    reason = "the release needs 70 MB of flash and the model has 64 MB in all"
+    as_deferred = {"name": "As deferred", "posfleet.fleet.pos_record": {
+        "status": "unfit", "deferred_by": "preflight", "reason": reason}}
+    unfit = {"name": "Unfit", "posfleet.fleet.pos_record": {"status": "unfit", "reason": reason}}
+    results, state = play(tmp_path, [earlier_state(), as_deferred, unfit])
+    # unfit is not "deferred for now": a deferral cause with it is refused where it is written.
+    assert results["As deferred"]["failed"] and "deferred_by is for status deferred" in results["As deferred"]["msg"]
+    assert not results["Unfit"].get("failed"), results["Unfit"]
+    assert state["pos_update_status"] == "unfit" and state["pos_update_reason"] == reason
+    assert state["pos_update_deferred_by"] == "unset"
+
+
+def test_pos_record_documents_exactly_the_statuses_it_accepts():
+    # The action checks against posfleet.statuses; the module file is what ansible-doc shows.
+    options = yaml.safe_load(pos_record_module.DOCUMENTATION)["options"]
+    for name in ("status", "deferred_by"):
+        assert options[name]["choices"] == pos_record_action.ARGUMENT_SPEC[name]["choices"], name
 
 
 def test_a_record_run_once_reaches_every_terminal_of_the_batch(tmp_path):

@@ -578,6 +578,22 @@ def test_batches_refuse_empty_or_malformed_waves(waves):
         rollout.serial_for_ansible(waves)
 
 
+def test_the_plan_filter_never_plans_an_unfit_terminal():
+    # heron_h5's terminals are unfit (the release does not fit the model's flash): no canary is taken
+    # from them and no wave holds them. The deferred kestrel waits outside the plan too, for a re-run.
+    hostvars = {
+        "HRN00004": {"pos_model": "heron_h5", "pos_region": "eu_west", "pos_update_status": "unfit"},
+        "HRN00005": {"pos_model": "heron_h5", "pos_region": "eu_west", "pos_update_status": "unfit"},
+        "KST00001": {"pos_model": "kestrel_k200", "pos_region": "eu_west", "pos_update_status": "go"},
+        "KST00002": {"pos_model": "kestrel_k200", "pos_region": "eu_west", "pos_update_status": "go"},
+        "KST00003": {"pos_model": "kestrel_k200", "pos_region": "eu_west", "pos_update_status": "deferred"},
+    }
+    plan = filters()["pos_rollout_plan"](hostvars, sorted(hostvars))
+    assert plan["waves"] == [["KST00001"], ["KST00002"]]
+    assert plan["order"] == ["KST00001", "KST00002"] and plan["batches"] == [1, 1]
+    assert sorted(plan["wave_of"]) == ["KST00001", "KST00002"]
+
+
 # --- the error budget -----------------------------------------------------------------------------
 
 
@@ -657,6 +673,28 @@ def test_an_outage_does_not_dilute_the_percentage_when_unreachable_terminals_do_
 def test_would_update_is_attempted_but_spends_nothing():
     result = rollout.budget_state(outcomes(would_update=10, current=3), max_failed=0, max_failed_pct=0)
     assert (result["spent"], result["attempted"], result["exhausted"]) == (0, 10, False)
+
+
+def test_unfit_terminals_neither_spend_the_budget_nor_count_as_attempted():
+    # 40 terminals of a model the release does not fit: no update started on them, so they neither
+    # spend the budget nor dilute the share of the 10 terminals that were attempted.
+    result = rollout.budget_state(outcomes(updated=8, failed=2, unfit=40), max_failed_pct=10)
+    assert (result["spent"], result["attempted"], result["exhausted"]) == (2, 10, True)
+    strict = rollout.budget_state(outcomes(unfit=5, updated=1), max_failed=0, max_failed_pct=0)
+    assert (strict["spent"], strict["attempted"], strict["exhausted"]) == (0, 1, False)
+
+
+def test_an_unfit_terminal_the_quiesce_check_started_stays_unfit_and_spends_nothing(tmp_path):
+    # The check before the change can record `unfit` on a terminal it counts as started: its outcome
+    # is unfit, not unreachable, and it neither spends the budget nor fails the run.
+    hostvars = {"HRN00001": {"pos_update_started": True, "pos_update_status": "unfit"},
+                "KST00002": {"pos_update_started": True, "pos_update_status": "updated"}}
+    found = filters()["pos_rollout_outcomes"](hostvars, sorted(hostvars))
+    assert found == {"HRN00001": "unfit", "KST00002": "updated"}
+    assert rollout.budget_file_merge(tmp_path / "budget.json", found) == found
+    result = rollout.budget_state(found, max_failed=0, max_failed_pct=0)
+    assert (result["spent"], result["attempted"], result["exhausted"]) == (0, 1, False)
+    assert filters()["pos_spends_budget"]("unfit") is False
 
 
 def test_reason_within_budget_and_with_no_limits():
