@@ -430,8 +430,11 @@ def _undo(before, posd_timeout):
     except (OSError, PosdError) as error:
         return "stuck", str(error), []
     wrong = []
-    if before.get("app_version") and app_version(before.get("package_style")) != before["app_version"]:
-        wrong.append("app")
+    try:
+        if before.get("app_version") and app_version(before.get("package_style")) != before["app_version"]:
+            wrong.append("app")
+    except OSError as error:    # dpkg-query stopped past its timeout: what runs cannot be told
+        return "stuck", "switched back, but the app's version cannot be read: %s" % error, done
     wrong += [name for name, version in pack_versions().items()
               if version and (before.get("packs") or {}).get(name) not in (None, version)]
     if wrong:

@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from ansible_collections.posfleet.fleet.plugins.module_utils import pos_app, pos_signature, pos_terminal
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_app, pos_guard, pos_signature, pos_terminal
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import SignatureError, check_signature
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import CommandTimeout, run_bounded
 from conftest import MODULE_UTILS, MODULES, wait_for
@@ -203,3 +203,18 @@ def test_the_guard_lets_bounded_starts_pass():
               "def run_bounded(argv, timeout):\n    return subprocess.Popen(argv, start_new_session=True)\n")
     assert subprocess_problems(source, "plugins/module_utils/pos_terminal.py") == []
     assert len(subprocess_problems(source, "plugins/module_utils/other.py")) == 1
+
+
+def test_the_guard_is_stuck_not_crashed_when_the_app_s_version_cannot_be_read_after_a_switch_back(monkeypatch):
+    # The guard runs unattended on the terminal: a hung dpkg-query after it switched back must end in its
+    # outcome (stuck, with the reason), which the next run reads, not in a traceback.
+    def hung(style):
+        raise CommandTimeout("dpkg-query -W posd did not finish within 30 s and was stopped")
+
+    monkeypatch.setattr(pos_guard, "_switch_back", lambda before, timeout: ["app 1.0.0"])
+    monkeypatch.setattr(pos_guard, "posd", lambda *args, **kwargs: {"ok": True})
+    monkeypatch.setattr(pos_guard, "app_version", hung)
+    phase, reason, done = pos_guard._undo({"package_style": "dpkg", "app_version": "1.0.0", "packs": {}}, 1.0)
+    assert (phase, done) == ("stuck", ["app 1.0.0"])
+    assert reason == ("switched back, but the app's version cannot be read: dpkg-query -W posd did not finish "
+                      "within 30 s and was stopped")
