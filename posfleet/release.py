@@ -949,8 +949,8 @@ class _PublishTrail:
         self.files = {release: set(artifacts(manifest)) | {f"releases/{release}/{SIGNATURE}",
                                                            f"releases/{release}/{MANIFEST}"}
                       for release, manifest in manifests}
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.common = {"run_id": f"{stamp}-publish-{os.urandom(2).hex()}", "who": user or posreport.local_user(),
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.common = {"run_id": posreport.new_run_id(now, "publish"), "who": user or posreport.local_user(),
                        "awx_job_id": str(awx_job_id) if awx_job_id else None,
                        "control_node": posreport.this_control_node()}
 

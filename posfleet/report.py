@@ -621,6 +621,11 @@ def this_control_node():
     return socket.gethostname() or "unknown"
 
 
+def new_run_id(started, kind):
+    """A run's id: when it started (UTC), what it is (update, plan, publish...) and 4 random hex digits."""
+    return f"{started:%Y%m%dT%H%M%SZ}-{kind}-{secrets.token_hex(2)}"
+
+
 def valid_run_id(run_id):
     """Whether `run_id` can name a run: a report directory, and the run of an audit line."""
     return isinstance(run_id, str) and bool(_RUN_ID.fullmatch(run_id)) and run_id != LATEST

@@ -60,7 +60,6 @@ options:
 import datetime
 import os
 import re
-import secrets
 import time
 
 from ansible.plugins.callback import CallbackBase
@@ -128,7 +127,6 @@ class CallbackModule(CallbackBase):
         self.last_progress = 0.0
         self.inventory = None
         self.run_id = None       # posfleet_run's id, or one made when first needed
-        self.token = secrets.token_hex(2)
         self.changes = {}        # serial -> the change started and not ended yet (action, run_id, ...)
         self.restore_source = {}  # serial -> the backup rollback.yml decrypted for it
         self.control_node = None
@@ -369,7 +367,7 @@ class CallbackModule(CallbackBase):
         if self.run_id is None:
             kind = (self._mode() if self.run.get("update_settings") is not None
                     else re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(self.playbook or "run")[0]))
-            self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{kind}-{self.token}"
+            self.run_id = posreport.new_run_id(self.started, kind)
         return self.run_id
 
     def _run_fact(self, data):

@@ -218,8 +218,7 @@ def take(ttl, release, now=None, guarded=True):
              "previous": None}
     with _locked():
         earlier = read_lease() or {}
-        if live(earlier, now) and not ours(earlier):
-            raise LeaseHeld(earlier)
+        _refuse_if_held(earlier, now)
         if earlier and _run_id(earlier) != _run_id(lease):
             lease["previous"] = {key: earlier.get(key) for key in ("phase", "release", "run", "guard", "taken")}
         if earlier.get("phase") == "changing" and earlier.get("before"):
@@ -302,17 +301,18 @@ def end_lease():
         path = terminal_path(LEASE)
         if not os.path.lexists(path):
             return False
-        lease = read_lease()
-        if live(lease) and not ours(lease):
-            raise LeaseHeld(lease)
+        _refuse_if_held(read_lease())
         os.unlink(path)
         return True
 
 
 def check_not_held():
     """Raise LeaseHeld when another run's live lease holds the terminal; for steps outside a lease (backup.yml)."""
-    lease = read_lease()
-    if live(lease) and not ours(lease):
+    _refuse_if_held(read_lease())
+
+
+def _refuse_if_held(lease, now=None):
+    if live(lease, now) and not ours(lease):
         raise LeaseHeld(lease)
 
 

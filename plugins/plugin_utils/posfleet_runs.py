@@ -17,12 +17,11 @@ The pos_run action is the one user of this module.
 from __future__ import annotations
 
 import datetime
-import getpass
 import json
 import os
-import secrets
-import socket
 import tempfile
+
+from posfleet import report as posreport
 
 # Shared by every user of one control node (sticky, like /tmp) and kept across its reboots.
 DEFAULT_DIR = "/var/tmp/posfleet/runs"
@@ -43,10 +42,6 @@ def _now():
 
 def _iso(instant):
     return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def control_node():
-    return socket.gethostname()
 
 
 def process_start(pid):
@@ -74,27 +69,20 @@ def new_run(mode, release, user=None, awx_job_id=None, pid=None, now=None, awx_w
     now = now or _now()
     pid = os.getppid() if pid is None else pid
     awx = str(awx_job_id) if awx_job_id else None
-    by = user or _login()
+    by = user or posreport.local_user()
     return {
         "awx_workflow_job_id": str(awx_workflow_job_id) if awx_workflow_job_id else None,
-        "id": f"{now:%Y%m%dT%H%M%SZ}-{mode}-{secrets.token_hex(2)}",
+        "id": posreport.new_run_id(now, mode),
         "mode": mode,
         "release": release,
         "by": f"{by} (AWX job {awx})" if awx else by,
         "awx_job_id": awx,
-        "control_node": control_node(),
+        "control_node": posreport.this_control_node(),
         "pid": pid,
         "pid_start": process_start(pid),
         "started": _iso(now),
         "supersedes": [],
     }
-
-
-def _login():
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _directory(runs_dir):
@@ -117,7 +105,7 @@ def _path(runs_dir, run_id):
 
 def is_alive(run):
     """True, False, or None when this control node cannot tell (the run is another control node's)."""
-    if run.get("control_node") != control_node():
+    if run.get("control_node") != posreport.this_control_node():
         return None
     started = process_start(run.get("pid"))
     if started is None:
