@@ -26,7 +26,7 @@ PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
                 && { echo "$$p"; exit 0; }; done; done)
 
 
-.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench bench-scale lab-up lab-down clean
+.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench bench-scale soak lab-up lab-down clean
 
 help:
 	@echo "make demo   boot the lab fleet and run the main job against it"
@@ -35,6 +35,8 @@ help:
 	@echo "            make bench BENCH_ARGS=--quick: about 20 min), then lab boot time and memory"
 	@echo "make bench-scale  no lab: plan.yml over generated fleets of 1,000, 10,000 and 100,000 terminals,"
 	@echo "            none contacted; wall, CPU and memory vs the targets (up to 3600 s per command)"
+	@echo "make soak   rollouts over the lab with random faults until 10,000 sales were made during updates;"
+	@echo "            every terminal whole, no sale lost (about 30 min; SOAK_ARGS=\"--seed N\" replays one)"
 	@echo "make lab-down   remove the lab completely"
 
 deps: apt venv
@@ -116,6 +118,10 @@ bench: deps
 # is recorded as such, not an error.
 bench-scale: deps
 	$(VBIN)/python bench/fleet_scale.py --sizes 1000,10000,100000 --timeout 3600
+
+# The soak (docs/faults.md): its own lab, so never beside another lab run (the lock).
+soak: deps
+	flock /tmp/poslab.lock $(VBIN)/python bench/soak.py $(SOAK_ARGS)
 
 lab-up: deps
 	poslab up --terminals $(DEMO_TERMINALS)

@@ -29,10 +29,15 @@ KINDS = {
     "txn-inflight": "start a sale that lasts ARG seconds (0: until released with txn-release)",
     "txn-release": "let a held sale finish",
     "txn-pending": "record ARG offline sales that wait for upload",
+    "dpkg-hang": "the terminal's next dpkg run (an install, a configure) hangs before it starts, as a maintainer "
+                 "script that never returns would; it hangs once (the rollback's dpkg after it works); "
+                 "`dpkg-hang off` lifts it unfired",
     "selftest-fail": "make posd's self-test fail while it runs app VERSION; `selftest-fail off` lifts it",
 }
 BALLAST = "/var/lib/pos/.poslab-ballast"
 SELFTEST_FAIL = "/var/lib/possim/selftest-fail"  # read by posd's self_check
+# A dpkg invoke hook (dpkg.cfg.d, read by every dpkg run on the terminal) that deletes itself and sleeps.
+DPKG_HANG = "/etc/dpkg/dpkg.cfg.d/zz-poslab-hang"
 
 
 def apply(terminal, kind, args):
@@ -76,6 +81,13 @@ def apply(terminal, kind, args):
         log(result.stdout.strip())
     elif kind == "disk-ok":
         term.run_in(terminal, ["rm", "-f", BALLAST, BALLAST + ".new"])
+    elif kind == "dpkg-hang":
+        if args[:1] == ["off"]:
+            term.run_in(terminal, ["rm", "-f", DPKG_HANG])
+        else:
+            hook = f'pre-invoke "rm -f {DPKG_HANG}; exec sleep 86400"\n'
+            term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {DPKG_HANG})" && printf %s "$1" > {DPKG_HANG}',
+                                   "sh", hook])
     elif kind == "selftest-fail":
         version = need(args, "an app VERSION, or off")
         if version == "off":

@@ -81,6 +81,18 @@ def python39():
     return None
 
 
+def sale_interval():
+    """Seconds between two sales of a lab terminal's posd (+-50 %): 6, or POSLAB_SALE_INTERVAL (the soak's 1)."""
+    value = os.environ.get("POSLAB_SALE_INTERVAL", "6")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0.5 <= seconds <= 3600:
+        raise SystemExit(f"poslab: POSLAB_SALE_INTERVAL={value!r} is not a number of seconds from 0.5 to 3600")
+    return seconds
+
+
 def build_layers(models):
     """(Re)build the lab layer and one factory layer per model. Only call with no terminal running."""
     if config.LAYERS.exists():
@@ -103,7 +115,7 @@ def build_layers(models):
     etc_pos = lab / "etc" / "pos"
     etc_pos.mkdir(parents=True)
     (etc_pos / "posd.conf").write_text(
-        '{"sale_interval_s": 6, "offline_ratio": 0.3, "sale_duration_s": 0.5,\n'
+        f'{{"sale_interval_s": {sale_interval()}, "offline_ratio": 0.3, "sale_duration_s": 0.5,\n'
         f' "acquirer_url": "{config.ACQUIRER_URL}"}}\n')
 
     artifacts = build_app(FACTORY_APP_VERSION, config.STATE / "factory")

@@ -67,7 +67,9 @@ class ActionModule(ActionBase):
                 result.setdefault("warnings", []).append(
                     f"{runs.describe(other)}; this run takes over the terminals it still holds")
         if not self._task.check_mode:
-            runs.register(args["runs_dir"], run)
+            # The posfleet_report callback removes it when this ansible-playbook ends, however it ends
+            # (a failed release check too); only a killed run leaves it, for the next run to find dead.
+            result["runs_file"] = runs.register(args["runs_dir"], run)
         # The run's file is the run's own bookkeeping, not a change to the fleet: a run that changes no
         # terminal reports no change.
         return dict(result, changed=False)

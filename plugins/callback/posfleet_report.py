@@ -132,6 +132,7 @@ class CallbackModule(CallbackBase):
         self.control_node = None
         self.audit_failures = 0
         self.run_fact_refused = False
+        self.runs_file = None    # this run's file in the runs directory (pos_run), removed at the end
 
     # --- collecting ------------------------------------------------------------------------------
 
@@ -165,6 +166,8 @@ class CallbackModule(CallbackBase):
         action = _short(result._task.action)
         facts = data.get("ansible_facts") or {}
         self._run_fact(data)
+        if action == "pos_run" and isinstance(data.get("runs_file"), str):
+            self.runs_file = data["runs_file"]
         # Whatever task recorded them: set_fact, or an action that records its own decision with
         # set_fact's precedence (plugins/plugin_utils/posfleet_facts.py). Only the pipeline's facts are read.
         if facts and any(key in facts for key in HOST_FACTS + RUN_FACTS):
@@ -304,6 +307,7 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_stats(self, stats):
         self._end_open()
+        self._forget_run()
         if self.audit_failures > 1:
             self._display.error(f"posfleet_report: {self.audit_failures} writes to the audit trail failed")
         settings = self.run.get("update_settings")
@@ -347,6 +351,19 @@ class CallbackModule(CallbackBase):
         self._summary(doc, run_dir)
 
     # --- the run ----------------------------------------------------------------------------------
+
+    def _forget_run(self):
+        """The run is over, however it ended: its file in the runs directory goes (pos_run state=finished
+        removes it at the end of a rollout; a run that fails before, at its release check say, would leave
+        it, and every later run would warn of it as dead for a day)."""
+        if self.runs_file:
+            try:
+                os.unlink(self.runs_file)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._display.warning(f"posfleet_report: could not remove this run's file {self.runs_file}: "
+                                      f"{exc.strerror}; the next run will report it as dead")
 
     def _report_dir(self):
         return self.get_option("report_dir") or os.path.abspath("reports")

@@ -111,9 +111,12 @@ def _attempt(url, part, size, timeout, state):
             mode, have = "wb", 0
         else:
             raise _Fatal("%s answered HTTP %d where 200 or 206 was expected" % (url, status))
+        # read1: what has arrived, up to CHUNK, so that a crawling link still reaches the heartbeat (and
+        # the update's deadline) every few seconds, not once per CHUNK.
+        read = getattr(response, "read1", response.read)
         with open(part, mode) as handle:
             while True:
-                block = response.read(CHUNK)
+                block = read(CHUNK)
                 if not block:
                     break
                 if have + len(block) > size:
@@ -125,7 +128,8 @@ def _attempt(url, part, size, timeout, state):
                 handle.write(block)
                 have += len(block)
                 state["bytes"] += len(block)
-                # A download on a slow link can outlast the update's lease: keep it alive while bytes come.
+                # A download on a slow link can outlast the update's lease: keep it alive while bytes come,
+                # and stop at the update's deadline.
                 try:
                     heartbeat()
                 except LeaseLost as error:

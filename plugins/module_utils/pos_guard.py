@@ -37,6 +37,7 @@ Runs on terminals: standard library only, Python 3.9 or newer.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import importlib
@@ -54,10 +55,13 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     PosdError,
     atomic_symlink,
     atomic_write,
+    bound_by_deadline,
+    deadline_passed,
     pack_versions,
     posd,
     read_json,
     restart_posd,
+    stamp,
     terminal_path,
     wait_posd_ready,
 )
@@ -88,6 +92,13 @@ exec %(python)s -m %(package)s.pos_guard "$@"
 
 class LeaseLost(Exception):
     """The guard has already acted on this terminal's update: the control node must not go on with it."""
+
+
+class DeadlinePassed(LeaseLost):
+    """The update's deadline (pos_maintenance's `deadline`) has passed: no step may go on with the update.
+
+    The control node puts the terminal back (its rollback), or, when it does not answer, its update guard.
+    """
 
 
 class LeaseHeld(LeaseLost):
@@ -146,7 +157,7 @@ def held_message(lease):
     return ("held by another posfleet run: %s (%s of %s by %s on %s, since %s); it is left alone"
             % (holder.get("id") or "?", "restore" if lease.get("phase") == "holding" else "update",
                lease.get("release") or "?", holder.get("by") or "?", holder.get("control_node") or "?",
-               _stamp(float(lease.get("taken", 0)))))
+               stamp(float(lease.get("taken", 0)))))
 
 
 def summary(lease, now=None):
@@ -154,7 +165,7 @@ def summary(lease, now=None):
     if not lease:
         return None
     return {"run": lease.get("run"), "phase": lease.get("phase"), "release": lease.get("release"),
-            "since": _stamp(float(lease.get("taken", 0))), "expires": _stamp(float(lease.get("expires", 0))),
+            "since": stamp(float(lease.get("taken", 0))), "expires": stamp(float(lease.get("expires", 0))),
             "live": live(lease, now), "held": held_message(lease)}
 
 
@@ -184,10 +195,6 @@ def _write(lease):
     atomic_write(terminal_path(LEASE), json.dumps(lease, indent=1, sort_keys=True) + "\n", mode=0o600)
 
 
-def _stamp(epoch):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def describe(lease):
     """One sentence on what the guard did to the update the lease was for."""
     guard = lease.get("guard") or {}
@@ -201,8 +208,11 @@ def describe(lease):
             % (what, guard.get("at", "?"), int(lease.get("ttl", 0)), lease.get("release") or "?"))
 
 
-def take(ttl, release, now=None, guarded=True):
+def take(ttl, release, now=None, guarded=True, deadline=0):
     """Start a lease of `ttl` seconds for this module's run (act_as) and `release`; returns it.
+
+    `deadline` (seconds; 0: none) is how long the update's steps may take on this terminal to make its
+    change: past it, no step goes on with it (DeadlinePassed) and a command a step runs is stopped (start_step).
 
     Raises LeaseHeld, changing nothing, when another run's lease is live and not superseded. The new
     lease records the earlier one it replaces (`previous`: the guard's outcome, or the dead run it takes
@@ -215,7 +225,7 @@ def take(ttl, release, now=None, guarded=True):
     now = time.time() if now is None else now
     lease = {"phase": "quiesced" if guarded else "holding", "release": release, "ttl": float(ttl), "taken": now,
              "renewed": now, "expires": now + float(ttl), "before": None, "guard": None, "run": _RUN[0],
-             "previous": None}
+             "previous": None, "deadline_s": float(deadline), "spent": 0.0}
     with _locked():
         earlier = read_lease() or {}
         _refuse_if_held(earlier, now)
@@ -247,10 +257,63 @@ def _renewed(lease, forward, now):
         if forward:
             raise LeaseLost(describe(lease))
         return lease
-    lease["renewed"] = time.time() if now is None else now
+    now = time.time() if now is None else now
+    if forward and lease.get("phase") in ACTIVE:
+        _mind_deadline(lease, now)
+    lease["renewed"] = now
     lease["expires"] = lease["renewed"] + float(lease.get("ttl", 0))
     _write(lease)
     return lease
+
+
+def _mind_deadline(lease, now):
+    """DeadlinePassed once the update's steps on this terminal have used up its deadline.
+
+    Within a step (start_step in this process) the step may run until what was left of the deadline when
+    it started; outside one, the steps' time so far (`spent`) decides.
+    """
+    budget = float(lease.get("deadline_s") or 0)
+    if budget and (deadline_passed(now) if _step[0] is not None else float(lease.get("spent", 0)) >= budget):
+        raise DeadlinePassed("the update's deadline ran out: its steps on this terminal have had their %d s since "
+                             "the quiesce at %s (waiting for the other terminals of the batch not counted); the "
+                             "update of this terminal is stopped" % (budget, stamp(float(lease.get("taken", 0)))))
+
+
+# When this process's step started (start_step), or None outside a step.
+_step = [None]
+
+
+def start_step():
+    """A step that goes on with the update starts: the lease renewed, and every command the step runs
+    bounded by what is left of the update's deadline. Raises LeaseLost (the guard has acted), LeaseHeld
+    (another run's) or DeadlinePassed, before the step changes anything. A no-op without a lease.
+
+    The deadline counts the time the update's steps run on this terminal, not the time a terminal spends
+    waiting for the others of its batch (a batch moves step by step with its slowest terminal): one hung
+    terminal is stopped at its deadline, and the others of its batch go on. The time this step runs is
+    added to the lease's `spent` when the module's process ends.
+    """
+    now = time.time()
+    lease = renew(forward=True, now=now)
+    budget = float((lease or {}).get("deadline_s") or 0)
+    if budget:
+        _step[0] = now
+        bound_by_deadline(now + max(0.0, budget - float(lease.get("spent", 0))))
+        atexit.register(_end_step)
+    _last_beat[0] = now
+    return lease
+
+
+def _end_step():
+    """(At the module's exit.) Add this step's time to the lease's `spent`; best effort."""
+    started, _step[0] = _step[0], None
+    if started is None:
+        return
+    with contextlib.suppress(OSError, ValueError), _locked():
+        lease = read_lease()
+        if lease and ours(lease) and lease.get("phase") in HELD:
+            lease["spent"] = float(lease.get("spent", 0)) + max(0.0, time.time() - started)
+            _write(lease)
 
 
 @contextlib.contextmanager
@@ -320,9 +383,11 @@ _last_beat = [0.0]
 
 
 def heartbeat():
-    """Renew the lease at most every HEARTBEAT_S seconds; for loops that may run long (downloads)."""
-    if time.time() - _last_beat[0] >= HEARTBEAT_S:
-        _last_beat[0] = time.time()
+    """Renew the lease at most every HEARTBEAT_S seconds, and stop at the update's deadline; for loops that
+    may run long (downloads): LeaseLost, LeaseHeld or DeadlinePassed."""
+    now = time.time()
+    if now - _last_beat[0] >= HEARTBEAT_S or deadline_passed(now):
+        _last_beat[0] = now
         renew(forward=True)
 
 
@@ -452,7 +517,7 @@ def check(now=None, posd_timeout=60.0):
             return {"action": "none"}
         now = time.time() if now is None else now
         if now < float(lease.get("expires", 0)):
-            return {"action": "waiting", "expires": _stamp(float(lease["expires"]))}
+            return {"action": "waiting", "expires": stamp(float(lease["expires"]))}
         if lease["phase"] == "quiesced" or not lease.get("before"):
             try:
                 wait_posd_ready(posd_timeout)
@@ -462,7 +527,7 @@ def check(now=None, posd_timeout=60.0):
                 phase, reason, done = "stuck", str(error), []
         else:
             phase, reason, done = _undo(lease["before"], posd_timeout)
-        lease.update(phase=phase, guard={"at": _stamp(time.time()), "reason": reason, "switched": done,
+        lease.update(phase=phase, guard={"at": stamp(time.time()), "reason": reason, "switched": done,
                                          "silent_s": round(now - float(lease.get("renewed", now)))})
         _write(lease)
         return {"action": phase, "release": lease.get("release"), "reason": reason, "switched": done,
@@ -482,7 +547,7 @@ def main(argv=None):
         return 0
     result = check()
     if result["action"] not in ("none", "busy", "waiting"):
-        print(json.dumps(dict(result, at=_stamp(time.time())), sort_keys=True), flush=True)
+        print(json.dumps(dict(result, at=stamp(time.time())), sort_keys=True), flush=True)
     return 1 if result["action"] == "stuck" else 0
 
 

@@ -208,6 +208,28 @@ class CommandTimeout(OSError):
 STOP_GRACE = 5.0
 
 
+def stamp(epoch):
+    """`epoch` as the UTC time every terminal-side message and record uses: 2026-12-03T01:02:03Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+# The update's deadline (epoch seconds on this terminal's clock) that bounds every command this process
+# runs, or None. pos_guard sets it from the update's lease when a step goes forward with the update
+# (pos_guard.start_step); the steps that put a terminal back (pos_restore) never set it.
+_DEADLINE = [None]
+
+
+def bound_by_deadline(deadline):
+    """Bound every later run_bounded() of this process by `deadline` (epoch seconds; None: no deadline)."""
+    _DEADLINE[0] = deadline
+
+
+def deadline_passed(now=None):
+    """Whether this process runs under an update deadline that has passed."""
+    now = time.time() if now is None else now
+    return _DEADLINE[0] is not None and now >= _DEADLINE[0]
+
+
 def run_bounded(argv, timeout, leaves, what=None, merge_output=False):
     """Run `argv` (a list, no shell) for at most `timeout` seconds; (rc, stdout, stderr) as text.
 
@@ -215,10 +237,19 @@ def run_bounded(argv, timeout, leaves, what=None, merge_output=False):
     child). The command runs in a session of its own, so that a timeout stops it with everything it
     started (dpkg's maintainer scripts and their children) and raises CommandTimeout naming `what` (the
     command line by default), the timeout and `leaves`: the state the stopped command leaves behind.
-    With `merge_output`, stderr is interleaved into stdout and the returned stderr is "".
-    OSError when the command cannot be started.
+    Under an update deadline (bound_by_deadline) the command gets no more than what is left of it, and
+    none once it has passed. With `merge_output`, stderr is interleaved into stdout and the returned
+    stderr is "". OSError when the command cannot be started.
     """
     what = what or " ".join(argv)
+    limit = "within %g s" % timeout
+    if _DEADLINE[0] is not None:
+        left = _DEADLINE[0] - time.time()
+        if left <= 0:
+            raise CommandTimeout("%s was not started: the update's deadline passed at %s; nothing was run"
+                                 % (what, stamp(_DEADLINE[0])))
+        if left < timeout:
+            timeout, limit = left, "before the update's deadline (%s)" % stamp(_DEADLINE[0])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT if merge_output else subprocess.PIPE, start_new_session=True)
     try:
@@ -226,8 +257,8 @@ def run_bounded(argv, timeout, leaves, what=None, merge_output=False):
     except subprocess.TimeoutExpired as expired:
         stopped = _stop_session(proc)
         tail = " ".join(_text(expired.output).split())[-200:]
-        raise CommandTimeout("%s did not finish within %g s and %s%s; %s"
-                             % (what, timeout, "was stopped" if stopped else "could not be stopped even by SIGKILL",
+        raise CommandTimeout("%s did not finish %s and %s%s; %s"
+                             % (what, limit, "was stopped" if stopped else "could not be stopped even by SIGKILL",
                                 " (its last output: %s)" % tail if tail else "", leaves)) from None
     except BaseException:
         _stop_session(proc)

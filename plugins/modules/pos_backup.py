@@ -207,6 +207,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
     act_as,
     begin_change,
     check_not_held,
+    start_step,
     undo_interrupted,
 )
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_journal import connect_ro, copy_to, counters, row_count
@@ -314,6 +315,12 @@ def main():
         except OSError as error:
             module.fail_json(msg="an earlier update of this terminal stopped half-way and cannot be switched back "
                              "before the backup: %s" % error)
+        try:
+            start_step()
+        except LeaseHeld as error:
+            module.fail_json(msg="no backup was taken: %s" % error, held=True, changed=bool(switched_back))
+        except LeaseLost as error:
+            module.fail_json(msg="no backup was taken: %s" % error, changed=bool(switched_back))
     try:
         version = app_version(style)
     except CommandTimeout as error:

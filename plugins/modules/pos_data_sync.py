@@ -172,7 +172,13 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import
     DownloadError,
     partial_bytes,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION, LeaseLost, act_as, switching
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
+    RUN_OPTION,
+    LeaseLost,
+    act_as,
+    start_step,
+    switching,
+)
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     PACK_NAMES,
     PACKS_DIR,
@@ -374,6 +380,10 @@ def main():
             result["transfers"][name] = planned(*delta_candidates(name, packs[name]), no_delta)
         module.exit_json(changed=True, versions_after=after, diff=diff, **result)
 
+    try:
+        start_step()
+    except LeaseLost as error:
+        module.fail_json(msg="%s; no pack was switched" % error, **result)
     staged, fetched = {}, []
     try:
         for name in todo:

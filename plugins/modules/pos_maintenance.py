@@ -49,6 +49,18 @@ options:
         waits.
     type: float
     default: 0
+  deadline:
+    description:
+      - "With O(lease), the seconds the update's steps that make its change may run on the terminal, from now on
+        (the time the terminal waits between its steps for the other terminals of its batch is not counted: a
+        batch moves step by step with its slowest terminal). Past it, no step goes on with the update:
+        M(posfleet.fleet.pos_backup), M(posfleet.fleet.pos_package) and M(posfleet.fleet.pos_data_sync) fail,
+        naming the deadline, a download stops, and a command they run (a C(dpkg -i) that hangs, a maintainer
+        script that never returns) is stopped when the deadline comes. The lease records it (C(deadline_s)) and
+        the steps' time so far (C(spent)). The update's rollback (M(posfleet.fleet.pos_restore)) is not bound by it."
+      - V(0) sets none. update.yml passes C(update_deadline) (the model profile's C(update_deadline)).
+    type: float
+    default: 0
   guard:
     description:
       - "With O(lease), whether the update guard watches it. V(false) (rollback.yml's restore) only holds the
@@ -214,7 +226,7 @@ lease:
   description: The lease held on the terminal after the module ran (V(maintenance) with O(lease)).
   returned: when a lease was taken
   type: dict
-  sample: {phase: quiesced, release: 2026.12.0, ttl: 3600, expires: 1795000000.0}
+  sample: {phase: quiesced, release: 2026.12.0, ttl: 3600, expires: 1795000000.0, deadline_s: 1800, spent: 0}
 verdict:
   description: With O(ready_check), whether the terminal was still ready (and in its O(window)), and if not why.
   returned: with O(ready_check)
@@ -284,6 +296,7 @@ def main():
             state=dict(type="str", required=True, choices=["maintenance", "selling", "ready"]),
             timeout=dict(type="float", default=60.0),
             lease=dict(type="float", default=0.0),
+            deadline=dict(type="float", default=0.0),
             guard=dict(type="bool", default=True),
             release=dict(type="str", default=""),
             ready_check=dict(type="dict", options=dict(
@@ -306,6 +319,8 @@ def main():
     lease = module.params["lease"]
     if lease < 0:
         module.fail_json(msg="lease must be 0 (none) or more seconds, not %s" % lease)
+    if module.params["deadline"] < 0:
+        module.fail_json(msg="deadline must be 0 (none) or more seconds, not %s" % module.params["deadline"])
 
     if state == "ready":
         try:
@@ -411,7 +426,8 @@ def hold(module, lease, checked):
     lease it replaced when that was the guard's outcome or a dead run's (`earlier_lease`).
     """
     try:
-        taken = take(lease, module.params["release"], guarded=module.params["guard"])
+        taken = take(lease, module.params["release"], guarded=module.params["guard"],
+                     deadline=module.params["deadline"])
     except LeaseHeld as error:
         refuse(module, error, checked)
     except OSError as error:

@@ -265,7 +265,13 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import
     DownloadError,
     partial_bytes,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import RUN_OPTION, LeaseLost, act_as, switching
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
+    RUN_OPTION,
+    LeaseLost,
+    act_as,
+    start_step,
+    switching,
+)
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import (
     SIGNATURE_OPTIONS,
     SignatureError,
@@ -594,6 +600,10 @@ def main():
         module.exit_json(changed=True, diff=diff, would_download=would,
                          seconds=round(time.time() - started, 3), **result)
 
+    try:
+        start_step()
+    except LeaseLost as error:
+        module.fail_json(msg="not installing posd %s: %s" % (version, error), **result)
     options = {key: params[key] for key in ("timeout", "retries", "retry_delay")}
     path = kept["path"] if kept else None
     try:

@@ -130,6 +130,13 @@ others:
   returned: with O(state=started)
   type: list
   elements: dict
+runs_file:
+  description:
+    - The run's file in O(runs_dir). The posfleet.fleet.posfleet_report callback removes it when the playbook ends,
+      however it ends; only a killed run leaves it behind, for the next run to find dead.
+  returned: with O(state=started), not in check mode
+  type: str
+  sample: /var/tmp/posfleet/runs/20261203T010203Z-update-3f2a.json
 removed:
   description: With O(state=finished), whether the run's file was there and was removed.
   returned: with O(state=finished)

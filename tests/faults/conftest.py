@@ -11,14 +11,17 @@ tests only assert on what they recorded (see README.md):
    one batch, while posd sells; every terminal is one case (cases.py) and a watcher thread injects
    each case's fault the moment the terminal's flash shows it has reached the step.
 4. `converged`: the faults lifted, update.yml again with `--limit @retry.limit`.
-5. `acquirer_down`: sales pending on one terminal while the acquirer answers 503: deferred, untouched.
-6. `interrupted`: the update to the upgrade, ansible-playbook killed (SIGKILL, process group) as soon
+5. `past_deadline`: one kestrel whose dpkg hangs and a heron in the same batch, with a short update
+   deadline: the hung install is stopped at the deadline and rolled back, the heron is updated.
+6. `acquirer_down`: sales pending on one terminal while the acquirer answers 503: deferred, untouched.
+7. `interrupted`: the update to the upgrade, ansible-playbook killed (SIGKILL, process group) as soon
    as the batch has started its data switch; then the plain re-run.
 
 The lab is shared: run this suite only under `flock /tmp/poslab.lock`. The session ends with
 `poslab down`.
 """
 
+import json
 import os
 import threading
 import time
@@ -32,6 +35,7 @@ from faultkit import (
     SUMMARY,
     TERMINALS,
     UPGRADE,
+    fault,
     finish,
     kill_control_node,
     release_manifest,
@@ -171,8 +175,34 @@ def converged(fault_round):
     return {"result": result, "report": report, "limit": limit, "status": status, "ledger": ledger}
 
 
+# Long enough for a lab terminal's backup, package and data switch (seconds each), short enough for the suite.
+DEADLINE = 60
+
+
 @pytest.fixture(scope="session")
-def acquirer_down(converged):
+def past_deadline(converged):
+    """A dpkg that never returns on one terminal: its update stops at the deadline, the batch goes on."""
+    status = converged["status"]
+    # The last of their models: acquirer_down takes the fleet's first terminal, which must still be on the baseline.
+    hung = max(s for s, row in status.items() if row["model"] == "kestrel_k200")
+    other = max(s for s, row in status.items() if row["model"] == "heron_h5")
+    before = {serial: status[serial] for serial in (hung, other)}
+    fault("dpkg-hang")(hung)
+    started = time.monotonic()
+    try:
+        result = update(UPGRADE, "--limit", f"{hung},{other}", "-e", f"update_deadline={DEADLINE}")
+    finally:
+        fault("dpkg-hang", "off")(hung)
+    took = time.monotonic() - started
+    after = wait_all_answering()
+    return {"hung": hung, "other": other, "before": before, "after": after, "result": result,
+            "report": report_of(result.stdout), "took": took,
+            "lease": json.loads(flash(hung, "/var/lib/pos/update-lease.json").read_text())
+            if flash(hung, "/var/lib/pos/update-lease.json").exists() else None}
+
+
+@pytest.fixture(scope="session")
+def acquirer_down(converged, past_deadline):
     """Offline sales on one terminal while the acquirer is down: no update may start on it."""
     serial = sorted(converged["status"])[0]
     KIT.poslab("fault", serial, "txn-pending", "5")

@@ -91,6 +91,20 @@ def test_tampered_release(tampered_release):
     assert tampered_release["backups"][0] == tampered_release["backups"][1], "no backup was even taken"
 
 
+def test_a_hung_step_is_stopped_at_the_update_deadline_and_rolled_back(past_deadline):
+    """issue 17: dpkg never returns on one terminal; its update stops at the deadline, the batch goes on."""
+    rows = rows_by_serial(past_deadline["report"])
+    hung, other = rows[past_deadline["hung"]], rows[past_deadline["other"]]
+    assert hung["status"] == "rolled_back", hung
+    assert "Install the payment app" in hung["reason"], f"the step that hung is named: {hung['reason']!r}"
+    assert "did not finish before the update's deadline" in hung["reason"], hung["reason"]
+    assert other["status"] == "updated", f"the batch went on without waiting for the hung terminal: {other}"
+    after = past_deadline["after"]
+    assert versions(after[past_deadline["hung"]]) == versions(past_deadline["before"][past_deadline["hung"]])
+    assert selling(after[past_deadline["hung"]]) and one_app(after[past_deadline["hung"]]), after[past_deadline["hung"]]
+    assert past_deadline["lease"] is None, f"the rollback ended the lease: {past_deadline['lease']}"
+
+
 def test_acquirer_down(acquirer_down):
     """Sales that cannot be uploaded: deferred by upload, and nothing of the update started on it."""
     serial = acquirer_down["serial"]

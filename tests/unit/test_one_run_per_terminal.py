@@ -185,8 +185,12 @@ def test_pos_run_stops_a_run_while_another_is_going_and_shares_when_told(tmp_pat
     assert not shared["changed"] and not shared.get("failed"), shared
     assert any(other["id"] in warning for warning in shared["warnings"])
     mine = shared["ansible_facts"]["posfleet_run"]
-    assert mine["id"] == shared["run"]["id"] and (directory / f"{mine['id']}.json").exists()
+    assert mine["id"] == shared["run"]["id"] and shared["runs_file"] == str(directory / f"{mine['id']}.json")
+    # The command that ran it has ended: the report callback removed its file, as at the end of any playbook
+    # that stops before its settle play; the other run's file stays.
+    assert sorted(os.listdir(directory)) == [other["id"] + ".json"]
 
+    write_run(str(directory), dict(mine))
     finished = ansible_module_result(tmp_path, "posfleet.fleet.pos_run",
                                      {"state": "finished", "runs_dir": str(directory), "run": mine})
     assert finished["removed"] and not (directory / f"{mine['id']}.json").exists()
