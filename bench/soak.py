@@ -4,7 +4,7 @@
     make soak SOAK_ARGS="--seed 7"    # replay a soak: the same faults, on the same terminals, at the same moments
 
 Each round updates the whole lab (18 terminals) to the other of the lab's two releases, one batch, while
-posd sells once a second on every terminal (POSLAB_SALE_INTERVAL). During the round, faults strike at
+posd sells every half second on every terminal (POSLAB_SALE_INTERVAL). During the round, faults strike at
 random moments on random terminals: the power cut, the network cut, a slow link, a sale that lasts, the
 control node killed (SIGKILL), a second update.yml started beside the first. Once the round is over
 and the faults are lifted, every terminal must be whole: on the old release or the new one (every part
@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "faults"))
-os.environ.setdefault("POSLAB_SALE_INTERVAL", "1")
+os.environ.setdefault("POSLAB_SALE_INTERVAL", "0.5")
 
 from faultkit import (  # noqa: E402 (after the path of the fault suite's kit)
     BASELINE,

@@ -82,7 +82,7 @@ def python39():
 
 
 def sale_interval():
-    """Seconds between two sales of a lab terminal's posd (+-50 %): 6, or POSLAB_SALE_INTERVAL (the soak's 1)."""
+    """Seconds between two sales of a lab terminal's posd (+-50 %): 6, or POSLAB_SALE_INTERVAL (the soak's 0.5)."""
     value = os.environ.get("POSLAB_SALE_INTERVAL", "6")
     try:
         seconds = float(value)
