@@ -3,15 +3,16 @@
     make soak                         # 10,000 sales made during updates, a random seed
     make soak SOAK_ARGS="--seed 7"    # replay a soak: the same faults, on the same terminals, at the same moments
 
-Each round updates the whole lab (18 terminals) to the other of the lab's two releases, one batch, while
-posd sells every half second on every terminal (POSLAB_SALE_INTERVAL). During the round, faults strike at
-random moments on random terminals: the power cut, the network cut, a slow link, a sale that lasts, the
-control node killed (SIGKILL), a second update.yml started beside the first. Once the round is over
-and the faults are lifted, every terminal must be whole: on the old release or the new one (every part
-of it), running the app it has installed, selling, dpkg consistent, held by no run (the killed run's
-leases run out and the update guard puts its terminals back); and the ledger must show no sale lost,
-duplicated or unreadable. Rounds go on until the sales made during rounds reach --sales; then a last
-run without faults must bring every terminal to its release.
+Each round updates the whole lab (18 terminals) to the other of the lab's two releases, in the default
+waves (a canary of each model, then 10 %, 30 % and the rest, one batch each), while posd sells every half
+second on every terminal (POSLAB_SALE_INTERVAL): the terminals of the other waves sell during the round.
+During the round, faults strike at random moments on random terminals: the power cut, the network cut, a
+slow link, a sale that lasts, the control node killed (SIGKILL), a second update.yml started beside the
+first. Once the round is over and the faults are lifted, every terminal must be whole: on the old
+release or the new one (every part of it), running the app it has installed, selling, dpkg consistent,
+held by no run (the killed run's leases run out and the update guard puts its terminals back); and the
+ledger must show no sale lost, duplicated or unreadable. Rounds go on until the sales made during rounds
+reach --sales; then a last run without faults must bring every terminal to its release.
 
 Timing is not asserted (the lab shares the machine); the figures are recorded: bench/results/soak-<date>.json
 and the summary printed at the end, which docs/faults.md quotes with the seed.
@@ -59,9 +60,8 @@ from labkit import STATE, flash  # noqa: E402
 LEASE = 90
 # The phases of a lease that hold a terminal for a run (module_utils/pos_guard.py HELD).
 HELD = ("quiesced", "changing", "holding")
-# One batch, no error budget (a round's faults must not stop the others), short waits; as the fault suite.
-RUN = ["-e", "update_canary_per_model=100%", "-e", '{"update_waves": [100]}',
-       "-e", '{"update_max_failed_pct": null}', "-e", "pos_quiesce_timeout=8",
+# The default waves, no error budget (a round's faults must not stop the rollout), short waits.
+RUN = ["-e", '{"update_max_failed_pct": null}', "-e", "pos_quiesce_timeout=8",
        "-e", "update_recovery_timeout=40", "-e", f"pos_quiesce_lease={LEASE}"]
 
 
@@ -72,11 +72,11 @@ def plan_round(rng, serials, number):
         kind = rng.choice(["power-cut", "net-cut", "net-cut", "slow", "sale"])
         argument = {"power-cut": rng.choice([2, 3, 5]), "net-cut": rng.randint(2, 12),
                     "slow": rng.choice(["128kbit", "256kbit", "512kbit"]), "sale": rng.choice([3, 6, 10])}[kind]
-        events.append((round(rng.uniform(2, 70), 1), kind, serial, argument))
+        events.append((round(rng.uniform(2, 200), 1), kind, serial, argument))
     if number > 0 and rng.random() < 0.3:
-        events.append((round(rng.uniform(10, 60), 1), "kill", None, None))
+        events.append((round(rng.uniform(10, 150), 1), "kill", None, None))
     if rng.random() < 0.35:
-        events.append((round(rng.uniform(1, 20), 1), "second-run", None, rng.choice(["stop", "share"])))
+        events.append((round(rng.uniform(1, 60), 1), "second-run", None, rng.choice(["stop", "share"])))
     return sorted(events, key=lambda e: e[0])
 
 
@@ -220,10 +220,12 @@ def soak(seed, sales_target, max_rounds, out):
               f"{len(others)} second run(s); outcomes {record['outcomes']}; "
               f"{'WHOLE' if not problems else 'PROBLEMS ' + json.dumps(problems)}; ledger {ledger_after}",
               flush=True)
-        # The next round goes to the other release, unless this one was killed before it got anywhere.
-        release = UPGRADE if release == BASELINE else BASELINE
+        # The next round goes to the other release; a killed round's release is tried again (most of the
+        # fleet is still on the one before it).
+        if not striker.killed:
+            release = UPGRADE if release == BASELINE else BASELINE
     # The end: a run without faults brings every terminal to the last round's release.
-    last = UPGRADE if release == BASELINE else BASELINE
+    last = rounds[-1]["release"] if rounds else BASELINE
     final = finish(start_update(last, *RUN), timeout=900)
     status = wait_all_answering()
     converged = {s: versions(r) for s, r in status.items()

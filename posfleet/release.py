@@ -44,8 +44,10 @@ from posfleet import packs
 from posfleet import report as posreport
 
 PROJECT = Path(__file__).resolve().parents[1]
-MODELS_FILE = PROJECT / "inventories" / "shared" / "models.yml"
-REGIONS_FILE = PROJECT / "inventories" / "shared" / "regions.yml"
+# The checkout's shared model and region files: the defaults of --models and --regions (or POSFLEET_MODELS,
+# POSFLEET_REGIONS). An installed package has no checkout: publish.yml passes the inventory's files.
+MODELS_FILE = Path(os.environ.get("POSFLEET_MODELS") or PROJECT / "inventories" / "shared" / "models.yml")
+REGIONS_FILE = Path(os.environ.get("POSFLEET_REGIONS") or PROJECT / "inventories" / "shared" / "regions.yml")
 APP_BUILDER = PROJECT / "lab" / "posd" / "build.py"
 
 SCHEMA_VERSION = 1
@@ -259,13 +261,22 @@ def load_yaml(data, what):
         raise ReleaseError(f"{what}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
+class Profiles(dict):
+    """{model name: profile}, and where they come from (`source`), for the messages that name a model."""
+
+    def __init__(self, profiles, source):
+        super().__init__(profiles)
+        self.source = source
+
+
 def load_profiles(models_file=MODELS_FILE):
-    """{model name: profile} from inventories/shared/models.yml."""
+    """{model name: profile} from the shared models file (--models)."""
     try:
         with open(models_file, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)["models"]
+            return Profiles(yaml.safe_load(handle)["models"], str(models_file))
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ReleaseError(f"cannot read the model profiles from {models_file}: {exc}") from None
+        raise ReleaseError(f"cannot read the model profiles from {models_file}: {exc}; pass --models FILE (the "
+                           "inventory's models_file)") from None
 
 
 def load_regions(regions_file=REGIONS_FILE):
@@ -273,7 +284,8 @@ def load_regions(regions_file=REGIONS_FILE):
         with open(regions_file, encoding="utf-8") as handle:
             return yaml.safe_load(handle)["regions"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ReleaseError(f"cannot read the regions from {regions_file}: {exc}") from None
+        raise ReleaseError(f"cannot read the regions from {regions_file}: {exc}; pass --regions FILE (the "
+                           "inventory's regions_file)") from None
 
 
 # --- small file helpers ----------------------------------------------------------------------------
@@ -464,8 +476,15 @@ def check_signature(manifest_bytes, sig_text, public_key, what):
 
 # --- the manifest ----------------------------------------------------------------------------------
 
-def validate_manifest(manifest, profiles=None, what=MANIFEST):
-    """Raise ReleaseError naming every field that breaks the schema or the model profiles."""
+def _source(profiles):
+    return getattr(profiles, "source", None) or "the model profiles"
+
+
+def validate_manifest(manifest, profiles=None, what=MANIFEST, partial=False):
+    """Raise ReleaseError naming every field that breaks the schema or the model profiles.
+
+    `partial`: the profiles are some models' only (a play's terminals'); a model they lack is not an error.
+    """
     errors = schema_errors(MANIFEST_SCHEMA, manifest)
     if not errors:
         for model, entry in manifest["models"].items():
@@ -488,7 +507,8 @@ def validate_manifest(manifest, profiles=None, what=MANIFEST):
                 errors.append(f"models.{model}.app.url: a {style} app must be a {APP_SUFFIX[style]} file")
             if profiles is not None:
                 if model not in profiles:
-                    errors.append(f"models.{model}: not a model in inventories/shared/models.yml")
+                    if not partial:
+                        errors.append(f"models.{model}: not a model in {_source(profiles)}")
                 elif profiles[model].get("package_style") != style:
                     errors.append(f"models.{model}.app.style: {style}, but the model profile's package_style "
                                   f"is {profiles[model].get('package_style')}")
@@ -497,20 +517,20 @@ def validate_manifest(manifest, profiles=None, what=MANIFEST):
     return manifest
 
 
-def parse_manifest(manifest_bytes, profiles=None, what=MANIFEST):
-    return validate_manifest(load_yaml(manifest_bytes, what), profiles, what)
+def parse_manifest(manifest_bytes, profiles=None, what=MANIFEST, partial=False):
+    return validate_manifest(load_yaml(manifest_bytes, what), profiles, what, partial)
 
 
 def unsigned(what):
     return f"no signature file {what}.sig: releases must be signed; run `posfleet-release sign`"
 
 
-def check_release(manifest_bytes, sig_text, public_key, profiles=None, what=MANIFEST):
+def check_release(manifest_bytes, sig_text, public_key, profiles=None, what=MANIFEST, partial=False):
     """The one check everything trusts: the signature first, then the schema. Returns the manifest."""
     if sig_text is None:
         raise ReleaseError(unsigned(what))
     check_signature(manifest_bytes, sig_text, public_key, what)
-    return parse_manifest(manifest_bytes, profiles, what)
+    return parse_manifest(manifest_bytes, profiles, what, partial)
 
 
 def check_location(manifest, location, what=MANIFEST):
@@ -612,7 +632,7 @@ def load_spec(path, profiles):
         named += [("reboot", m) for m in spec["reboot"]] if isinstance(spec.get("reboot"), dict) else []
         for field, model in named:
             if model not in profiles:
-                errors.append(f"{field}.{model}: not a model in inventories/shared/models.yml")
+                errors.append(f"{field}.{model}: not a model in {_source(profiles)}")
             elif model not in models:
                 errors.append(f"{field}.{model}: not one of the release's models")
     if errors:
@@ -1131,6 +1151,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser():
     parser = _Parser(prog="posfleet-release", description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--models", type=Path, default=MODELS_FILE,
+                        help="the shared model profiles (default: $POSFLEET_MODELS, else %(default)s)")
+    parser.add_argument("--regions", type=Path, default=REGIONS_FILE,
+                        help="the shared region settings (default: $POSFLEET_REGIONS, else %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("keygen", help="make an ed25519 signing key pair (release.key, release.pub)")
     cmd.add_argument("--out", required=True,
@@ -1183,16 +1207,16 @@ def main(argv=None):
         if args.command == "keygen":
             result = keygen(args.out)
         elif args.command == "build":
-            result = build(args.spec, args.out, args.dry_run)
+            result = build(args.spec, args.out, args.dry_run, models_file=args.models)
         elif args.command == "sign":
-            result = sign(args.release, args.key, args.dry_run)
+            result = sign(args.release, args.key, args.dry_run, models_file=args.models)
         elif args.command == "verify":
-            result = verify(args.release, args.pubkey, args.root)
+            result = verify(args.release, args.pubkey, args.root, models_file=args.models)
         else:
             result = publish(args.root, args.repo, regions=args.region, all_regions=args.all_regions,
                              releases=args.releases, pubkey=args.pubkey, dry_run=args.dry_run,
                              audit_log=args.audit_log or default_audit_log(), audit_user=args.audit_user,
-                             awx_job_id=args.awx_job_id)
+                             awx_job_id=args.awx_job_id, models_file=args.models, regions_file=args.regions)
     except ReleaseError as exc:
         return _fail(str(exc), changed=getattr(exc, "changed", False))
     except OSError as exc:

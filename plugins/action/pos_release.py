@@ -24,6 +24,7 @@ ARGUMENT_SPEC = {
     "manifest": {"type": "str", "required": True},
     "public_key": {"type": "path", "required": True},
     "models": {"type": "list", "elements": "str", "default": []},
+    "profiles": {"type": "list", "elements": "dict", "default": []},
     "timeout": {"type": "int", "default": 30},
     "validate_certs": {"type": "bool", "default": True},
 }
@@ -66,8 +67,10 @@ class ActionModule(ActionBase):
             data = self._read(manifest, args["timeout"], args["validate_certs"])
             sig = self._read(manifest + ".sig", args["timeout"], args["validate_certs"], missing_ok=True)
             sig_text = None if sig is None else sig.decode("ascii", errors="replace")
-            profiles = posrelease.load_profiles()
-            release = posrelease.check_release(data, sig_text, public_key, profiles, manifest)
+            # The model profiles of the play's terminals, as their inventory gives them (an installed collection
+            # has no models file of its own to read).
+            profiles = {profile.get("name"): profile for profile in args["profiles"]} or None
+            release = posrelease.check_release(data, sig_text, public_key, profiles, manifest, partial=True)
             posrelease.check_location(release, manifest, manifest)
         except posrelease.ReleaseError as exc:
             result.update(failed=True, msg=f"pos_release: {exc}")
@@ -75,7 +78,8 @@ class ActionModule(ActionBase):
         except AnsibleError as exc:
             result.update(failed=True, msg=f"pos_release: {manifest}: {exc}")
             return result
-        missing = [model for model in args["models"] if model not in release["models"]]
+        wanted = list(dict.fromkeys([*args["models"], *(profiles or {})]))
+        missing = [model for model in wanted if model not in release["models"]]
         if missing:
             result.update(failed=True, msg=(
                 f"pos_release: {manifest}: release {release['release']} has no entry for model(s) "

@@ -21,7 +21,9 @@ description:
     and the region settings from O(regions_file) to each C(region_<region>) group as C(pos_region_settings).
     Both are inventory group variables, so an inventory's C(group_vars/) files override them.
   - Rows are checked before anything is added to the inventory. See O(on_bad_row) for what a bad row does.
-  - The variables of the C(all) group are left alone; this plugin never sets anything secret.
+  - Of the variables of the C(all) group, this plugin sets only C(posfleet_models_file) and C(posfleet_regions_file),
+    the absolute paths of O(models_file) and O(regions_file), which C(publish.yml) passes to C(posfleet-release).
+    It never sets anything secret.
 extends_documentation_fragment:
   - ansible.builtin.constructed
 options:
@@ -258,6 +260,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 self.display.warning(f"{PREFIX} skipped {line}")
 
         self._populate(good, models, regions)
+        # For publish.yml: the release tool checks releases against the same shared files as this inventory.
+        self.inventory.set_variable("all", "posfleet_models_file", models_file)
+        self.inventory.set_variable("all", "posfleet_regions_file", regions_file)
 
     # -- options and shared data ------------------------------------------------------------------
 

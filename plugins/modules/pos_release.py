@@ -13,7 +13,7 @@ description:
   - Reads a release's C(manifest.yml) and C(manifest.yml.sig) from a path or a distribution point URL,
     checks the ed25519 signature against O(public_key) B(before) anything else, then validates the
     manifest against schema 1 (unknown fields and wrong types are refused, naming the field) and the
-    model profiles in C(inventories/shared/models.yml).
+    model profiles given in O(profiles).
   - Returns the manifest as C(release), for the tasks that update terminals.
   - Runs on the control node as an action plugin (C(plugins/action/pos_release.py)); it never
     connects to the play's hosts, so it is usually run once with C(run_once) or on C(localhost).
@@ -39,6 +39,15 @@ options:
         naming the missing models.
     type: list
     elements: str
+    default: []
+  profiles:
+    description:
+      - The model profiles of the play's terminals (each C(pos_model_profile), with its C(name)), as the inventory
+        attaches them. Their models must have an entry in the manifest, as with O(models), and each entry's app
+        style must be the profile's C(package_style).
+      - Without them, the manifest's models are not checked against any profile.
+    type: list
+    elements: dict
     default: []
   timeout:
     description: Seconds a download may take.
@@ -79,7 +88,7 @@ EXAMPLES = r"""
   posfleet.fleet.pos_release:
     manifest: "{{ pos_region_settings.distribution_point }}/releases/{{ pos_release_id }}/manifest.yml"
     public_key: "{{ pos_release_public_key }}"
-    models: "{{ ansible_play_hosts | map('extract', hostvars, 'pos_model') | unique }}"
+    profiles: "{{ ansible_play_hosts | map('extract', hostvars, 'pos_model_profile') | unique }}"
   run_once: true
   register: release_manifest
 
@@ -129,6 +138,7 @@ def main():
             "manifest": {"type": "str", "required": True},
             "public_key": {"type": "path", "required": True},
             "models": {"type": "list", "elements": "str", "default": []},
+            "profiles": {"type": "list", "elements": "dict", "default": []},
             "timeout": {"type": "int", "default": 30},
             "validate_certs": {"type": "bool", "default": True},
         },

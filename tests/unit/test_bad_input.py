@@ -413,7 +413,7 @@ MANIFEST_CASES = {
     "version-unicode": (_set("models.heron_h5.app.version", "1.0.0\u2028"), "models.heron_h5.app.version: expected"),
     "created-local": (_set("created", "2026-11-01 01:00:00"), "created: expected a UTC time"),
     "unknown-model": (lambda m: m["models"].update(osprey_o1=m["models"]["kestrel_k200"]),
-                      "models.osprey_o1: not a model in inventories/shared/models.yml"),
+                      f"models.osprey_o1: not a model in {posrelease.MODELS_FILE}"),
     "model-bad-name": (_set("models.Kestrel-K200", {}), "models.Kestrel-K200: bad name"),
     "merchant-pack": (_set("models.heron_h5.packs.merchant", {}), "models.heron_h5.packs.merchant: unknown field"),
     "no-models": (_set("models", {}), "models: must not be empty"),

@@ -142,8 +142,10 @@ def test_profiles_are_group_vars_not_host_vars(tmp_path):
         assert data[f"region_{name}"]["vars"]["pos_region_settings"] == dict(settings, name=name)
     host = data["_meta"]["hostvars"]["HRN00002"]
     assert "pos_model_profile" not in host and "pos_region_settings" not in host
-    # Nothing is put on `all`: connection settings and secrets belong to the inventory's group_vars.
-    assert not data["all"].get("vars")
+    # On `all`, only where the shared files are (publish.yml hands them to posfleet-release): connection
+    # settings and secrets belong to the inventory's group_vars.
+    assert data["all"]["vars"] == {"posfleet_models_file": str(SHARED / "models.yml"),
+                                   "posfleet_regions_file": str(SHARED / "regions.yml")}
 
 
 def test_extra_columns_compose_and_groups(tmp_path):

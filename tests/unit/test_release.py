@@ -305,7 +305,7 @@ def test_build_dry_run_writes_nothing(tmp_path, built):
     ({"channel": "beta"}, "channel: unknown field"),
     ({"app": {"version": 1.1}}, "app.version: expected a string"),
     ({"app": {"version": "1.0.0", "versions": {"osprey_o1": "1.0.1"}}},
-     "app.versions.osprey_o1: not a model in inventories/shared/models.yml"),
+     f"app.versions.osprey_o1: not a model in {posrelease.MODELS_FILE}"),
     ({"release": "../etc"}, "release: expected a release id"),
     ({"packs": {"params": {"version": "1"}}}, "packs.catalog: missing; packs.params.acquirer_url: missing"),
 ])
@@ -506,6 +506,32 @@ def test_an_old_release_served_under_a_new_release_id_is_refused(release, tmp_pa
     assert "release '2026.11.0' is in directory '2026.12.0'" in proc.stderr
     result = ansible_pos_release(tmp_path, manifest=str(newer / "manifest.yml"), public_key=str(release.pub))
     assert result["failed"] is True and "is in directory '2026.12.0'" in result["msg"]
+
+
+def test_pos_release_checks_the_manifest_against_the_profiles_the_inventory_gives(release, tmp_path):
+    """The play's terminals' profiles, not a models file of the collection's own (an installed one has none)."""
+    profile = {"name": "kestrel_k200", "package_style": "bundle", "storage_mb": 96}
+    wrong = ansible_pos_release(tmp_path, manifest=str(release.manifest), public_key=str(release.pub),
+                                profiles=[profile])
+    assert wrong["failed"] is True
+    assert "models.kestrel_k200.app.style: dpkg, but the model profile's package_style is bundle" in wrong["msg"]
+    right = ansible_pos_release(tmp_path, manifest=str(release.manifest), public_key=str(release.pub),
+                                profiles=[dict(profile, package_style="dpkg"), {"name": "osprey_o1",
+                                                                                "package_style": "dpkg"}])
+    assert right["failed"] is True and "has no entry for model(s) osprey_o1" in right["msg"], right["msg"]
+
+
+def test_the_release_tool_checks_against_the_models_file_it_is_given(release, tmp_path):
+    models = yaml.safe_load((REPO / "inventories" / "shared" / "models.yml").read_text())
+    models["models"]["kestrel_k200"]["package_style"] = "bundle"
+    (tmp_path / "models.yml").write_text(yaml.safe_dump(models))
+    refused = run("--models", tmp_path / "models.yml", "verify", "--release", release.dir, "--pubkey", release.pub,
+                  check=False)
+    assert "models.kestrel_k200.app.style: dpkg, but the model profile's package_style is bundle" in refused.stderr
+    missing = run("--models", tmp_path / "none.yml", "verify", "--release", release.dir, "--pubkey", release.pub,
+                  check=False)
+    assert f"cannot read the model profiles from {tmp_path / 'none.yml'}" in missing.stderr
+    assert missing.stderr.rstrip().endswith("pass --models FILE (the inventory's models_file)"), missing.stderr
 
 
 def test_pos_release_fails_naming_a_model_the_release_lacks(release, tmp_path):
