@@ -36,7 +36,7 @@ help:
 	@echo "make bench-scale  no lab: plan.yml over generated fleets of 1,000, 10,000 and 100,000 terminals,"
 	@echo "            none contacted; wall, CPU and memory vs the targets (up to 3600 s per command)"
 	@echo "make soak   rollouts over the lab with random faults until 10,000 sales were made during updates;"
-	@echo "            every terminal whole, no sale lost (about 30 min; SOAK_ARGS=\"--seed N\" replays one)"
+	@echo "            every terminal whole, no sale lost (about 70 min; SOAK_ARGS=\"--seed N\" replays one)"
 	@echo "make lab-down   remove the lab completely"
 
 deps: apt venv

@@ -273,7 +273,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=None, help="replay a soak (default: a new random seed)")
     parser.add_argument("--sales", type=int, default=10_000, help="sales made during updates to reach")
-    parser.add_argument("--max-rounds", type=int, default=40)
+    parser.add_argument("--max-rounds", type=int, default=80)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" /
                         f"soak-{time.strftime('%Y-%m-%d', time.gmtime())}.json")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")

@@ -42,6 +42,14 @@ PROBLEM_STATUSES = tuple(status for status in STATUSES if status not in statuses
 # The update pipeline's steps in the order they run; a CSV has one column for each, and for any
 # other step a document names.
 STEPS = ("preflight", "quiesce", "txn_upload", "backup", "package", "data_sync", "reboot", "verify", "rollback")
+# The console lists at most this many terminals of each status and cause (deferred_by) with their reasons,
+# and counts the rest: a fleet of 100,000 deferred by their windows is one line, not 100,000. The report
+# files list every one.
+CONSOLE_PER_GROUP = 10
+# report.html shows the terminals table a page at a time: 100,000 rows at once would not open.
+HTML_PAGE_SIZE = 500
+# ... and the first this many problem terminals of each status and cause in its problems list.
+HTML_PROBLEMS_PER_GROUP = 20
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 LATEST = "latest"
@@ -69,11 +77,18 @@ def validate(doc):
     Raises ReportError naming the field (`terminals[2].statsu`) and, for a row, its serial. Beyond the
     schema: no serial twice, rows sorted by serial, totals equal to the rows' counts.
     """
-    import jsonschema  # noqa: PLC0415  (only validation needs it; the rest of the module is stdlib)
+    import fastjsonschema  # noqa: PLC0415  (only validation needs them; the rest of the module is stdlib)
+    import jsonschema  # noqa: PLC0415
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
+    # The check itself is compiled (jsonschema takes minutes over 100,000 terminals, this seconds); the
+    # schema's keywords mean the same in both. jsonschema only words the error of a document that fails.
+    try:
+        fastjsonschema.compile(schema)(doc)
+        errors = []
+    except fastjsonschema.JsonSchemaException:
+        validator = jsonschema.Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         path = list(error.absolute_path)
@@ -114,6 +129,23 @@ def matrix(rows):
     for row in rows:
         cells[(row["model"], row["region"])].append(row)
     return {key: totals(cells[key]) for key in sorted(cells)}
+
+
+def console_problems(rows, per_group=CONSOLE_PER_GROUP):
+    """The console's lines on the terminals not at the release (PROBLEM_STATUSES), a group per status and
+    cause (deferred_by) in the order first met: the first `per_group` as `  <serial> <status>: <reason>`,
+    then one line counting the others."""
+    groups = {}
+    for value in rows:
+        if value["status"] in PROBLEM_STATUSES:
+            groups.setdefault((value["status"], value.get("deferred_by")), []).append(value)
+    lines = []
+    for (status, cause), members in groups.items():
+        lines += [f"  {value['serial']} {status}: {value['reason']}" for value in members[:per_group]]
+        if len(members) > per_group:
+            lines.append(f"  ... and {len(members) - per_group} more {status}"
+                         f"{f' (deferred by {cause})' if cause else ''}: every terminal is in report.csv")
+    return lines
 
 
 def _parse_time(value):
@@ -195,6 +227,7 @@ td.zero{color:#98a2b3}#terminals td[data-key=packs_after]{overflow-wrap:anywhere
 #timeline .bar.open{background:repeating-linear-gradient(45deg,#528bff,#528bff 6px,#84adff 6px,#84adff 12px)}
 #timeline .not-started .track{background:repeating-linear-gradient(45deg,#f2f4f7,#f2f4f7 6px,#e4e7ec 6px,#e4e7ec 12px)}
 #timeline .detail{grid-column:2;font-size:.9em;color:#444}
+#pager{margin:.4em 0}#pager span{margin:0 .8em}#failure-list tr.more td{font-style:italic;color:#444}
 """
 
 # The page's script: everything below the header is built from the JSON in #report-data, with
@@ -204,6 +237,8 @@ _JS = r"""
   "use strict";
   var STATUSES = @@STATUSES@@;
   var PROBLEMS = @@PROBLEMS@@;
+  var PAGE_SIZE = @@PAGESIZE@@;
+  var PER_GROUP = @@PERGROUP@@;
   var doc = JSON.parse(document.getElementById("report-data").textContent);
   var rows = doc.terminals;
 
@@ -313,17 +348,36 @@ _JS = r"""
     });
     table.appendChild(el("thead")).appendChild(head);
     var body = table.appendChild(el("tbody"));
+    // A group per status and cause, in the order first met: its first PER_GROUP terminals, then a count.
+    var groups = {}, keys = [];
     bad.forEach(function (r) {
-      var tr = el("tr", {"data-serial": r.serial, "data-status": r.status});
-      tr.appendChild(el("td", {}, r.serial));
-      tr.appendChild(el("td", {}, r.model));
-      tr.appendChild(el("td", {}, r.region));
-      tr.appendChild(el("td")).appendChild(badge(r.status));
-      tr.appendChild(el("td", {}, r.deferred_by || ""));
-      tr.appendChild(el("td", {"class": "reason"}, r.reason));
-      tr.appendChild(el("td", {}, r.window_opens_at || ""));
-      body.appendChild(tr);
+      var key = r.status + "\u0000" + (r.deferred_by || "");
+      if (!groups[key]) { groups[key] = []; keys.push(key); }
+      groups[key].push(r);
     });
+    keys.forEach(function (key) {
+      var members = groups[key];
+      members.slice(0, PER_GROUP).forEach(function (r) { body.appendChild(problemRow(r)); });
+      if (members.length > PER_GROUP) {
+        var first = members[0];
+        var more = el("tr", {"class": "more", "data-status": first.status, "data-more": members.length - PER_GROUP});
+        more.appendChild(el("td", {"colspan": "7"}, "\u2026 and " + (members.length - PER_GROUP) + " more " +
+          first.status + (first.deferred_by ? " (deferred by " + first.deferred_by + ")" : "") +
+          ": sort the table of every terminal below by status, or read report.csv"));
+        body.appendChild(more);
+      }
+    });
+  }
+  function problemRow(r) {
+    var tr = el("tr", {"data-serial": r.serial, "data-status": r.status});
+    tr.appendChild(el("td", {}, r.serial));
+    tr.appendChild(el("td", {}, r.model));
+    tr.appendChild(el("td", {}, r.region));
+    tr.appendChild(el("td")).appendChild(badge(r.status));
+    tr.appendChild(el("td", {}, r.deferred_by || ""));
+    tr.appendChild(el("td", {"class": "reason"}, r.reason));
+    tr.appendChild(el("td", {}, r.window_opens_at || ""));
+    return tr;
   }
 
   // Every terminal, sortable by any column; #sort=KEY or #sort=-KEY (descending) in the URL
@@ -347,26 +401,72 @@ _JS = r"""
     ["duration_s", "num", function (r) { return r.duration_s; }]
   ];
   var sortState = {key: null, desc: false};
+  // The table shows one page of `order` (every terminal, in the chosen order): a fleet of 100,000 is
+  // sorted as data and drawn PAGE_SIZE rows at a time.
+  var order = rows.slice(), page = 0;
+
+  function value(r, key) {
+    if (!r.__cells) {
+      r.__cells = {};
+      COLUMNS.forEach(function (c) { r.__cells[c[0]] = c[2](r); });
+    }
+    return r.__cells[key];
+  }
 
   function sortBy(key, desc) {
     var col = COLUMNS.filter(function (c) { return c[0] === key; })[0];
     if (!col) { return; }
-    var tbody = document.querySelector("#terminals tbody");
-    var trs = Array.prototype.slice.call(tbody.rows);
-    trs.sort(function (a, b) {
-      var x = a.__row[key], y = b.__row[key];
+    order.sort(function (a, b) {
+      var x = value(a, key), y = value(b, key);
       if (x === null || x === undefined) { return (y === null || y === undefined) ? 0 : 1; }  // empty cells last
       if (y === null || y === undefined) { return -1; }
-      var order = col[1] === "num" ? x - y : cmp(String(x), String(y));
-      return desc ? -order : order;
+      var sorted = col[1] === "num" ? x - y : cmp(String(x), String(y));
+      return desc ? -sorted : sorted;
     });
-    trs.forEach(function (tr) { tbody.appendChild(tr); });
     sortState = {key: key, desc: desc};
     document.querySelectorAll("#terminals th").forEach(function (th) {
       if (th.getAttribute("data-key") === key) { th.setAttribute("aria-sort", desc ? "descending" : "ascending"); }
       else { th.removeAttribute("aria-sort"); }
     });
     document.getElementById("terminals").setAttribute("data-sorted-by", (desc ? "-" : "") + key);
+    showPage(0);
+  }
+
+  function pages() { return Math.max(1, Math.ceil(order.length / PAGE_SIZE)); }
+
+  function remember() {
+    var parts = [];
+    if (sortState.key) { parts.push("sort=" + (sortState.desc ? "-" : "") + sortState.key); }
+    if (page) { parts.push("page=" + (page + 1)); }
+    try { history.replaceState(null, "", parts.length ? "#" + parts.join("&") : " "); } catch (e) { /* file:// */ }
+  }
+
+  function showPage(number) {
+    page = Math.min(Math.max(number, 0), pages() - 1);
+    var body = document.querySelector("#terminals tbody");
+    while (body.firstChild) { body.removeChild(body.firstChild); }
+    order.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE).forEach(function (r) {
+      var tr = el("tr", {"data-serial": r.serial, "data-status": r.status});
+      COLUMNS.forEach(function (c) {
+        var cell = value(r, c[0]);
+        var td = el("td", {"data-key": c[0], "class": c[1] === "num" ? "num" : ""});
+        if (c[0] === "status") { td.appendChild(badge(cell)); }
+        else { td.textContent = cell === null || cell === undefined ? "" : String(cell); }
+        if (c[0] === "duration_s") {
+          td.title = Object.keys(r.steps).map(function (s) { return s + " " + r.steps[s] + " s"; }).join(", ");
+        }
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    var first = order.length ? page * PAGE_SIZE + 1 : 0, last = Math.min((page + 1) * PAGE_SIZE, order.length);
+    var pager = document.getElementById("pager");
+    pager.setAttribute("data-page", page + 1);
+    pager.setAttribute("data-pages", pages());
+    document.getElementById("page-label").textContent = "terminals " + first + "\u2013" + last + " of " +
+      order.length + " (page " + (page + 1) + " of " + pages() + ")";
+    document.getElementById("page-prev").disabled = page === 0;
+    document.getElementById("page-next").disabled = page === pages() - 1;
   }
 
   function buildTerminals() {
@@ -376,38 +476,36 @@ _JS = r"""
       var th = el("th", {"data-key": c[0], "data-type": c[1], "class": c[1] === "num" ? "num" : "",
                          "title": "sort by " + c[0]}, c[0]);
       th.addEventListener("click", function () {
-        var desc = sortState.key === c[0] ? !sortState.desc : false;
-        sortBy(c[0], desc);
-        try { history.replaceState(null, "", "#sort=" + (desc ? "-" : "") + c[0]); } catch (e) { /* file:// */ }
+        sortBy(c[0], sortState.key === c[0] ? !sortState.desc : false);
+        remember();
       });
       head.appendChild(th);
     });
     table.appendChild(el("thead")).appendChild(head);
-    var body = table.appendChild(el("tbody"));
-    rows.forEach(function (r) {
-      var tr = el("tr", {"data-serial": r.serial, "data-status": r.status});
-      tr.__row = {};
-      COLUMNS.forEach(function (c) {
-        var value = c[2](r);
-        tr.__row[c[0]] = value;
-        var td = el("td", {"data-key": c[0], "class": c[1] === "num" ? "num" : ""});
-        if (c[0] === "status") { td.appendChild(badge(value)); }
-        else { td.textContent = value === null || value === undefined ? "" : String(value); }
-        if (c[0] === "duration_s") {
-          td.title = Object.keys(r.steps).map(function (s) { return s + " " + r.steps[s] + " s"; }).join(", ");
-        }
-        tr.appendChild(td);
-      });
-      body.appendChild(tr);
-    });
+    table.appendChild(el("tbody"));
+    var pager = el("div", {"id": "pager"});
+    var prev = pager.appendChild(el("button", {"id": "page-prev", "type": "button"}, "\u2039 previous"));
+    pager.appendChild(el("span", {"id": "page-label"}));
+    var next = pager.appendChild(el("button", {"id": "page-next", "type": "button"}, "next \u203a"));
+    prev.addEventListener("click", function () { showPage(page - 1); remember(); });
+    next.addEventListener("click", function () { showPage(page + 1); remember(); });
+    table.parentNode.insertBefore(pager, table);
+    showPage(0);
   }
 
   buildCounts();
   buildTimeline();
   buildFailures();
   buildTerminals();
-  var wanted = /^#sort=(-?)([a-z_]+)$/.exec(window.location.hash);
-  if (wanted) { sortBy(wanted[2], wanted[1] === "-"); }
+  // #sort=KEY or #sort=-KEY (descending), and #page=N, joined with & (#sort=-duration_s&page=2).
+  var wanted = {};
+  window.location.hash.replace(/^#/, "").split("&").forEach(function (part) {
+    var pair = part.split("=");
+    if (pair.length === 2) { wanted[pair[0]] = pair[1]; }
+  });
+  var sort = /^(-?)([a-z_]+)$/.exec(wanted.sort || "");
+  if (sort) { sortBy(sort[2], sort[1] === "-"); }
+  if (/^[0-9]+$/.test(wanted.page || "")) { showPage(parseInt(wanted.page, 10) - 1); }
   document.body.setAttribute("data-ready", "true");
 }());
 """
@@ -472,7 +570,8 @@ def render_html(doc):
     else:
         halt = ""
     js = (_JS.replace("@@STATUSES@@", json.dumps(list(STATUSES)))
-          .replace("@@PROBLEMS@@", json.dumps(list(PROBLEM_STATUSES))))
+          .replace("@@PROBLEMS@@", json.dumps(list(PROBLEM_STATUSES)))
+          .replace("@@PAGESIZE@@", str(HTML_PAGE_SIZE)).replace("@@PERGROUP@@", str(HTML_PROBLEMS_PER_GROUP)))
     parts = {"CSS": _CSS, "JS": js, "META": meta_html, "HALT": halt, "TITLE": esc(title), "DATA": _script_json(doc)}
     # One pass: text put in is never scanned again, so no value can look like a placeholder.
     return re.sub(r"@@([A-Z]+)@@", lambda match: parts[match.group(1)], _PAGE)

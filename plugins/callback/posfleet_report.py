@@ -46,6 +46,17 @@ options:
     ini:
       - section: posfleet_report
         key: report_dir
+  console_terminals:
+    description:
+      - At the end of a run, the console lists at most this many terminals of each status and cause (for example
+        deferred by their window) with their reasons, then counts the others; the report files list every one.
+    default: 10
+    type: int
+    env:
+      - name: POSFLEET_CONSOLE_TERMINALS
+    ini:
+      - section: posfleet_report
+        key: console_terminals
   progress:
     description: Print the progress line.
     default: true
@@ -544,9 +555,8 @@ class CallbackModule(CallbackBase):
             display("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
         if doc["halted"]:
             display(f"posfleet: the rollout STOPPED: {doc['halt_reason']}", color="red")
-        for row in doc["terminals"]:
-            if row["status"] not in vocabulary.AT_RELEASE:
-                display(f"  {row['serial']} {row['status']}: {row['reason']}")
+        for line in posreport.console_problems(doc["terminals"], self.get_option("console_terminals")):
+            display(line)
         display(f"posfleet: report {os.path.join(run_dir, 'report.html')}")
         retry = [row for row in doc["terminals"]
                  if row["status"] in vocabulary.RETRY]

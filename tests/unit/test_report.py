@@ -273,14 +273,14 @@ class Dom(HTMLParser):
                 and (inside is None or any(parent["attrs"].get("id") == inside for parent in element["parents"]))]
 
 
-def dump_dom(page, tmp_path, fragment=""):
+def dump_dom(page, tmp_path, fragment="", timeout=60):
     """The DOM of a page after its scripts ran, from a real headless Chromium."""
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing: install Debian's chromium package to test report.html")
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.as_uri() + fragment]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return Dom(done.stdout)
 
@@ -347,6 +347,62 @@ def test_html_counts_an_unfit_terminal_and_lists_it_with_its_reason(tmp_path):
               if "data-serial" in element["attrs"]}
     assert sorted(listed) == ["KST00002", "KST00003"]
     assert listed["KST00002"]["attrs"]["data-status"] == "unfit" and UNFIT_REASON in listed["KST00002"]["text"]
+
+
+def big_fleet(size):
+    """A fleet of `size` terminals as a plan with every window closed leaves it, but for a few that failed."""
+    rows = []
+    for index in range(size):
+        serial = f"HRN{index:06d}"
+        if index % 10_000 == 7:
+            rows.append(row(serial, "heron_h5", "eu_west", 1, "failed", reason=f"verify: posd unhealthy ({index})",
+                            duration_s=float(index % 997)))
+        else:
+            rows.append(row(serial, "heron_h5", ("eu_west", "us_east", "ap_south")[index % 3], None, "deferred",
+                            deferred_by="window", reason="outside maintenance window 01:00-05:00",
+                            window_opens_at="2026-11-25T00:00:00Z", duration_s=float(index % 997)))
+    return rows
+
+
+def test_the_console_lists_a_few_terminals_of_each_cause_and_counts_the_rest():
+    rows = [*big_fleet(1_000), row("KST00001", "a80", "eu_west", 0, "updated")]
+    lines = report.console_problems(rows, per_group=3)
+    assert lines == [
+        "  HRN000000 deferred: outside maintenance window 01:00-05:00",
+        "  HRN000001 deferred: outside maintenance window 01:00-05:00",
+        "  HRN000002 deferred: outside maintenance window 01:00-05:00",
+        "  ... and 996 more deferred (deferred by window): every terminal is in report.csv",
+        "  HRN000007 failed: verify: posd unhealthy (7)",
+    ]
+
+
+def test_html_of_100000_terminals_opens_and_pages_through_every_terminal_sorted(tmp_path):
+    """issue 16: the report of a whole large fleet opens in a browser, a page of the terminals at a time."""
+    doc = make_doc(big_fleet(100_000), waves=[])
+    run = report.write_run(tmp_path / "reports", doc)
+    size = (run / "report.html").stat().st_size
+    assert size < 60 * 2**20, f"report.html of 100,000 terminals is {size / 2**20:.1f} MiB"
+    dom = dump_dom(run / "report.html", tmp_path, fragment="#sort=-duration_s&page=2", timeout=180)
+    assert dom.find("body", data_ready="true"), "the page's script did not run to its end"
+
+    (pager,) = dom.find("div", id="pager")
+    assert (pager["attrs"]["data-page"], pager["attrs"]["data-pages"]) == ("2", "200")
+    assert dom.find("span", id="page-label")[0]["text"] == "terminals 501\u20131000 of 100000 (page 2 of 200)"
+    shown = [element["attrs"]["data-serial"] for element in dom.find("tr", inside="terminals")
+             if "data-serial" in element["attrs"]]
+    assert len(shown) == report.HTML_PAGE_SIZE
+    # Page 2 of the whole fleet sorted by duration, longest first: rows 501 to 1000 of that order.
+    durations = sorted((value["duration_s"] for value in doc["terminals"]), reverse=True)
+    by_serial = {value["serial"]: value["duration_s"] for value in doc["terminals"]}
+    assert [by_serial[serial] for serial in shown] == durations[500:1000]
+
+    # The problems list: the ten failures, and the first terminals deferred by their window, then a count.
+    listed = [element for element in dom.find("tr", inside="failures") if "data-serial" in element["attrs"]]
+    assert sum(element["attrs"]["data-status"] == "failed" for element in listed) == 10
+    assert sum(element["attrs"]["data-status"] == "deferred" for element in listed) == report.HTML_PROBLEMS_PER_GROUP
+    (more,) = [element for element in dom.find("tr", inside="failures") if "data-more" in element["attrs"]]
+    assert int(more["attrs"]["data-more"]) == 99_990 - report.HTML_PROBLEMS_PER_GROUP
+    assert int(dom.find("td", data_scope="fleet", data_status="deferred")[0]["text"]) == 99_990
 
 
 # --- merging AWX slices ----------------------------------------------------------------------------
