@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import bundle_problems
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
     CommandTimeout,
-    atomic_symlink,
     dpkg_argv,
     read_text,
     run_bounded,
@@ -84,10 +84,8 @@ class BundleApp:
 
     def version(self):
         """The installed version (what `current` points at), or None."""
-        try:
-            return os.path.basename(os.readlink(terminal_path(os.path.join(APP_DIR, "current"))))
-        except OSError:
-            return None
+        version = versions.current(terminal_path(APP_DIR))
+        return os.path.basename(version) if version else None
 
     def present(self):
         """Whether the app is installed this way now."""
@@ -108,7 +106,7 @@ class BundleApp:
 
     def switch_back(self, version):
         """Make the kept `version` the running app's files again (posd still has to restart)."""
-        atomic_symlink(version, terminal_path(os.path.join(APP_DIR, "current")))
+        versions.switch(terminal_path(APP_DIR), version)
 
     def kept_download(self, version, sha256, size):
         """What an earlier run left that makes the download unnecessary (the version unpacked, intact)."""

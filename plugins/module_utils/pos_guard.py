@@ -48,12 +48,12 @@ import shutil
 import sys
 import time
 
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import pack_intact
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     PACKS_DIR,
     PosdError,
-    atomic_symlink,
     atomic_write,
     bound_by_deadline,
     deadline_passed,
@@ -77,7 +77,7 @@ HELD = (*ACTIVE, "holding")
 # How often a long step (a download) renews the lease while it runs.
 HEARTBEAT_S = 30.0
 # The module_utils the guard imports, installed beside it in the same package layout.
-GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_app", "pos_guard")
+GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_versions", "pos_app", "pos_guard")
 # The package the guard's modules are installed under, as the modules import each other.
 PACKAGE = "ansible_collections.posfleet.fleet.plugins.module_utils"
 COMMAND_TEXT = """#!/bin/sh
@@ -451,15 +451,11 @@ def _plan_undo(before):
         if not pack_version:
             continue
         base = terminal_path(os.path.join(PACKS_DIR, name))
-        try:
-            current = os.readlink(os.path.join(base, "current"))
-        except OSError:
-            current = None
-        if current == pack_version:
+        if versions.current(base) == pack_version:
             continue
         if pack_intact(os.path.join(base, pack_version), name, pack_version):
             switches.append(("pack %s %s" % (name, pack_version),
-                             lambda b=base, v=pack_version: atomic_symlink(v, os.path.join(b, "current"))))
+                             lambda b=base, v=pack_version: versions.switch(b, v)))
         else:
             problems.append("the %s pack's previous version %s is missing or damaged" % (name, pack_version))
     return switches, problems

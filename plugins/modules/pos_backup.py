@@ -192,6 +192,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
@@ -227,15 +228,14 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
 
 def pack_sources(module):
     """{snapshot path: terminal file} of every pack's current tree, and {pack: version or None}."""
-    sources, versions = {}, {}
+    sources, found = {}, {}
     for name in PACK_NAMES:
-        link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
-        if not os.path.lexists(link):
-            versions[name] = None
+        version = versions.current(terminal_path(os.path.join(PACKS_DIR, name)))
+        if version is None:
+            found[name] = None
             continue
-        base = os.path.realpath(link)
-        version = os.path.basename(base)
-        manifest = read_json(os.path.join(PACKS_DIR, name, "current", "PACK.json"), {}) or {}
+        base = terminal_path(os.path.join(PACKS_DIR, name, version))
+        manifest = read_json(os.path.join(PACKS_DIR, name, version, "PACK.json"), {}) or {}
         if not os.path.isdir(base):
             module.fail_json(msg="pack %s: %s/%s/current points to %s, which does not exist; fix or remove "
                              "the link before backing up" % (name, PACKS_DIR, name, version))
@@ -243,10 +243,10 @@ def pack_sources(module):
         if problems or str(manifest.get("version")) != version:
             module.warn("pack %s %s does not match its PACK.json (%s); it is backed up as it is"
                         % (name, version, "; ".join(problems) or "version differs from the directory name"))
-        versions[name] = version
+        found[name] = version
         for rel in tree_files(base):
             sources["packs/%s/%s/%s" % (name, version, rel)] = os.path.join(base, rel)
-    return sources, versions
+    return sources, found
 
 
 def tar_info(name, size, mtime):

@@ -149,6 +149,7 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant as merchant_pack
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
     check_pack_manifest,
@@ -183,7 +184,6 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     PACK_NAMES,
     PACKS_DIR,
     PosdError,
-    atomic_symlink,
     free_bytes,
     pack_versions,
     posd,
@@ -204,10 +204,7 @@ def intact(name, version):
 
 
 def current_target(name):
-    try:
-        return os.readlink(os.path.join(pack_base(name), "current"))
-    except OSError:
-        return None
+    return versions.current(pack_base(name))
 
 
 def check_specs(module, packs):
@@ -295,29 +292,6 @@ def stage_merchant(profile_bytes, version):
     with open(os.path.join(target, "PACK.json"), "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
     return target
-
-
-def move_into_place(name, version, staged):
-    """Rename <version>.staging to <version>, replacing a damaged directory of the same version."""
-    final = os.path.join(pack_base(name), version)
-    if os.path.lexists(final):
-        aside = final + ".old"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(final, aside)
-        os.rename(staged, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(staged, final)
-
-
-def prune(name, keep):
-    """Remove every version of a pack except those in `keep` (current and previous)."""
-    base = pack_base(name)
-    for entry in os.listdir(base):
-        path = os.path.join(base, entry)
-        if entry == "current" or entry in keep or os.path.islink(path) or not os.path.isdir(path):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def counters_now():
@@ -410,10 +384,10 @@ def main():
         # begin once it has put the terminal back (LeaseLost).
         with switching():
             for name, path in staged.items():
-                move_into_place(name, wanted[name], path)
+                versions.place(pack_base(name), wanted[name], path)
             # Every pack is in place and verified: only now switch, one rename per pack.
             for name in todo:
-                atomic_symlink(wanted[name], os.path.join(pack_base(name), "current"))
+                versions.switch(pack_base(name), wanted[name])
     except LeaseLost as error:
         for path in staged.values():
             shutil.rmtree(path, ignore_errors=True)
@@ -421,7 +395,7 @@ def main():
     except OSError as error:
         module.fail_json(msg="switching the data packs failed: %s" % error, changed=True, **result)
     for name in todo:
-        prune(name, {wanted[name], targets_before.get(name)})
+        versions.prune(pack_base(name), {wanted[name], targets_before.get(name)})
     for path in fetched:
         if os.path.exists(path):
             os.unlink(path)

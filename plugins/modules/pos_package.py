@@ -240,6 +240,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_delta_fetch as by_delta
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import (
     DPKG_BUILD_TIMEOUT,
     DPKG_READ_TIMEOUT,
@@ -282,7 +283,6 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     ROLLBACK_DIR,
     CommandTimeout,
     PosdError,
-    atomic_symlink,
     atomic_write,
     free_bytes,
     restart_posd,
@@ -297,25 +297,12 @@ CONTROL_FIELDS = ("Package", "Version", "Architecture", "Maintainer", "Section",
                   "Pre-Depends", "Recommends", "Description")
 
 
-def bundle_dirs():
-    """Version directories in /opt/pos/app (not `current`, not leftovers of an interrupted install)."""
-    base = terminal_path(APP_DIR)
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    return sorted(n for n in names if VERSION_RE.match(n) and not n.endswith((".staging", ".old"))
-                  and os.path.isdir(os.path.join(base, n)) and not os.path.islink(os.path.join(base, n)))
-
-
 def install_bundle(version, previous):
     """Switch `current` to the unpacked, verified version; keep the previous one, remove older ones."""
     base = terminal_path(APP_DIR)
     write_rollback_record({"previous_version": previous, "style": "bundle", "version": version})
-    atomic_symlink(version, os.path.join(base, "current"))
-    for name in bundle_dirs():
-        if name not in (version, previous):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    versions.switch(base, version)
+    versions.prune(base, {version, previous})
 
 
 def unpack_bundle(artifact, version):
@@ -338,14 +325,7 @@ def unpack_bundle(artifact, version):
         shutil.rmtree(staging, ignore_errors=True)
         raise ArchiveError("the app bundle %s does not match its MANIFEST.json: %s; the release is damaged, "
                            "republish it" % (version, problem))
-    if os.path.lexists(final):  # damaged (an intact one is never unpacked again): replace it
-        aside = final + ".old"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(final, aside)
-        os.rename(staging, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(staging, final)
+    versions.place(base, version, staging)
 
 
 def write_rollback_record(record):

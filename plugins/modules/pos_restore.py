@@ -131,6 +131,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
@@ -156,7 +157,6 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     STAGING_DIR,
     CommandTimeout,
     PosdError,
-    atomic_symlink,
     atomic_write,
     pack_versions,
     posd,
@@ -296,11 +296,9 @@ class Restore:
         for name, version in sorted(self.packs.items()):
             if version is None:
                 continue
-            link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
             base = terminal_path(os.path.join(PACKS_DIR, name, version))
             good = pack_intact(base, name, version)
-            current = os.readlink(link) if os.path.islink(link) else None
-            if current == version and good:
+            if versions.current(terminal_path(os.path.join(PACKS_DIR, name))) == version and good:
                 continue
             if not good and not any(m.startswith("packs/%s/%s/" % (name, version)) for m in self.members):
                 self.fail("cannot restore pack %s %s: it is not in the snapshot and %s/%s/%s is missing or "
@@ -506,12 +504,9 @@ class Restore:
                 result["journal"]["gap"] = gap
         try:
             for name, target in staged.items():
-                final = terminal_path(os.path.join(PACKS_DIR, name, pack_plan[name]["version"]))
-                if os.path.lexists(final):
-                    shutil.rmtree(final)
-                os.rename(target, final)
+                versions.place(terminal_path(os.path.join(PACKS_DIR, name)), pack_plan[name]["version"], target)
             for name, item in sorted(pack_plan.items()):
-                atomic_symlink(item["version"], terminal_path(os.path.join(PACKS_DIR, name, "current")))
+                versions.switch(terminal_path(os.path.join(PACKS_DIR, name)), item["version"])
         except OSError as error:
             self.fail("switching the packs back failed: %s" % error, changed=True, **result)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -541,9 +536,9 @@ class Restore:
         if installed != version:
             problems.append("app version is %s, not %s" % (installed, version))
         for name, item in pack_plan.items():
-            base = terminal_path(os.path.join(PACKS_DIR, name, "current"))
-            if os.path.basename(os.path.realpath(base)) != item["version"] or \
-                    not pack_intact(os.path.realpath(base), name, item["version"]):
+            base = terminal_path(os.path.join(PACKS_DIR, name))
+            if versions.current(base) != item["version"] or \
+                    not pack_intact(os.path.join(base, item["version"]), name, item["version"]):
                 problems.append("pack %s is not %s intact" % (name, item["version"]))
         try:
             conn = connect_ro(terminal_path(JOURNAL))

@@ -123,6 +123,7 @@ import os
 import sqlite3
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
     ArchiveError,
@@ -145,20 +146,19 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
 
 
 def check_pack(name, version):
-    link = terminal_path(os.path.join(PACKS_DIR, name, "current"))
-    try:
-        current = os.readlink(link)
-    except OSError:
+    base = terminal_path(os.path.join(PACKS_DIR, name))
+    current = versions.current(base)
+    if current is None:
         return False, "%s/%s/current is missing, wanted %s" % (PACKS_DIR, name, version)
     if current != version:
         return False, "current is %s, wanted %s" % (current, version)
     try:
-        manifest = read_pack_manifest(os.path.realpath(link), name)
+        manifest = read_pack_manifest(os.path.join(base, current), name)
     except ArchiveError as error:
         return False, str(error)
     if str(manifest["version"]) != version:
         return False, "PACK.json of %s says version %s" % (current, manifest["version"])
-    problems = verify_files(os.path.realpath(link), manifest["files"])
+    problems = verify_files(os.path.join(base, current), manifest["files"])
     if problems:
         return False, "; ".join(problems[:3])
     return True, "%s, %d files match PACK.json" % (version, len(manifest["files"]))
