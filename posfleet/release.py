@@ -941,8 +941,16 @@ def publish(root, repo_base, *, regions=(), all_regions=False, releases=(), pubk
     root = Path(root)
     targets = _targets(regions, all_regions, regions_file)
     releases = list(dict.fromkeys(releases)) or _built_releases(root)
-    files, finals, manifests = _publish_plan(root, releases, pubkey, models_file)
-    _refuse_conflicts(repo_base, targets, finals)
+    try:
+        files, finals, manifests = _publish_plan(root, releases, pubkey, models_file)
+        _refuse_conflicts(repo_base, targets, finals)
+    except ReleaseError as error:
+        # Refused before any distribution point was touched (a release that does not verify, or one already
+        # published there with other bytes): the attempt is on the trail all the same, as failed.
+        if audit_log and not dry_run:
+            _PublishTrail(audit_log, [(release, None) for release in releases], audit_user,
+                          awx_job_id).failed_everywhere(targets, repo_base, error)
+        raise
     trail = _PublishTrail(audit_log, manifests, audit_user, awx_job_id) if audit_log and not dry_run else None
     report = {}
     for region in targets:
@@ -966,8 +974,8 @@ class _PublishTrail:
 
     def __init__(self, path, manifests, user=None, awx_job_id=None):
         self.path = path
-        self.files = {release: set(artifacts(manifest)) | {f"releases/{release}/{SIGNATURE}",
-                                                           f"releases/{release}/{MANIFEST}"}
+        self.files = {release: (set(artifacts(manifest)) if manifest else set())
+                      | {f"releases/{release}/{SIGNATURE}", f"releases/{release}/{MANIFEST}"}
                       for release, manifest in manifests}
         now = datetime.datetime.now(datetime.timezone.utc)
         self.common = {"run_id": posreport.new_run_id(now, "publish"), "who": user or posreport.local_user(),
@@ -998,6 +1006,11 @@ class _PublishTrail:
         lines = [self._line(region, release, "failed", f"{base}: {error}") for release in self.files]
         with contextlib.suppress(OSError, posreport.ReportError):
             posreport.append_audit(self.path, lines)
+
+    def failed_everywhere(self, regions, repo_base, error):
+        """A publish refused before it touched any point: a failed line per release and point it was for."""
+        for region in regions:
+            self.failed(region, Path(repo_base) / region, f"refused before anything was copied: {error}")
 
 
 def _targets(regions, all_regions, regions_file):

@@ -325,3 +325,19 @@ def test_a_publication_logs_a_line_per_distribution_point(built, tmp_path, monke
                                                                                ("us_east", "failed")]
     assert "Permission denied" in lines[1]["reason"]
     assert {(line["who"], line["awx_job_id"]) for line in lines} == {("ops-carla", "88")}
+
+
+def test_a_publication_refused_before_any_distribution_point_is_logged_as_failed(built, tmp_path):
+    """A release tampered with after signing never reaches a point, and the attempt is on the trail."""
+    out, trail = tmp_path / "out", tmp_path / "audit.jsonl"
+    shutil.copytree(built / "out", out)
+    manifest = out / "releases" / RELEASE_ID / "manifest.yml"
+    manifest.write_text(manifest.read_text().replace("description: ", "description: x", 1))
+    with pytest.raises(posrelease.ReleaseError):
+        posrelease.publish(out, tmp_path / "repo", regions=["eu_west", "us_east"], audit_log=trail,
+                           pubkey=built / "keys" / "release.pub")
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").rglob("*.yml"))
+    lines = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [(line["distribution_point"], line["action"], line["status"], line["release"]) for line in lines] == [
+        ("eu_west", "publish", "failed", RELEASE_ID), ("us_east", "publish", "failed", RELEASE_ID)]
+    assert "refused before anything was copied" in lines[0]["reason"] and "signature" in lines[0]["reason"]
