@@ -209,7 +209,7 @@ def soak(seed, sales_target, max_rounds, out):
         made = ledger_mid["generated"] - ledger_before["generated"]
         sales += made
         second = [{"returncode": o.returncode,
-                   "stopped_at_start": "another posfleet run is going" in o.stdout}
+                   "stopped_at_start": "so this one stops before touching any terminal" in o.stdout}
                   for o in others]
         record = {"round": number + 1, "release": release, "seconds": took, "returncode": result.returncode,
                   "killed": striker.killed, "faults": striker.fired, "second_runs": second,
