@@ -147,9 +147,7 @@ def check_whole(before, after, release, dpkg_models):
     """What is wrong with the fleet after a round ({serial: problem}); {} when every terminal is whole."""
     problems = {}
     for serial, row in after.items():
-        manifest = release_manifest(release)["models"][row["model"]]
-        target = (manifest["app"]["version"], manifest["packs"]["params"]["version"],
-                  manifest["packs"]["catalog"]["version"], row["packs"].get("merchant"))
+        target = target_of(release, row)
         lease = lease_of(serial) or {}
         if versions(row) not in (versions(before[serial]), target):
             problems[serial] = f"a mix: {versions(row)}, neither {versions(before[serial])} nor {target}"

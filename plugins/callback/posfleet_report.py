@@ -74,6 +74,7 @@ import re
 import time
 
 from ansible.plugins.callback import CallbackBase
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_runs
 
 from posfleet import report as posreport
 from posfleet import statuses as vocabulary
@@ -369,12 +370,9 @@ class CallbackModule(CallbackBase):
         it, and every later run would warn of it as dead for a day)."""
         if self.runs_file:
             try:
-                os.unlink(self.runs_file)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                self._display.warning(f"posfleet_report: could not remove this run's file {self.runs_file}: "
-                                      f"{exc.strerror}; the next run will report it as dead")
+                posfleet_runs.forget(self.runs_file)
+            except posfleet_runs.RunsError as exc:
+                self._display.warning(f"posfleet_report: {exc}; the next run will report this run as dead")
 
     def _report_dir(self):
         return self.get_option("report_dir") or os.path.abspath("reports")

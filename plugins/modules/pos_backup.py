@@ -222,6 +222,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     free_bytes,
     read_json,
     sha256_file,
+    stamp,
     terminal_path,
 )
 
@@ -339,7 +340,7 @@ def main():
     sources.update(kept)
     deb = next(iter(kept), None)
     record = {"version": version, "style": style, "release": module.params["release"], "deb": deb,
-              "serial": identity.get("serial"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "serial": identity.get("serial"), "created": stamp(time.time())}
     dest = terminal_path(dest_param)
     path = os.path.join(dest_param, "snapshot.tar")
     estimate = sum(os.path.getsize(p) for p in sources.values()) + os.path.getsize(journal)

@@ -163,6 +163,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     posd_pid,
     read_json,
     restart_posd,
+    stamp,
     stop_posd,
     terminal_path,
     wait_posd_ready,
@@ -494,7 +495,7 @@ class Restore:
             else:
                 result["counters_after"] = raise_counters(prepared, floor)
             gap = gap_record(prepared, "pos_restore from %s: numbers issued after the snapshot are not reused"
-                             % self.params["src"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                             % self.params["src"], stamp(time.time()))
             if action != "counters":
                 result["journal"]["action"] = self.restore_journal(prepared, action)
             if gap:

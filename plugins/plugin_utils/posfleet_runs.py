@@ -176,7 +176,12 @@ def register(runs_dir, run):
 
 def finish(runs_dir, run_id):
     """Remove this run's file; True when it was there."""
-    return _remove(_path(runs_dir, run_id))
+    return forget(_path(runs_dir, run_id))
+
+
+def forget(path):
+    """Remove a run's file by its path (pos_run's `runs_file`); True when it was there. RunsError otherwise."""
+    return _remove(path)
 
 
 def _remove(path):
