@@ -73,6 +73,9 @@ MAX_WAIT_S = 3600.0  # upper bound for any timeout a client asks for
 # while this unit runs one of the app versions listed, like a hardware fault that only a new
 # release's self-test exercises. A real terminal has no such file.
 SIM_SELFTEST_FAIL = "/var/lib/possim/selftest-fail"
+# `poslab fault SERIAL slow-reload SECONDS`: each reload asked for takes that much longer, as on a
+# terminal starved of CPU or with slow flash.
+SIM_SLOW_RELOAD = "/var/lib/possim/slow-reload"
 
 
 def root_path(path):
@@ -963,6 +966,11 @@ def op_upload(app, request):
 
 
 def op_reload(app, request):
+    try:
+        with open(root_path(SIM_SLOW_RELOAD), encoding="utf-8") as handle:
+            time.sleep(min(float(handle.read().strip() or 0), MAX_WAIT_S))
+    except (OSError, ValueError):
+        pass
     app.reload()
     healthy, detail = app.health()
     return {"ok": True, "packs": app.pack_versions(), "healthy": healthy, "health_detail": detail}

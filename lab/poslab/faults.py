@@ -33,9 +33,12 @@ KINDS = {
                  "script that never returns would; it hangs once (the rollback's dpkg after it works); "
                  "`dpkg-hang off` lifts it unfired",
     "selftest-fail": "make posd's self-test fail while it runs app VERSION; `selftest-fail off` lifts it",
+    "slow-reload": "posd takes SECONDS longer to answer each reload of its packs, as a terminal short of CPU "
+                   "does; `slow-reload off` lifts it",
 }
 BALLAST = "/var/lib/pos/.poslab-ballast"
 SELFTEST_FAIL = "/var/lib/possim/selftest-fail"  # read by posd's self_check
+SLOW_RELOAD = "/var/lib/possim/slow-reload"  # read by posd's op_reload
 # A dpkg invoke hook (dpkg.cfg.d, read by every dpkg run on the terminal) that deletes itself and sleeps.
 DPKG_HANG = "/etc/dpkg/dpkg.cfg.d/zz-poslab-hang"
 
@@ -95,6 +98,13 @@ def apply(terminal, kind, args):
         else:
             term.run_in(terminal, ["sh", "-c", f'mkdir -p /var/lib/possim && echo "$1" > {SELFTEST_FAIL}', "sh",
                                    version])
+    elif kind == "slow-reload":
+        seconds = need(args, "SECONDS, or off")
+        if seconds == "off":
+            term.run_in(terminal, ["rm", "-f", SLOW_RELOAD])
+        else:
+            term.run_in(terminal, ["sh", "-c", f'mkdir -p /var/lib/possim && echo "$1" > {SLOW_RELOAD}', "sh",
+                                   str(float(seconds))])
     elif kind == "battery":
         pct = int(need(args, "PCT"))
         charging = "1" if "charging" in args[1:] else "0"

@@ -230,6 +230,13 @@ def deadline_passed(now=None):
     return _DEADLINE[0] is not None and now >= _DEADLINE[0]
 
 
+def within_deadline(seconds):
+    """`seconds`, or what is left of the update's deadline when that is less (never below one second)."""
+    if _DEADLINE[0] is None:
+        return seconds
+    return max(1.0, min(seconds, _DEADLINE[0] - time.time()))
+
+
 def run_bounded(argv, timeout, leaves, what=None, merge_output=False):
     """Run `argv` (a list, no shell) for at most `timeout` seconds; (rc, stdout, stderr) as text.
 

@@ -55,6 +55,14 @@ options:
     description: Ask posd to reload its packs after the switch.
     type: bool
     default: true
+  reload_timeout:
+    description:
+      - Seconds to wait for posd to answer the reload (reading and checking every pack). The update's deadline
+        bounds the wait too.
+      - A terminal short of CPU can take well over a sale's time to reload; giving up early rolls back a terminal
+        that was about to be updated.
+    type: float
+    default: 120
   delta:
     description: Use a pack's deltas when the terminal has a base for one; C(false) always downloads the full archive.
     type: bool
@@ -188,6 +196,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     pack_versions,
     posd,
     terminal_path,
+    within_deadline,
 )
 
 RELEASE_PACKS = ("params", "catalog")
@@ -310,6 +319,7 @@ def main():
             timeout=dict(type="float", default=60.0),
             **DOWNLOAD_OPTIONS,
             reload=dict(type="bool", default=True),
+            reload_timeout=dict(type="float", default=120.0),
             delta=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
@@ -403,7 +413,7 @@ def main():
 
     if module.params["reload"]:
         try:
-            answer = posd("reload")
+            answer = posd("reload", timeout=within_deadline(module.params["reload_timeout"]))
         except PosdError as error:
             module.fail_json(msg="the packs are switched but posd did not reload them: %s" % error,
                              changed=True, **result)

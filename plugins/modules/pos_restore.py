@@ -520,7 +520,7 @@ class Restore:
                               % (status.get("app_version"), version), changed=True, **result)
             elif pack_plan and result["journal"]["action"] != "replaced":
                 try:
-                    posd("reload")
+                    posd("reload", timeout=self.params["timeout"])
                 except PosdError as error:
                     module.warn("posd did not reload the restored packs (%s); it reads them when it starts"
                                 % error)

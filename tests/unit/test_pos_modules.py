@@ -516,6 +516,25 @@ def test_data_sync_fails_when_posd_refuses_the_new_pack_or_is_down(make_terminal
     assert down["msg"].startswith("the packs are switched but posd did not reload them: cannot talk to posd")
 
 
+def test_data_sync_waits_for_a_posd_slow_to_reload(make_terminal, run_module, dist):
+    """A terminal short of CPU answers the reload late; waiting for it updates the terminal, giving up rolls it back."""
+    terminal = make_terminal()
+    slow = terminal.path("/var/lib/possim/slow-reload")
+    slow.parent.mkdir(parents=True, exist_ok=True)
+    slow.write_text("3")
+    specs = publish_packs(dist, terminal, versions={"catalog": "2026.11.0"})
+
+    impatient = run_module("pos_data_sync", sync_args(specs, reload_timeout=1), terminal.root)
+    assert impatient["failed"] and impatient["changed"], impatient  # switched: the update goes to rollback
+    assert impatient["msg"].startswith("the packs are switched but posd did not reload them"), impatient["msg"]
+
+    slow.write_text("12")  # longer than the 10 s the reload used to be given
+    specs = publish_packs(dist, terminal, versions={"catalog": "2026.12.0"})
+    patient = run_module("pos_data_sync", sync_args(specs), terminal.root)
+    assert patient["changed"] and not patient.get("failed"), patient
+    assert terminal.status()["packs"]["catalog"] == "2026.12.0"
+
+
 # --- pos_verify ------------------------------------------------------------------------------------
 
 
