@@ -89,7 +89,7 @@ RUN_ENDED = ("the run ended before its batch started (Ansible stops a play when 
              "fails or is unreachable)")
 HOST_FACTS = ("pos_update_status", "pos_update_reason", "pos_update_deferred_by", "pos_update_before",
               "pos_update_target", "pos_update_started", "pos_update_window")
-RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets")
+RUN_FACTS = ("update_settings", "update_plan", "update_halt", "update_targets", "update_fleet")
 # The run's own record (id, by, control_node, started), set early in the run on localhost and on every
 # terminal: its id names the report and every audit line.
 RUN_FACT = "posfleet_run"
@@ -217,6 +217,8 @@ class CallbackModule(CallbackBase):
         for key in RUN_FACTS:
             if key in facts:
                 self.run[key] = facts[key]
+        if isinstance(facts.get("update_fleet"), dict):
+            self._deferred_without_contact(facts["update_fleet"])
         if delegated:
             return
         mine = {key: facts[key] for key in HOST_FACTS if key in facts}
@@ -240,6 +242,14 @@ class CallbackModule(CallbackBase):
             if isinstance(wave, int):
                 self.waves_seen.setdefault(wave, [_now(), None])[1] = _now()
             self._progress(serial)
+
+    def _deferred_without_contact(self, fleet):
+        """The terminals pos_fleet_survey deferred by their window: no task ever runs on them."""
+        windows = fleet.get("windows") or {}
+        for serial, key in (fleet.get("deferred") or {}).items():
+            window = windows.get(key) or {}
+            self.hosts[str(serial)] = {"pos_update_status": vocabulary.DEFERRED, "pos_update_deferred_by": "window",
+                                       "pos_update_reason": window.get("reason"), "pos_update_window": window}
 
     def _wave(self, serial):
         """The terminal's wave index from the plan's wave_of, or None (not planned into a wave)."""

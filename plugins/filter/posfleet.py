@@ -11,8 +11,6 @@ import os
 import yaml
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
-from posfleet import statuses
-
 
 def _terminal(hostvars, host):
     return (hostvars.get(host) or {}).get("pos_terminal")
@@ -62,17 +60,6 @@ def pos_table(rows, columns):
 def pos_pack_urls(packs, base):
     """The manifest's packs with each relative artifact URL made absolute against a distribution point."""
     return {name: dict(pack, url="%s/%s" % (base.rstrip("/"), pack["url"].lstrip("/"))) for name, pack in packs.items()}
-
-
-def pos_update_problems(hostvars, hosts):
-    """One line per terminal that did not end current or updated: serial, status and the reason."""
-    lines = []
-    for host in sorted(hosts):
-        variables = hostvars.get(host) or {}
-        status = variables.get("pos_update_status", statuses.UNREACHABLE)
-        if status not in statuses.AT_RELEASE:
-            lines.append("%s %s: %s" % (host, status, variables.get("pos_update_reason") or "no answer"))
-    return lines
 
 
 def pos_drift_report(hostvars, hosts):
@@ -130,5 +117,5 @@ class FilterModule:
     def filters(self):
         return {"pos_fleet_summary": pos_fleet_summary, "pos_table": pos_table,
                 "pos_release_target": survey.release_target, "pos_pack_urls": pos_pack_urls,
-                "pos_update_problems": pos_update_problems, "pos_drift_report": pos_drift_report,
+                "pos_drift_report": pos_drift_report,
                 "pos_role_options": pos_role_options}

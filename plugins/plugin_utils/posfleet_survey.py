@@ -68,3 +68,26 @@ def window_reason(state):
     """Why a terminal outside its window (a window() result) is deferred, with when the window opens next."""
     return (f"outside its maintenance window {state['window']} ({state['timezone']}, {state['source']}); "
             f"it opens next at {state['opens_at_local']}")
+
+
+def fleet_windows(terminals, clock_utc=""):
+    """The window decision for many terminals at once, each window computed once.
+
+    terminals: (serial, region_settings, override) for every terminal of the run. Returns {"contact":
+    [serial, ...] (the terminals whose window is open, in the order given), "windows": {key: window()
+    result with its `reason`} (one per region, and per distinct override), "deferred": {serial: key}}: a
+    deferred terminal costs the run no worker and is never contacted (docs/performance.md).
+    """
+    now = clock_utc or datetime.datetime.now(datetime.timezone.utc)
+    contact, windows, deferred = [], {}, {}
+    for serial, region_settings, override in terminals:
+        name = region_settings.get("name", "?") if isinstance(region_settings, Mapping) else "?"
+        key = name if override is None else f"{name} {override}"
+        if key not in windows:
+            state = window(region_settings, now, override)
+            windows[key] = dict(state, reason=None if state["open"] else window_reason(state))
+        if windows[key]["open"]:
+            contact.append(serial)
+        else:
+            deferred[serial] = key
+    return {"contact": contact, "windows": windows, "deferred": deferred}

@@ -1,8 +1,11 @@
 """The decisions the playbooks take through posfleet's filters, and the readiness rule behind the survey."""
 
+import pytest
+from ansible.errors import AnsibleFilterError
 from ansible_collections.posfleet.fleet.plugins.filter import posfleet as filters
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_merchant
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_readiness import readiness
+from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
 from posfleet import statuses
 
@@ -62,21 +65,28 @@ def test_a_release_larger_than_the_model_flash_is_unfit_and_a_full_flash_is_defe
     assert verdict()["status"] == statuses.GO
 
 
-def test_problems_list_an_unfit_terminal_with_its_reason():
-    hostvars = {"A": {"pos_update_status": "unfit", "pos_update_reason": "the release needs 70 MB of flash"},
-                "B": {"pos_update_status": "current"}}
-    assert filters.pos_update_problems(hostvars, ["A", "B"]) == ["A unfit: the release needs 70 MB of flash"]
+def test_the_fleet_survey_computes_each_window_once_and_defers_without_contact():
+    """Europe's windows closed and New York's open (05:00 UTC), one London terminal with its own window."""
+    london = {"name": "eu_west", "timezone": "Europe/London", "maintenance_window": "01:00-05:00"}
+    berlin = {"name": "eu_central", "timezone": "Europe/Berlin", "maintenance_window": "02:00-05:30"}
+    new_york = {"name": "us_east", "timezone": "America/New_York", "maintenance_window": "23:30-04:00"}
+    fleet = survey.fleet_windows([("W1", london, None), ("N1", new_york, None), ("W2", london, "04:30-06:00"),
+                                  ("C1", berlin, None), ("W3", london, None)], "2026-11-25T05:00:00Z")
+    assert fleet["contact"] == ["N1", "W2"], "in the order given: the plan's order does not depend on it"
+    assert fleet["deferred"] == {"W1": "eu_west", "C1": "eu_central", "W3": "eu_west"}
+    assert sorted(fleet["windows"]) == ["eu_central", "eu_west", "eu_west 04:30-06:00", "us_east"]
+    closed = fleet["windows"]["eu_west"]
+    assert closed["opens_at_utc"] == "2026-11-26T01:00:00+00:00", "London's window closed at 05:00: the next night's"
+    assert closed["reason"] == survey.window_reason(closed)
+    assert "01:00-05:00 (Europe/London, region)" in closed["reason"]
+    own = fleet["windows"]["eu_west 04:30-06:00"]
+    assert own["open"] and own["source"] == "override" and own["reason"] is None
 
 
-def test_problems_name_every_terminal_not_current_or_updated():
-    hostvars = {
-        "A": {"pos_model": "m", "pos_region": "r", "pos_update_status": "updated"},
-        "B": {"pos_model": "m", "pos_region": "r", "pos_update_status": "rolled_back"},
-        "C": {"pos_model": "m", "pos_region": "r", "pos_update_status": "go"},
-        "D": {"pos_model": "m", "pos_region": "r"},
-    }
-    assert filters.pos_update_problems(hostvars, ["A", "B", "C", "D"]) == [
-        "B rolled_back: no answer", "C go: no answer", "D unreachable: no answer"]
+def test_the_fleet_survey_names_the_region_with_a_broken_window():
+    broken = {"name": "eu_west", "timezone": "Europe/London", "maintenance_window": "25:00-26:00"}
+    with pytest.raises(AnsibleFilterError, match="region eu_west"):
+        survey.fleet_windows([("W1", broken, None)], "2026-11-25T05:00:00Z")
 
 
 def test_drift_report_lists_terminals_that_could_not_be_audited():
