@@ -1,7 +1,7 @@
 """Releases on the control node: build, sign, verify and publish (docs/releases.md).
 
     posfleet-release keygen  --out DIR
-    posfleet-release build   --spec SPEC.yml --out DIR [--dry-run]
+    posfleet-release build   --spec SPEC.yml --out DIR [--debs DIR] [--dry-run]
     posfleet-release sign    --release DIR/releases/ID --key release.key [--dry-run]
     posfleet-release verify  --release DIR/releases/ID --pubkey release.pub [--root DIR]
     posfleet-release publish --root DIR --repo BASE (--region NAME... | --all-regions) [--release ID...]
@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jsonschema import Draft202012Validator, validators
 
-from posfleet import packs
+from posfleet import debs, packs
 from posfleet import report as posreport
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,13 @@ SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "x-expected": "64 hex c
 URL = {"type": "string", "pattern": r"^pool/[0-9a-f]{64}/[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$",
        "x-expected": "pool/<sha256>/<file name>, relative to the distribution point root"}
 SIZE = {"type": "integer", "minimum": 1}
+# OS packages are named and versioned as Debian does (posfleet.debs owns the patterns).
+DEB_NAME = {"type": "string", "pattern": debs.NAME_PATTERN,
+            "x-expected": "a Debian package name (lower case letters, digits, + - ., at least two characters)"}
+DEB_VERSION = {"type": "string", "pattern": debs.VERSION_PATTERN,
+               "x-expected": "a Debian version like 3.0.17-1~deb12u2 or 1:1.2.13 ([epoch:]upstream[-revision], "
+                             "a digit first)"}
+DEB_ARCH = {"type": "string", "pattern": debs.ARCH_PATTERN, "x-expected": "a Debian architecture like amd64 or all"}
 
 
 def _artifact(optional=None, **fields):
@@ -104,6 +112,10 @@ DELTA_FIELDS = {"tar_sha256": SHA256, "tar_size": SIZE, "deltas": {"type": "arra
 PACK = dict(_artifact(version=VERSION, optional=DELTA_FIELDS), dependentRequired={"deltas": ["tar_sha256", "tar_size"]})
 APP = dict(_artifact(version=VERSION, style={"enum": sorted(APP_FILES)}, optional=DELTA_FIELDS),
            dependentRequired={"deltas": ["tar_sha256", "tar_size"]})
+# One .deb of a model's OS package set. installed_size_kb is the package's Installed-Size: with `size`
+# it is what the set takes on flash (storage_mb), and the terminal side's own free-space check can use it.
+OS_PACKAGE = _artifact(name=DEB_NAME, version=DEB_VERSION, arch=DEB_ARCH,
+                       installed_size_kb={"type": "integer", "minimum": 0})
 
 
 MANIFEST_SCHEMA = {
@@ -127,11 +139,16 @@ MANIFEST_SCHEMA = {
                               "properties": {name: PACK for name in PACK_NAMES}},
                     "reboot": {"type": "boolean"},
                     "storage_mb": {"type": "integer", "minimum": 1},
+                    # Only for a model whose profile takes OS updates (os.updates: dpkg); sorted by name.
+                    "os_packages": {"type": "array", "items": OS_PACKAGE, "minItems": 1},
                 },
             },
         },
     },
 }
+
+# A spec's OS packages: {Debian package name: exact version}.
+OS_PACKAGE_SET = {"type": "object", "minProperties": 1, "propertyNames": DEB_NAME, "additionalProperties": DEB_VERSION}
 
 SPEC_SCHEMA = {
     "type": "object",
@@ -174,7 +191,34 @@ SPEC_SCHEMA = {
         },
         "reboot": {"type": ["boolean", "object"], "propertyNames": MODEL_NAME,
                    "additionalProperties": {"type": "boolean"}},
+        "os_packages": {
+            "type": "object", "additionalProperties": False, "minProperties": 1,
+            "properties": {
+                "all": OS_PACKAGE_SET,  # every model of the release that takes OS updates
+                # per model: more packages, or another version of one `all` names
+                "models": {"type": "object", "minProperties": 1, "propertyNames": MODEL_NAME,
+                           "additionalProperties": OS_PACKAGE_SET},
+            },
+        },
     },
+}
+
+# How a model takes OS updates: its profile's `os` mapping in the models file (docs/inventory.md).
+OS_UPDATES = ("dpkg", "none")
+OS_PROFILE = {
+    "type": "object",
+    "properties": {"os": {
+        "type": "object", "additionalProperties": False, "required": ["updates"],
+        "properties": {
+            "updates": {"enum": list(OS_UPDATES)},
+            # the model's factory list (posfleet.debs has the format): relative to the models file
+            "factory": {"type": "string", "minLength": 1},
+            "reboot_packages": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+            "restart_after": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+        },
+        "if": {"properties": {"updates": {"const": "dpkg"}}},
+        "then": {"required": ["factory"]},
+    }},
 }
 
 TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
@@ -505,16 +549,38 @@ def validate_manifest(manifest, profiles=None, what=MANIFEST, partial=False):
                               "(only bundles are sent as deltas)")
             if not entry["app"]["url"].endswith(APP_SUFFIX[style]):
                 errors.append(f"models.{model}.app.url: a {style} app must be a {APP_SUFFIX[style]} file")
+            errors += _os_package_errors(model, entry.get("os_packages", []))
             if profiles is not None:
                 if model not in profiles:
                     if not partial:
                         errors.append(f"models.{model}: not a model in {_source(profiles)}")
-                elif profiles[model].get("package_style") != style:
+                    continue
+                if profiles[model].get("package_style") != style:
                     errors.append(f"models.{model}.app.style: {style}, but the model profile's package_style "
                                   f"is {profiles[model].get('package_style')}")
+                if "os_packages" in entry and os_updates(profiles[model]) != "dpkg":
+                    errors.append(f"models.{model}.os_packages: the model takes no OS updates (its profile in "
+                                  f"{_source(profiles)} has no os.updates: dpkg)")
     if errors:
         raise ReleaseError(f"{what}: " + "; ".join(errors))
     return manifest
+
+
+def _os_package_errors(model, entries):
+    """A model's OS packages: each a .deb, sorted by name, each name once (one version per package)."""
+    errors = []
+    names = [item["name"] for item in entries]
+    if names != sorted(set(names)):
+        errors.append(f"models.{model}.os_packages: expected each package once, sorted by name")
+    errors += [f"models.{model}.os_packages.{index}.url: an OS package must be a .deb file"
+               for index, item in enumerate(entries) if not item["url"].endswith(".deb")]
+    return errors
+
+
+def os_updates(profile):
+    """How a model takes OS updates: `dpkg`, or `none` (also for a profile without an `os` mapping)."""
+    os_profile = profile.get("os")
+    return os_profile.get("updates", "none") if isinstance(os_profile, dict) else "none"
 
 
 def parse_manifest(manifest_bytes, profiles=None, what=MANIFEST, partial=False):
@@ -547,12 +613,14 @@ def check_location(manifest, location, what=MANIFEST):
 
 
 def _artifact_items(model, entry):
-    """[(field path, entry)] of every downloadable file of one model: app, packs and their deltas."""
+    """[(field path, entry)] of every downloadable file of one model: app, packs, their deltas and the
+    OS packages."""
     items = []
     for path, item in [(f"models.{model}.app", entry["app"])] + [
             (f"models.{model}.packs.{name}", pack) for name, pack in entry["packs"].items()]:
         items.append((path, item))
         items += [(f"{path}.deltas.{index}", delta) for index, delta in enumerate(item.get("deltas", []))]
+    items += [(f"models.{model}.os_packages.{index}", item) for index, item in enumerate(entry.get("os_packages", []))]
     return items
 
 
@@ -630,14 +698,30 @@ def load_spec(path, profiles):
         named = [("models", m) for m in spec.get("models", [])]
         named += [("app.versions", m) for m in spec["app"].get("versions", {})]
         named += [("reboot", m) for m in spec["reboot"]] if isinstance(spec.get("reboot"), dict) else []
+        named += [("os_packages.models", m) for m in spec.get("os_packages", {}).get("models", {})]
         for field, model in named:
             if model not in profiles:
                 errors.append(f"{field}.{model}: not a model in {_source(profiles)}")
             elif model not in models:
                 errors.append(f"{field}.{model}: not one of the release's models")
+        if not errors:
+            check_os_profiles(profiles, models)
+            per_model = spec.get("os_packages", {}).get("models", {})
+            errors += [f"os_packages.models.{model}: the model takes no OS updates (its profile in "
+                       f"{_source(profiles)} has no os.updates: dpkg); leave it out"
+                       for model in per_model if os_updates(profiles[model]) != "dpkg"]
     if errors:
         raise ReleaseError(f"{path}: " + "; ".join(errors))
     return spec
+
+
+def check_os_profiles(profiles, models):
+    """Raise unless each model's `os` mapping (if it has one) follows OS_PROFILE, naming the models file."""
+    errors = [f"models.{model}.{line}" for model in models if "os" in profiles[model]
+              for line in schema_errors(OS_PROFILE, {"os": profiles[model]["os"]})]
+    if errors:
+        raise ReleaseError(f"{_source(profiles)}: " + "; ".join(errors)
+                           + " (see docs/inventory.md, OS updates in a model profile)")
 
 
 def _build_app(version, broken, out_dir):
@@ -759,9 +843,10 @@ def _delta_entry(item, **fields):
     return entry
 
 
-def storage_needed(style, app, pack_artifacts):
-    download = app["size"] + sum(item["size"] for item in pack_artifacts)
-    unpacked = app["unpacked"] + sum(item["unpacked"] for item in pack_artifacts)
+def storage_needed(style, app, pack_artifacts, os_debs=()):
+    """Free flash (MiB) a model's update needs; `os_debs` count their .deb and their Installed-Size."""
+    download = app["size"] + sum(item["size"] for item in [*pack_artifacts, *os_debs])
+    unpacked = app["unpacked"] + sum(item["unpacked"] for item in [*pack_artifacts, *os_debs])
     kept = app["size"] if style == "dpkg" else 0
     # A delta is applied to the tar of the installed version, rebuilt in staging, and writes the new tar
     # beside it: two tars more than a full download needs (the delta itself is smaller than the archive).
@@ -778,22 +863,204 @@ def _created(spec):
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
+# --- OS packages -----------------------------------------------------------------------------------
+# A release may pin Debian packages per model (spec `os_packages`). The build takes each .deb from the
+# apt sources this machine uses or from a directory (--debs), checks that the model's set can be
+# installed on what the model has (its factory list, posfleet.debs), and pins each in the model's
+# manifest entry by sha256 and size, in the pool like every other artifact.
+
+# apt-get download fetches one package; past this something is stuck (a mirror that does not answer).
+APT_TIMEOUT = 900
+
+
+def _read_deb(path):
+    try:
+        return debs.read_deb(path)
+    except debs.DebError as exc:
+        raise ReleaseError(str(exc)) from None
+
+
+class _AptDownload:
+    """.debs from the apt sources this machine already uses: `apt-get download NAME=VERSION`, run as the
+    build's user into the build's temporary directory (no root needed, nothing installed)."""
+
+    where = "apt-get download"
+
+    def __init__(self, work):
+        self.work = Path(work)
+        self.downloads = 0
+
+    def debs(self, name, version):
+        """[(path, debs.Package)] of NAME at VERSION: the one .deb apt chooses for this machine."""
+        self.downloads += 1
+        target = self.work / str(self.downloads)  # a directory per download: what appears there is that package
+        target.mkdir(parents=True)
+        command = ["apt-get", "download", "--quiet", f"{name}={version}"]
+        advice = (f"`apt-cache policy {name}` shows the versions this control node's apt sources offer (a Debian "
+                  "mirror keeps only the newest version of each suite); or give the .debs with --debs DIR")
+        try:
+            result = subprocess.run(command, cwd=target, capture_output=True, text=True, check=False,
+                                    timeout=APT_TIMEOUT)
+        except FileNotFoundError:
+            raise ReleaseError(f"cannot download {name} {version}: apt-get is not installed on this control "
+                               "node; give the .debs with --debs DIR") from None
+        except subprocess.TimeoutExpired:
+            raise ReleaseError(f"apt-get download {name}={version} took more than {APT_TIMEOUT} s; {advice}") from None
+        if result.returncode != 0:
+            errors = [line for line in result.stderr.splitlines() if line.startswith("E:")]
+            reason = " ".join(errors) or result.stderr.strip() or f"apt-get exited with {result.returncode}"
+            raise ReleaseError(f"cannot download {name} {version} with apt-get download: {reason}; {advice}")
+        found = [(path, _read_deb(path)) for path in sorted(target.glob("*.deb"))]
+        found = [(path, package) for path, package in found if (package.name, package.version) == (name, version)]
+        if not found:
+            raise ReleaseError(f"apt-get download {name}={version} gave no .deb of {name} {version}; {advice}")
+        return found
+
+
+class _DebDirectory:
+    """.debs from a directory, for a site whose control node reaches no mirror: files named as Debian names
+    them (NAME_VERSION_ARCH.deb, as apt-get download and the archive's pool do), anywhere below it."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.where = str(self.directory)
+        if not self.directory.is_dir():
+            raise ReleaseError(f"--debs {directory}: not a directory")
+
+    def debs(self, name, version):
+        """[(path, debs.Package)] of every .deb below the directory that holds NAME at VERSION."""
+        found = []
+        for path in sorted(self.directory.rglob(f"{name}_*.deb")):
+            package = _read_deb(path)
+            if (package.name, package.version) == (name, version):
+                found.append((path, package))
+        if not found:
+            raise ReleaseError(f"no .deb of {name} {version} in {self.directory}: put {name}_<version>_<arch>.deb "
+                               "there (apt-get download names it so), or build where apt reaches a mirror "
+                               "(without --debs)")
+        return found
+
+
+def _os_package_sets(spec, profiles, models):
+    """({model: {name: version}}, {model: why it gets no OS packages}) from the spec's os_packages."""
+    wanted = spec.get("os_packages") or {}
+    sets, left_out = {}, {}
+    for model in models:
+        chosen = dict(wanted.get("all", {}), **wanted.get("models", {}).get(model, {}))
+        if not chosen:
+            continue
+        if os_updates(profiles[model]) == "dpkg":
+            sets[model] = chosen
+        else:
+            left_out[model] = (f"takes no OS updates (its profile in {_source(profiles)} has no os.updates: dpkg): "
+                               "posfleet leaves its OS alone")
+    return sets, left_out
+
+
+def factory_list(profiles, model):
+    """The path of a model's factory list: its profile's os.factory, relative to the models file."""
+    return Path(_source(profiles)).parent / profiles[model]["os"]["factory"]
+
+
+def _installed(profiles, model):
+    path = factory_list(profiles, model)
+    try:
+        return debs.read_installed(path)
+    except debs.DebError as exc:
+        raise ReleaseError(f"{model}: the model's factory list: {exc}; os.factory in {_source(profiles)} names "
+                           "the list of packages the model's image has installed (docs/inventory.md, OS "
+                           "updates in a model profile)") from None
+
+
+def _deb_file_name(package):
+    """Debian's own file name for a package, NAME_VERSION_ARCH.deb (no epoch, as the archive names it)."""
+    return f"{package.name}_{package.version.partition(':')[2] or package.version}_{package.architecture}.deb"
+
+
+def _deb_artifact(path, package):
+    """The pool artifact of a .deb. Its unpacked size is the package's Installed-Size (what dpkg will
+    write), or its data.tar's files for a package that does not declare one."""
+    kb = package.installed_size_kb
+    if kb is None:
+        kb = math.ceil(unpacked_size(path) / 1024)
+    return dict(_describe_file(path, kb * 1024), name=_deb_file_name(package), package=package,
+                installed_size_kb=kb)
+
+
+def _choose(candidates, architectures, model):
+    """The one .deb of a package that fits a model's architectures; when none fits, the first, so that the
+    installability check says which architecture it is built for."""
+    fitting = [(path, package) for path, package in candidates
+               if package.architecture in architectures | {debs.ALL}]
+    by_content = {sha256_file(path): (path, package) for path, package in fitting or candidates[:1]}
+    if len(by_content) > 1:
+        paths = ", ".join(str(path) for path, _ in by_content.values())
+        raise ReleaseError(f"{model}: different .debs of the same package and version: {paths}; keep one")
+    return next(iter(by_content.values()))
+
+
+def _os_packages(sets, profiles, source):
+    """{model: [.deb artifact]} sorted by name: each model's set fetched once per package and version from
+    `source`, and checked installable on the model. The error names every unmet dependency of every model."""
+    fetched, artifacts_by_path, chosen, problems = {}, {}, {}, []
+    for model, wanted in sets.items():
+        installed = _installed(profiles, model)
+        architectures = debs.architectures(installed)
+        chosen[model] = []
+        for name, version in sorted(wanted.items()):
+            if (name, version) not in fetched:
+                fetched[name, version] = source.debs(name, version)
+            path, package = _choose(fetched[name, version], architectures, model)
+            if path not in artifacts_by_path:
+                artifacts_by_path[path] = _deb_artifact(path, package)
+            chosen[model].append(artifacts_by_path[path])
+        try:
+            unmet = debs.unmet([item["package"] for item in chosen[model]], installed)
+        except debs.DebError as exc:
+            raise ReleaseError(f"{model}: {exc}") from None
+        problems += [f"{model}: {line} (factory list {factory_list(profiles, model)})" for line in unmet]
+    if problems:
+        raise ReleaseError("; ".join(problems) + ". Nothing was built: dpkg would refuse these OS packages on "
+                           "those models. Add what is missing to os_packages (at a version that satisfies it), take "
+                           ".debs built for the model's architecture (--debs DIR), or correct the factory list if "
+                           "the model has what it lacks")
+    return chosen
+
+
+def _os_entries(debs_of_model):
+    return [_entry(item, name=item["package"].name, version=item["package"].version,
+                   arch=item["package"].architecture, installed_size_kb=item["installed_size_kb"])
+            for item in debs_of_model]
+
+
+def _needs_reboot(profile, debs_of_model):
+    """True when the model's set holds a package its profile's os.reboot_packages names (shell patterns,
+    such as linux-image-*): the manifest then asks for a reboot, which no spec can waive."""
+    patterns = profile.get("os", {}).get("reboot_packages", [])
+    return any(fnmatch.fnmatchcase(item["package"].name, pattern)
+               for item in debs_of_model for pattern in patterns)
+
+
+def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE, debs_dir=None):
     """Build the release a spec describes into out_dir (pool/, releases/<id>/manifest.yml, probe).
 
     Only what differs is written; a manifest that changes loses its old signature, which no longer
     matches it. With dry_run, everything is built in a temporary directory and nothing in out_dir
-    changes; the result says what would be written.
+    changes; the result says what would be written. The spec's OS packages come from `debs_dir`, a
+    directory of .deb files, or else from `apt-get download`.
     """
     profiles = load_profiles(models_file)
     spec = load_spec(spec_path, profiles)
     models = spec.get("models") or list(profiles)
+    os_sets, os_left_out = _os_package_sets(spec, profiles, models)
     app_spec, pack_spec = spec["app"], spec["packs"]
     broken = app_spec.get("broken", False)
     reboot = spec.get("reboot", False)
     out = Path(out_dir)
     release_dir = out / "releases" / spec["release"]
     with tempfile.TemporaryDirectory(prefix="posfleet-build-") as tmp:
+        os_source = _DebDirectory(debs_dir) if debs_dir is not None else _AptDownload(Path(tmp) / "apt")
+        os_debs = _os_packages(os_sets, profiles, os_source)
         versions = {model: app_spec.get("versions", {}).get(model, app_spec["version"]) for model in models}
         apps = {version: _build_app(version, broken, Path(tmp) / "app" / version)
                 for version in sorted(set(versions.values()))}
@@ -823,14 +1090,19 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
             style = profiles[model]["package_style"]
             app = apps[versions[model]][style]
             asks = reboot.get(model, False) if isinstance(reboot, dict) else reboot
+            model_debs = os_debs.get(model, [])
             entries[model] = {
                 "app": _delta_entry(app, style=style),
                 "packs": {name: _delta_entry(item) for name, item in pack_artifacts.items()},
-                # A release may ask for a reboot; it cannot waive one the model's profile requires.
-                "reboot": bool(asks or profiles[model].get("reboot_required", False)),
-                "storage_mb": storage_needed(style, app, list(pack_artifacts.values())),
+                # A release may ask for a reboot; it cannot waive one the model's profile requires, for the
+                # app or for an OS package.
+                "reboot": bool(asks or profiles[model].get("reboot_required", False)
+                               or _needs_reboot(profiles[model], model_debs)),
+                "storage_mb": storage_needed(style, app, list(pack_artifacts.values()), model_debs),
             }
-            used += [app, *pack_artifacts.values()]
+            if model_debs:
+                entries[model]["os_packages"] = _os_entries(model_debs)
+            used += [app, *pack_artifacts.values(), *model_debs]
             used += [delta for item in [app, *pack_artifacts.values()] for delta in item.get("deltas", [])]
         manifest = {"schema": SCHEMA_VERSION, "release": spec["release"], "created": created,
                     "description": spec.get("description", f"posd {app_spec['version']}"), "models": entries}
@@ -850,9 +1122,18 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE):
                             for name, item in pack_artifacts.items()},
                            app={version: [delta["from_version"] for delta in apps[version]["bundle"]["deltas"]]
                                 for version in sorted(bundle_versions)}),
-            "models": {model: {"app": entry["app"]["version"], "style": entry["app"]["style"],
-                               "reboot": entry["reboot"], "storage_mb": entry["storage_mb"]}
-                       for model, entry in entries.items()}}
+            "models": {model: _model_result(entry, os_left_out.get(model)) for model, entry in entries.items()},
+            **({"os_packages_from": os_source.where} if os_sets else {})}
+
+
+def _model_result(entry, os_left_out=None):
+    """What build reports per model: app, reboot, storage and the OS packages ({name: version})."""
+    result = {"app": entry["app"]["version"], "style": entry["app"]["style"], "reboot": entry["reboot"],
+              "storage_mb": entry["storage_mb"],
+              "os_packages": {item["name"]: item["version"] for item in entry.get("os_packages", [])}}
+    if os_left_out:
+        result["os_packages_left_out"] = os_left_out
+    return result
 
 
 def _write_pool(out, used, dry_run):
@@ -1175,6 +1456,9 @@ def _parser():
     cmd = sub.add_parser("build", help="build a release from a spec into DIR/pool and DIR/releases/<id>")
     cmd.add_argument("--spec", required=True, help="release spec (YAML, see docs/releases.md)")
     cmd.add_argument("--out", required=True, help="build directory")
+    cmd.add_argument("--debs", type=Path, metavar="DIR",
+                     help="take the spec's OS packages (os_packages) from this directory of .deb files instead of "
+                          "apt-get download, for a control node that reaches no Debian mirror")
     cmd.add_argument("--dry-run", action="store_true", help="build in a temporary directory, change nothing")
     cmd = sub.add_parser("sign", help="sign a release's manifest.yml")
     cmd.add_argument("--release", required=True, help="the release directory, DIR/releases/<id>")
@@ -1220,7 +1504,7 @@ def main(argv=None):
         if args.command == "keygen":
             result = keygen(args.out)
         elif args.command == "build":
-            result = build(args.spec, args.out, args.dry_run, models_file=args.models)
+            result = build(args.spec, args.out, args.dry_run, models_file=args.models, debs_dir=args.debs)
         elif args.command == "sign":
             result = sign(args.release, args.key, args.dry_run, models_file=args.models)
         elif args.command == "verify":
