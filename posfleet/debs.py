@@ -286,7 +286,7 @@ def unmet(new, installed):
         if package.architecture != ALL and package.architecture not in native:
             runs = ", ".join(sorted(native)) or "none that is architecture-specific"
             problems.append(f"{package} is built for {package.architecture}, the model's packages are {runs}")
-        for attribute, _, words in DEPENDENCY_FIELDS:
+        for attribute, _field, words in DEPENDENCY_FIELDS:
             for group in getattr(package, attribute):
                 if not any(_meets(candidate, relation) for relation in group
                            for candidate in found.get(relation.name, [])):
