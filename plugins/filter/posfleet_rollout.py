@@ -48,13 +48,15 @@ def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), o
     return {"waves": plan, "order": ordered, "batches": batches, "wave_of": wave_of}
 
 
-def pos_rollout_outcomes(hostvars, hosts):
+def pos_rollout_outcomes(hostvars, hosts, counted=None):
     """{serial: status} of every terminal in `hosts` that the rollout started, for the error budget.
 
     A terminal that started (pos_update_started) but has no final status stopped answering in the
-    middle of its update: it counts as unreachable.
+    middle of its update: it counts as unreachable. `counted`, what an earlier call returned, is
+    added to: then `hosts` need only name the terminals that may have an outcome since (the batch
+    that ran last), as update.yml does before each batch.
     """
-    outcomes = {}
+    outcomes = dict(counted or {})
     for host in hosts:
         variables = hostvars.get(host) or {}
         if not variables.get("pos_update_started"):

@@ -132,6 +132,27 @@ def test_csv_registry_builds_hosts_groups_and_vars(tmp_path):
     assert hostvars["PTR00003"]["pos_region_settings"] == dict(REGIONS["us_east"], name="us_east")
 
 
+def test_groups_hang_under_all_in_the_order_ansible_core_gives_them(tmp_path):
+    # The plugin parents its groups under `all` itself (ansible-core's reconcile step is quadratic in the
+    # groups): in the same order, after the groups of a source read before it, and a playbook's hosts
+    # (`all`'s, group by group) in the same order too.
+    (tmp_path / "a-tills.yml").write_text("---\nspare_tills:\n  hosts:\n    SPARE1:\nloose:\n  hosts:\n    LOOSE1:\n")
+    write_csv(tmp_path, GOOD_ROWS)
+    write_config(tmp_path, "registry.csv")
+    data = inventory_list(tmp_path)
+
+    assert data["all"]["children"] == ["ungrouped", "spare_tills", "loose", "models", "regions", "merchant_M001",
+                                       "store_M001_S01", "store_M001_S02", "merchant_M002", "store_M002_S01"]
+    proc = run_inventory(tmp_path, "--graph")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("  |--")] == \
+        [f"  |--@{name}:" for name in data["all"]["children"]]
+    hosts = run_inventory(tmp_path, "all", "--list-hosts", tool="ansible")
+    assert hosts.returncode == 0, hosts.stderr
+    assert [line.strip() for line in hosts.stdout.splitlines()[1:]] == [
+        "SPARE1", "LOOSE1", "KST00001", "HRN00002", "PTR00003", "KST00004", "HRN00005", "PTR00006"]
+
+
 def test_profiles_are_group_vars_not_host_vars(tmp_path):
     write_csv(tmp_path, GOOD_ROWS)
     data = inventory_list(write_config(tmp_path, "registry.csv"), "--export")

@@ -697,6 +697,40 @@ def test_an_unfit_terminal_the_quiesce_check_started_stays_unfit_and_spends_noth
     assert filters()["pos_spends_budget"]("unfit") is False
 
 
+class ReadCounter(dict):
+    """hostvars that count how often each terminal's variables are read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reads = collections.Counter()
+
+    def get(self, key, default=None):
+        self.reads[key] += 1
+        return super().get(key, default)
+
+
+def test_outcomes_added_batch_by_batch_equal_the_whole_count_and_read_each_terminal_once():
+    statuses_cycle = ["updated", "rolled_back", None, "failed", "updated", "unfit", "updated"]
+    order = [f"T{number:04d}" for number in range(1, 24)]
+    batches = [order[0:3], order[3:10], order[10:20], order[20:23]]
+    hostvars = ReadCounter({serial: {"pos_update_status": "go"} for serial in order})
+    pos_rollout_outcomes = filters()["pos_rollout_outcomes"]
+    counted, last_batch = {}, []
+    for index, batch in enumerate(batches):
+        # update.yml before each batch: the batch that ran last is added to what was counted before it.
+        counted = pos_rollout_outcomes(hostvars, last_batch, counted)
+        last_batch = batch
+        whole = pos_rollout_outcomes(dict(hostvars), order)
+        assert counted == whole
+        assert len(counted) == sum(len(done) for done in batches[:index])
+        for number, serial in enumerate(batch):
+            # A None status: the terminal started and stopped answering before it recorded an outcome.
+            status = statuses_cycle[(index + number) % len(statuses_cycle)]
+            hostvars[serial] = {"pos_update_started": True, "pos_update_status": status}
+    assert counted["T0003"] == "unreachable"
+    assert hostvars.reads == dict.fromkeys(order[:20], 1), "each terminal read once, after its batch"
+
+
 def test_reason_within_budget_and_with_no_limits():
     within = rollout.budget_state(outcomes(updated=19, failed=1), max_failed=3, max_failed_pct=10)
     assert within["reason"] == ("within the error budget: 1 of 20 attempted terminals failed or rolled back (5%); "
@@ -876,3 +910,43 @@ def test_ansible_runs_the_waves_as_its_batches(tmp_path):
     assert [len(wave) for wave in waves] == [3, 3, 2]
     assert sorted(serial[:3] for serial in waves[0]) == ["HRN", "KST", "PTR"]
     assert batches == waves
+
+
+BATCHES_PLAYBOOK = """\
+- name: Update in batches, counting the outcomes as update.yml does
+  hosts: fleet
+  serial: [2, 3, 3]
+  gather_facts: false
+  tasks:
+    - {tally}
+    - name: Show the tally and the whole count
+      ansible.builtin.debug:
+        msg:
+          tally: "{{{{ hostvars['localhost'].update_outcomes }}}}"
+          whole: "{{{{ hostvars | posfleet.fleet.pos_rollout_outcomes(groups['fleet']) }}}}"
+      run_once: true
+    - name: Record an outcome
+      ansible.builtin.set_fact:
+        pos_update_started: true
+        pos_update_status: "{{{{ {{'KST2': 'failed', 'KST4': 'rolled_back'}}.get(inventory_hostname, 'updated') }}}}"
+"""
+
+
+def test_update_yml_s_tally_counts_every_batch_that_ran_before_the_next(tmp_path):
+    # update.yml's own task, over local-connection hosts that only set facts: nothing is contacted.
+    play = yaml.safe_load((REPO / "playbooks" / "update.yml").read_text())[1]
+    [tally] = [task for task in play["tasks"] if task["name"] == "Add the previous batch's outcomes to the run's"]
+    inventory = tmp_path / "fleet.ini"
+    inventory.write_text("[fleet]\n" + "".join(f"KST{number}\n" for number in range(1, 9))
+                         + f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n")
+    (tmp_path / "batches.yml").write_text(BATCHES_PLAYBOOK.format(tally=json.dumps(tally)))
+    proc = subprocess.run(
+        [ansible_tool("ansible-playbook"), "-i", str(inventory), str(tmp_path / "batches.yml")],
+        cwd=REPO, env=_ansible_env(), capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = _messages(proc.stdout)
+    assert [message["tally"] for message in shown] == [message["whole"] for message in shown]
+    assert [len(message["tally"]) for message in shown] == [0, 2, 5]
+    assert shown[-1]["tally"] == {"KST1": "updated", "KST2": "failed", "KST3": "updated", "KST4": "rolled_back",
+                                  "KST5": "updated"}
