@@ -401,30 +401,41 @@ def _source(name):
     return text if text is not None else inspect.getsource(module)
 
 
+def install_files(command, text, modules, check=False, **fields):
+    """Write a posfleet command and the module_utils it imports (`modules`, by name) under INSTALL_DIR, in
+    PACKAGE's layout; the paths that differed (in `check`, that would be written), [] when all were current.
+
+    `text` is the command's /bin/sh wrapper, with %(python)s, %(lib)s and %(package)s filled in here and any
+    other %(name)s from `fields`. The update guard and the check-in agent (pos_checkin) share the layout.
+    """
+    lib = terminal_path(INSTALL_DIR)
+    package = os.path.join(lib, *PACKAGE.split("."))
+    files = {terminal_path(command): (text % dict(fields, lib=lib, package=PACKAGE), 0o755)}
+    for name in modules:
+        files[os.path.join(package, name + ".py")] = (_source(name), 0o644)
+    differ = []
+    for path, (content, mode) in sorted(files.items()):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                if handle.read() == content:
+                    continue
+        except OSError:
+            pass
+        differ.append(path)
+        if not check:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            atomic_write(path, content, mode=mode)
+    return differ
+
+
 def install(python):
     """Write the guard (this file and the module_utils it imports) and its command; True when a file changed.
 
     `python` is the interpreter the command runs with: the one running this module on the terminal.
     """
-    lib = terminal_path(INSTALL_DIR)
-    package = os.path.join(lib, *PACKAGE.split("."))
-    files = {terminal_path(COMMAND): (COMMAND_TEXT % {"python": python, "lib": lib, "lease": LEASE,
-                                                      "package": PACKAGE}, 0o755)}
-    for name in GUARD_MODULES:
-        files[os.path.join(package, name + ".py")] = (_source(name), 0o644)
-    changed = False
-    for path, (text, mode) in sorted(files.items()):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                if handle.read() == text:
-                    continue
-        except OSError:
-            pass
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        atomic_write(path, text, mode=mode)
-        changed = True
+    changed = bool(install_files(COMMAND, COMMAND_TEXT, GUARD_MODULES, python=python, lease=LEASE))
     # The layout before posfleet was a collection (lib/ansible/module_utils): nothing runs it any more.
-    earlier = os.path.join(lib, "ansible")
+    earlier = os.path.join(terminal_path(INSTALL_DIR), "ansible")
     if os.path.isdir(earlier):
         shutil.rmtree(earlier)
         changed = True
