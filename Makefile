@@ -8,9 +8,10 @@ VENV        := .venv
 VBIN        := $(VENV)/bin
 # Debian packages the control node and the lab need. The terminal image is built from Debian's
 # archive with debootstrap, so nothing here is downloaded from anywhere else. chromium opens the
-# rollout report (report.html) headless in the tests.
+# rollout report (report.html) headless in the tests. ansible-rulebook (auto update) runs on Debian's
+# default Java runtime.
 APT_PACKAGES := debootstrap nginx-light openssh-client sqlite3 iproute2 dpkg-dev xz-utils zstd \
-                rsync openssl ca-certificates util-linux procps chromium
+                rsync openssl ca-certificates util-linux procps chromium default-jre-headless
 DEMO_TERMINALS ?= 12
 TEST_TERMINALS ?= 6
 export PATH := $(CURDIR)/$(VBIN):$(CURDIR)/bin:$(PATH)
@@ -26,7 +27,7 @@ PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
                 && { echo "$$p"; exit 0; }; done; done)
 
 
-.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench bench-scale soak lab-up lab-down clean
+.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench bench-checkin bench-scale soak lab-up lab-down clean
 
 help:
 	@echo "make demo   boot the lab fleet and run the main job against it"
@@ -35,6 +36,8 @@ help:
 	@echo "            make bench BENCH_ARGS=--quick: about 20 min), then lab boot time and memory"
 	@echo "make bench-scale  no lab: plan.yml over generated fleets of 1,000, 10,000 and 100,000 terminals,"
 	@echo "            none contacted; wall, CPU and memory vs the targets (up to 3600 s per command)"
+	@echo "make bench-checkin  a reconnect storm of signed check-ins against the lab's auto-update service:"
+	@echo "            check-ins answered per minute, latency, bytes per check-in (a few minutes)"
 	@echo "make soak   rollouts over the lab with random faults until 10,000 sales were made during updates;"
 	@echo "            every terminal whole, no sale lost (about 70 min; SOAK_ARGS=\"--seed N\" replays one)"
 	@echo "make lab-down   remove the lab completely"
@@ -116,6 +119,11 @@ bench: deps
 # No lab and no lock: generated registries, every maintenance window closed, so no terminal is
 # contacted (docs/performance.md, "Fleet scale without contact"). A size that runs past the timeout
 # is recorded as such, not an error.
+# Issue 15: a reconnect storm of check-ins against the lab's check-in service (docs/auto-update.md).
+bench-checkin: deps
+	flock $(POSLAB_LOCK) sh -c 'bin/poslab up --terminals $(DEMO_TERMINALS) && ansible-playbook playbooks/checkin_enroll.yml \
+	  && bin/poslab checkin up && $(VBIN)/python bench/checkin_storm.py $(BENCH_ARGS); rc=$$?; bin/poslab checkin down; exit $$rc'
+
 bench-scale: deps
 	$(VBIN)/python bench/fleet_scale.py --sizes 1000,10000,100000 --timeout 3600
 

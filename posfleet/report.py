@@ -230,6 +230,12 @@ td.zero{color:#98a2b3}#terminals td[data-key=packs_after]{overflow-wrap:anywhere
 #pager{margin:.4em 0}#pager span{margin:0 .8em}#failure-list tr.more td{font-style:italic;color:#444}
 """
 
+
+def page_style():
+    """The report pages' stylesheet, for other posfleet pages (the auto-update status view) to look alike."""
+    return _CSS
+
+
 # The page's script: everything below the header is built from the JSON in #report-data, with
 # textContent only, so no terminal-supplied text is ever parsed as HTML.
 _JS = r"""
@@ -548,6 +554,13 @@ def _duration(doc):
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
+def _trigger_text(trigger):
+    """The HTML report's line for what started the run (reports before 0.4.0 have no trigger)."""
+    if not trigger or trigger["by"] != TRIGGER_CHECKIN:
+        return TRIGGER_OPERATOR
+    return f"a terminal's check-in (job {trigger['checkin_job']})"
+
+
 def render_html(doc):
     """report.html: one self-contained page (inline CSS and JS, no external resource) built from the JSON it embeds."""
     esc = html.escape
@@ -556,7 +569,7 @@ def render_html(doc):
     meta = [("run", doc["run_id"]), ("release", doc["release"] or "(none)"), ("mode", doc["mode"]),
             ("playbook", doc["playbook"]), ("started", doc["started_at"]), ("finished", doc["finished_at"]),
             ("duration", _duration(doc)), ("user", doc["user"]), ("AWX job", doc["awx_job_id"] or "(none)"),
-            ("terminals", str(len(doc["terminals"])))]
+            ("trigger", _trigger_text(doc.get("trigger"))), ("terminals", str(len(doc["terminals"])))]
     meta_html = "".join(f'<dt>{esc(name)}</dt><dd data-field="{esc(name)}">{esc(value)}</dd>' for name, value in meta)
     budget = doc["budget"]
     if doc["halted"]:
@@ -690,6 +703,9 @@ AUDIT_EVENTS = {
 AUDIT_REQUIRED = ("at", "who", "control_node", "run_id", "action", "event", "what")
 TERMINAL = "terminal"  # `what` of a line about the whole terminal: from and to hold every component
 GUARD = "pos-update-guard"  # `who` of a guard line: the terminal's own guard, on an earlier run's lease
+# What started a run (the report's `trigger.by`): an operator or a schedule, or a terminal's check-in through the
+# auto-update rulebook, which passes update_trigger=checkin (docs/auto-update.md).
+TRIGGER_OPERATOR, TRIGGER_CHECKIN = "operator", "checkin"
 
 
 def audit_time(moment=None):

@@ -46,6 +46,16 @@ options:
     ini:
       - section: posfleet_report
         key: report_dir
+  checkin_store:
+    description:
+      - The auto-update check-in store (docs/auto-update.md). When set, every update or rollback run records each
+        terminal's outcome there, and a run started by a check-in ends that check-in's job (its slot, its backoff).
+    type: path
+    env:
+      - name: POSFLEET_CHECKIN_STORE
+    ini:
+      - section: posfleet_report
+        key: checkin_store
   console_terminals:
     description:
       - At the end of a run, the console lists at most this many terminals of each status and cause (for example
@@ -71,11 +81,13 @@ options:
 import datetime
 import os
 import re
+import sqlite3
 import time
 
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_runs
 
+from posfleet import checkin as checkin_store
 from posfleet import report as posreport
 from posfleet import statuses as vocabulary
 
@@ -357,6 +369,7 @@ class CallbackModule(CallbackBase):
             "started_at": _iso(self.started), "finished_at": _iso(finished),
             "user": self._who(),
             "awx_job_id": self._awx_job(),
+            "trigger": self._trigger(),
             "settings": _settings(settings),
             "waves": waves,
             "budget": self.budget if mode not in ("plan",) else None,
@@ -371,6 +384,20 @@ class CallbackModule(CallbackBase):
             self._display.error(f"posfleet_report: could not write the report under {report_dir}: {exc}")
             return
         self._summary(doc, run_dir)
+        self._record_checkin_outcomes(doc)
+
+    def _record_checkin_outcomes(self, doc):
+        """Tell the check-in store how each terminal ended: it frees a check-in's slot and decides its backoff."""
+        path = self.get_option("checkin_store")
+        if not path or doc["mode"] not in ("update", "rollback"):
+            return
+        job = doc["trigger"]["checkin_job"]
+        try:
+            store = checkin_store.CheckinStore(path)
+            for row in doc["terminals"]:
+                store.finish(row["serial"], row["status"], _now(), run_id=doc["run_id"], job_id=job)
+        except (OSError, checkin_store.CheckinStoreError, sqlite3.Error) as exc:
+            self._display.error(f"posfleet_report: could not record the outcomes in the check-in store {path}: {exc}")
 
     # --- the run ----------------------------------------------------------------------------------
 
@@ -391,8 +418,18 @@ class CallbackModule(CallbackBase):
         return self.release or self.extra.get("update_release") or self.extra.get("rollback_release")
 
     def _who(self):
-        """Who ran it: AWX's user, or the local login."""
-        return str(self.extra.get("awx_user_name") or self.extra.get("tower_user_name") or posreport.local_user())
+        """Who ran it: AWX's user, or the local login; a run a check-in started says so."""
+        who = str(self.extra.get("awx_user_name") or self.extra.get("tower_user_name") or posreport.local_user())
+        trigger = self._trigger()
+        if trigger["by"] == posreport.TRIGGER_CHECKIN:
+            who += f" (auto update, check-in job {trigger['checkin_job']})"
+        return who
+
+    def _trigger(self):
+        by = posreport.TRIGGER_CHECKIN if self.extra.get("update_trigger") == posreport.TRIGGER_CHECKIN \
+            else posreport.TRIGGER_OPERATOR
+        job = _text(self.extra.get("update_checkin_job")) if by == posreport.TRIGGER_CHECKIN else None
+        return {"by": by, "checkin_job": job}
 
     def _awx_job(self):
         return _text(self.extra.get("awx_job_id") or self.extra.get("tower_job_id"))
