@@ -25,8 +25,28 @@ ansible-playbook playbooks/update.yml -e update_release=2026.11.0 "${vault[@]}"
 echo "==> Previewing the upgrade's waves, changing nothing (playbooks/plan.yml)"
 ansible-playbook playbooks/plan.yml -e update_release=2026.12.0 "${vault[@]}"
 
+echo "==> Enrolling the terminals in auto update: each gets the check-in agent and a key of its own"
+ansible-playbook playbooks/checkin_enroll.yml
+# One terminal is off the network during the night's rollout, as a mobile terminal out of coverage is.
+away=$(poslab status --json | python3 -c 'import json, sys; print(json.load(sys.stdin)[-1]["serial"])')
+echo "==> Taking $away off the network for the rollout (poslab fault $away net-down)"
+poslab fault "$away" net-down
+
 echo "==> Rolling out the upgrade 2026.12.0 in waves while the terminals keep selling"
-ansible-playbook playbooks/update.yml -e update_release=2026.12.0 "${vault[@]}"
+ansible-playbook playbooks/update.yml -e update_release=2026.12.0 "${vault[@]}" || true
+
+echo "==> Auto update: assigning 2026.12.0 to the fleet and starting the check-in service (ansible-rulebook)"
+poslab checkin assign 2026.12.0
+poslab checkin up --report-dir "$PWD/reports"
+echo "==> $away comes back online; its agent checks in and it catches up by itself"
+poslab fault "$away" net-up
+for _ in $(seq 1 90); do
+  [ "$(poslab status --json | python3 -c "import json, sys; print(next(r['app_version'] for r in json.load(sys.stdin) if r['serial'] == '$away'))")" = 1.1.0 ] && break
+  sleep 2
+done
+POSFLEET_CHECKIN_STORE=/var/lib/poslab/checkin/store.db ANSIBLE_INVENTORY=/var/lib/poslab/checkin/inventory \
+  posfleet-autoupdate status
+poslab checkin down
 
 echo "==> Lab status"
 poslab status

@@ -7,7 +7,7 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import faults, fleet, ledger, lifecycle, supervisor
+from . import checkin, faults, fleet, ledger, lifecycle, supervisor
 from . import terminal as term
 
 
@@ -75,6 +75,22 @@ def cmd_ledger(args):
     return 1 if total["missing"] or total["duplicated"] or total["unreadable"] else 0
 
 
+def cmd_checkin(args):
+    if args.action == "up":
+        if not fleet.load():
+            raise SystemExit("poslab: the lab is not up; `poslab up` boots it")
+        checkin.up(args.max_running, args.max_failures, args.backoff, args.report_dir)
+    elif args.action == "down":
+        checkin.down()
+    elif args.action == "assign":
+        if not args.release:
+            raise SystemExit("poslab: usage: poslab checkin assign RELEASE (or none)")
+        checkin.assign(None if args.release == "none" else args.release)
+    else:
+        print(checkin.status())
+    return 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="poslab", description="A fleet of simulated POS terminals in namespaces.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -100,6 +116,13 @@ def parser():
     dp.add_argument("args", nargs="*")
     le = sub.add_parser("ledger", help="reconcile terminal journals against the acquirer ledger")
     le.add_argument("--json", action="store_true")
+    ci = sub.add_parser("checkin", help="the auto-update service (ansible-rulebook): up, down, status, assign")
+    ci.add_argument("action", choices=["up", "down", "status", "assign"])
+    ci.add_argument("release", nargs="?", help="assign: the release every lab terminal should run (none: unassign)")
+    ci.add_argument("--max-running", type=int, default=2, help="updates from check-ins at once (default 2)")
+    ci.add_argument("--max-failures", type=int, default=3, help="failed updates before an operator is needed")
+    ci.add_argument("--backoff", type=int, default=300, help="seconds after a first failed update (doubles)")
+    ci.add_argument("--report-dir", help="where the runs it starts write their reports")
     sub.add_parser("_supervise", help=argparse.SUPPRESS)
     return p
 
@@ -136,6 +159,8 @@ def main(argv=None):
         return 0
     if args.cmd == "ledger":
         return cmd_ledger(args)
+    if args.cmd == "checkin":
+        return cmd_checkin(args)
     return 2
 
 

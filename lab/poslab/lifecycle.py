@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, fleet, image, net, packs, services, supervisor
+from . import checkin, config, fleet, image, net, packs, services, supervisor
 from .util import log, run
 
 
@@ -70,6 +70,7 @@ def down():
             if not services.alive(config.SUPERVISOR_PID):
                 break
             time.sleep(0.1)
+    checkin.down()
     services.stop()
     # Whatever is left (a supervisor killed with -9, a stray `poslab exec`): these PIDs are the lab's
     # by construction, they live in its namespaces.
