@@ -48,10 +48,6 @@ CATCH_UP = "catch_up_window"
 # What a terminal may call itself: its key file is named after it.
 SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-# Answers that are not a store decision: the source's own.
-NOT_IN_INVENTORY = "not_in_inventory"
-IN_RUN = "in_run"
-
 
 class AutoUpdateError(Exception):
     """The control side cannot decide: the inventory or a release cannot be read. The message says what."""
@@ -215,19 +211,19 @@ class Dispatcher:
     def _decide(self, serial, message, now):
         hostvars = self.fleet.get(serial)
         if hostvars is None:
-            return NOT_IN_INVENTORY, "the inventory has no such terminal"
+            return self.store.note(serial, checkin_store.NOT_IN_INVENTORY, "the inventory has no such terminal", now)
         lease = message.get("lease")
         if lease:
-            return IN_RUN, f"run {lease} holds the terminal"
+            return self.store.note(serial, checkin_store.IN_RUN, f"run {lease} holds the terminal", now)
         release = hostvars.get(ASSIGNED)
         if not release:
-            return checkin_store.NO_ASSIGNMENT, f"no {ASSIGNED} for it in the inventory"
+            return self.store.decide(serial, False, False, now, release=None)
         try:
             wants = runs_other_than(message, self.releases.target(str(release), hostvars))
             may, why, _window = may_update_now(hostvars, now)
         except (AutoUpdateError, posfleet_survey.AnsibleFilterError) as exc:
             self.log(f"cannot decide for {serial}: {exc}")
-            return "error", str(exc)
+            return self.store.note(serial, checkin_store.UNDECIDED, str(exc), now)
         return self.store.decide(serial, wants, may, now, release=str(release), reason=why)
 
     def start_jobs(self):

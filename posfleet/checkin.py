@@ -40,6 +40,12 @@ QUEUED = "queued"                    # a job for it joined the queue
 
 DECISIONS = (CURRENT_RELEASE, NO_ASSIGNMENT, HELD, BACKOFF, QUEUED_ALREADY, RUNNING_ALREADY, NOT_NOW, QUEUED)
 
+# What the dispatcher (posfleet.autoupdate) answers before these rules apply; note() records them.
+IN_RUN = "in_run"                    # a posfleet run holds the terminal (its lease): this check-in starts nothing
+NOT_IN_INVENTORY = "not_in_inventory"  # a key but no inventory entry (retired): nothing to do
+UNDECIDED = "error"                  # the inventory or the release could not be read: the detail says why
+NOTED = (IN_RUN, NOT_IN_INVENTORY, UNDECIDED)
+
 # --- a terminal's state in status() -------------------------------------------------------------------
 
 IDLE, STATE_QUEUED, RUNNING, STATE_HELD, STATE_BACKOFF = "idle", "queued", "running", "held", "backoff"
@@ -335,6 +341,18 @@ class CheckinStore:
             terminal = conn.execute("SELECT * FROM terminals WHERE serial = ?", (serial,)).fetchone()
             job = conn.execute("SELECT * FROM jobs WHERE serial = ?", (serial,)).fetchone()
             decision, detail = self._decide(conn, terminal, job, wants_update, may_now, at, release, reason)
+            conn.execute("UPDATE terminals SET last_decision = ?, last_decision_detail = ?, last_decision_at = ? "
+                         "WHERE serial = ?", (decision, detail, at, serial))
+        return decision, detail
+
+    def note(self, serial, decision, detail, now):
+        """Record a decision made before the store's rules (one of NOTED) as the terminal's last, for status()."""
+        if decision not in NOTED:
+            raise CheckinStoreError(f"note() records {', '.join(NOTED)}, not {decision!r}")
+        serial = _serial(serial)
+        at = _stamp(now, "now")
+        with self._transaction() as conn:
+            self._ensure(conn, serial)
             conn.execute("UPDATE terminals SET last_decision = ?, last_decision_detail = ?, last_decision_at = ? "
                          "WHERE serial = ?", (decision, detail, at, serial))
         return decision, detail

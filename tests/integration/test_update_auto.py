@@ -166,6 +166,16 @@ def test_forged_tampered_and_replayed_check_ins_are_refused_and_logged(auto):
         assert expected in logged, (expected, logged)
 
 
+def test_a_rotated_key_is_used_at_once_and_the_old_one_is_refused(auto):
+    serial = auto["serials"][1]
+    old = key(serial)
+    run(["ansible-playbook", "playbooks/checkin_enroll.yml", "-l", serial, "-e", "pos_checkin_rotate=true"])
+    assert key(serial) != old
+    assert "reply 202" in checkin_now(serial).stdout, "the terminal signs with its new key"
+    body = pos_checkin.encode(pos_checkin.message(serial, "1.0.0", {}, "boot"))
+    assert post(body, pos_checkin.sign(body, old)) == (403, {"refused": "bad_signature"})
+
+
 def test_a_new_assignment_reaches_every_terminal_never_more_than_k_at_once(auto):
     failing = [s for s in auto["serials"] if s != auto["offline"]][-1]
     # This terminal's new app fails its self-test: its update rolls back, every time.

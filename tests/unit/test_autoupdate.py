@@ -98,7 +98,7 @@ def test_at_most_max_running_updates_and_the_others_wait_in_order(setup):
 
 
 def test_a_current_terminal_a_held_one_and_one_in_another_run_start_nothing(setup):
-    dispatcher, _, fleet, made, _ = setup
+    dispatcher, store, fleet, made, _ = setup
     assert checkin(dispatcher, made, "KST1", app="1.1.0",
                    packs={"params": "2026.12.0", "catalog": "2026.12.0", "merchant": "other"})[1]["decision"] \
         == "current", "the merchant pack is not compared"
@@ -109,6 +109,9 @@ def test_a_current_terminal_a_held_one_and_one_in_another_run_start_nothing(setu
     del fleet.hostvars["KST3"]
     assert checkin(dispatcher, made, "KST3")[1]["decision"] == "not_in_inventory"
     assert dispatcher.start_jobs() == []
+    # The status view shows each terminal's last answer, whichever part of the control side gave it.
+    last = {row["serial"]: row["last_decision"] for row in store.status(NOON)}
+    assert last == {"KST1": "current", "KST2": "in_run", "KST3": "not_in_inventory"}
 
 
 @pytest.mark.parametrize("case", ["another terminal's key", "tampered", "replayed", "unknown serial"])
