@@ -88,15 +88,17 @@ demo: deps
 	@lab/demo.sh $(DEMO_TERMINALS)
 
 test: deps
-	@tests/run-all.sh $(TEST_TERMINALS)
+	@UNIT_JOBS=$(UNIT_JOBS) tests/run-all.sh $(TEST_TERMINALS)
 
 lint: venv
 	yamllint --strict .
 	ruff check .
 	ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
 
+# One worker per core (pytest-xdist); UNIT_JOBS=0 runs them in this process, one after another.
+UNIT_JOBS ?= auto
 unit: venv
-	pytest -q tests/unit
+	pytest -q -n $(UNIT_JOBS) tests/unit
 
 integration: deps
 	pytest -q tests/integration
