@@ -22,7 +22,9 @@ with the reason, which the agent logs.
 The terminal's side is the agent (`pos-checkin`, main()): the terminal's init starts it once CONFIG exists,
 and it checks in at start, then every `interval_s` (± `jitter_s`, so that a fleet that boots together does
 not check in together) and, after a failure, every `retry_s`: a terminal that comes back online is heard of
-within about `retry_s`. It reads CONFIG and KEY again before every attempt, so a new endpoint or a rotated
+within about `retry_s`. Between check-ins it looks every `retry_s` at what the terminal runs (a few small
+files): when an update takes it, switches it or ends, it checks in at once, so that the control side's view
+is never an interval behind. It reads CONFIG and KEY again before every attempt, so a new endpoint or a rotated
 key needs no restart. The pos_checkin_agent module installs it (install()) and writes both files.
 
 Runs on terminals: standard library only, Python 3.9 or newer.
@@ -338,6 +340,28 @@ def pause(accepted, config):
     return max(1.0, base + random.uniform(-spread, spread))
 
 
+def _runs():
+    """What the terminal runs and who holds it, as its check-in says it; None when it cannot be read."""
+    try:
+        msg = terminal_message()
+    except OSError:
+        return None
+    return {key: msg[key] for key in ("app_version", "packs", "boot_id", "lease")}
+
+
+def wait(seconds, look_s, sent):
+    """Sleep `seconds`, but end early when what the terminal runs is no longer `sent` (an update began, switched
+    the app or ended): the control side then hears of it within `look_s`, not at the next interval."""
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, look_s))
+        if sent is not None and _runs() != sent:
+            return True
+
+
 def _log(text):
     sys.stdout.write("%s check-in %s\n" % (stamp(time.time()), text))
     sys.stdout.flush()
@@ -384,9 +408,11 @@ def main(argv=None):
                 _log("stopped: the agent's code was replaced or removed")
                 return 0
             accepted, what, config = check_in()
-            wait = pause(accepted, config)
-            _log("%s; next in %d s" % (what, wait))
-            time.sleep(wait)
+            sent = _runs() if accepted else None
+            pause_s = pause(accepted, config)
+            _log("%s; next in %d s" % (what, pause_s))
+            if wait(pause_s, dict(DEFAULTS, **(config or {}))["retry_s"], sent):
+                _log("what the terminal runs changed: checking in now")
     except (_Stopped, KeyboardInterrupt):
         _log("stopped")
         return 0

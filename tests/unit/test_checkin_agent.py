@@ -323,3 +323,23 @@ def test_a_running_agent_ends_once_the_module_removed_it(make_terminal, run_modu
             agent.wait()
 
     assert agent.returncode == 0 and out.splitlines()[-1].endswith("stopped: the agent's code was replaced or removed")
+
+
+def test_the_agent_checks_in_at_once_when_what_the_terminal_runs_changes(make_terminal, run_module, control_side):
+    terminal = make_terminal(style="bundle", boot=False)
+    # An hour between check-ins: only a change of what the terminal runs can bring the second one.
+    run_module("pos_checkin_agent", agent_args(control_side.endpoint, interval=3600, jitter=0, retry=1), terminal.root)
+    agent = subprocess.Popen([str(terminal.path(pos_checkin.COMMAND))], stdout=subprocess.PIPE, text=True,
+                             env={"POS_ROOT": str(terminal.root), "PATH": "/usr/bin:/bin"})
+    try:
+        wait_for(lambda: control_side.received, what="the agent's first check-in")
+        time.sleep(2.5)
+        assert len(control_side.received) == 1, "nothing changed: no check-in before the interval"
+        held = {"phase": "quiesced", "expires": time.time() + 600, "run": {"id": "20261204T010203Z-update-77aa"}}
+        terminal.path(LEASE).write_text(json.dumps(held))
+        wait_for(lambda: len(control_side.received) == 2, what="a check-in when an update takes the terminal")
+        assert json.loads(control_side.received[-1]["body"])["lease"] == "20261204T010203Z-update-77aa"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        out = agent.communicate(timeout=10)[0]
+    assert "what the terminal runs changed: checking in now" in out
