@@ -1,12 +1,13 @@
 """Auto update on the lab (docs/auto-update.md): terminals check in with the real agent, over the lab network,
 to ansible-rulebook running posfleet.fleet.auto_update, which runs update.yml limited to each terminal.
 
-One scenario, in order, as an operator would meet it: a nightly rollout misses a terminal that is off the
-network, which catches up by itself when it comes back; current terminals' check-ins change nothing;
-forged, tampered and replayed check-ins are refused and logged; a new assignment reaches the whole fleet
-through its check-ins, never more than `max_running` updates at once; a terminal whose update keeps
-failing is retried after its backoff and then left for an operator; a terminal added to the registry
-after the rollout is updated when it checks in.
+One scenario, in order, as an operator would meet it: a nightly rollout of the upgrade misses a terminal that
+is off the network, which catches up by itself when it comes back; current terminals' check-ins change
+nothing; forged, tampered and replayed check-ins are refused and logged; a new assignment (back to the
+baseline) reaches the whole fleet through its check-ins, never more than `max_running` updates at once; a
+terminal whose update keeps failing is retried after its backoff and then left for an operator; a terminal
+added to the registry after the rollout is updated when it checks in; a check-in during the terminal's own
+nightly run starts nothing.
 """
 
 import json
@@ -29,7 +30,13 @@ STATE = Path("/var/lib/poslab")
 KEYS = "/var/lib/poslab/checkin/keys"
 ENDPOINT = "http://10.231.0.1:5080/checkin"
 MAX_RUNNING = 3
-BACKOFF_S = 5
+# Long enough that the test sees the backoff before the terminal's agent, which checks in by itself when an
+# update ends, could start the retry.
+BACKOFF_S = 30
+# Whatever release the suites before left the fleet on, the night rolls out the upgrade and the storm later
+# assigns the baseline: each is a change for every terminal it reaches.
+NIGHT, NIGHT_RUNS = "2026.12.0", ("1.1.0", "2026.12.0")
+BASELINE, BASELINE_RUNS = "2026.11.0", ("1.0.0", "2026.11.0")
 
 
 def publish(spec):
@@ -94,10 +101,10 @@ def auto(lab):
     run(["ansible-playbook", "playbooks/checkin_enroll.yml"])
     poslab("checkin", "assign", "none")
     poslab("fault", offline, "net-down")
-    nightly = run(["ansible-playbook", "playbooks/update.yml", "-e", "update_release=2026.11.0", *VAULT],
+    nightly = run(["ansible-playbook", "playbooks/update.yml", "-e", f"update_release={NIGHT}", *VAULT],
                   check=False, timeout=900)
     assert "unreachable" in nightly.stdout, nightly.stdout[-3000:]
-    poslab("checkin", "assign", "2026.11.0")
+    poslab("checkin", "assign", NIGHT)
     poslab("checkin", "up", "--max-running", MAX_RUNNING, "--max-failures", 2, "--backoff", BACKOFF_S,
            "--report-dir", REPORT_DIR)
     yield {"serials": serials, "offline": offline}
@@ -108,17 +115,17 @@ def auto(lab):
 
 def test_a_terminal_off_the_network_during_the_rollout_catches_up_once_when_it_is_back(auto):
     offline = auto["offline"]
-    assert versions()[offline][1] != "2026.11.0", "the nightly run did not reach it"
+    assert versions()[offline] != NIGHT_RUNS, "the nightly run did not reach it"
     started = time.monotonic()
     poslab("fault", offline, "net-up")
     # No command to the terminal: its agent notices the network is back (it retries every 20 s).
-    wait_for(lambda: versions()[offline] == ("1.0.0", "2026.11.0") and checkin_reports(offline), timeout=180,
+    wait_for(lambda: versions()[offline] == NIGHT_RUNS and checkin_reports(offline), timeout=180,
              what=f"{offline} updated by its own check-in")
     elapsed = time.monotonic() - started
     reports = checkin_reports(offline)
     assert len(reports) == 1, "one check-in-triggered run, not one per check-in"
     row = next(r for r in reports[0]["terminals"] if r["serial"] == offline)
-    assert row["status"] == "updated" and reports[0]["release"] == "2026.11.0"
+    assert row["status"] == "updated" and reports[0]["release"] == NIGHT
     assert reports[0]["trigger"]["checkin_job"], "the report names the check-in job"
     assert "check-in job" in reports[0]["user"], "the audit trail's `who` says a check-in started it"
     print(f"{offline} caught up {elapsed:.0f} s after its network came back")
@@ -178,9 +185,9 @@ def test_a_rotated_key_is_used_at_once_and_the_old_one_is_refused(auto):
 
 def test_a_new_assignment_reaches_every_terminal_never_more_than_k_at_once(auto):
     failing = [s for s in auto["serials"] if s != auto["offline"]][-1]
-    # This terminal's new app fails its self-test: its update rolls back, every time.
-    poslab("fault", failing, "selftest-fail", "1.1.0")
-    poslab("checkin", "assign", "2026.12.0")
+    # This terminal fails its self-test on the baseline's app: its update rolls back, every time.
+    poslab("fault", failing, "selftest-fail", BASELINE_RUNS[0])
+    poslab("checkin", "assign", BASELINE)
     time.sleep(12)      # the service reads the inventory again (the lab's refresh is 10 s)
     before = len(checkin_reports())
     storm = time.monotonic()
@@ -202,8 +209,8 @@ def test_a_new_assignment_reaches_every_terminal_never_more_than_k_at_once(auto)
           f"{len(auto['serials']) / served * 60:.1f} terminals per minute with max_running {MAX_RUNNING}")
     assert 1 <= most <= MAX_RUNNING, f"{most} updates ran at once"
     now = versions()
-    assert all(now[s] == ("1.1.0", "2026.12.0") for s in auto["serials"] if s != failing), now
-    assert now[failing] == ("1.0.0", "2026.11.0"), "the failing terminal was rolled back to the release it ran"
+    assert all(now[s] == BASELINE_RUNS for s in auto["serials"] if s != failing), now
+    assert now[failing] == NIGHT_RUNS, "the failing terminal was rolled back to the release it ran"
     runs = checkin_reports()[before:]
     assert len(runs) == len(auto["serials"]), "one run per terminal"
 
@@ -230,8 +237,7 @@ def test_a_new_assignment_reaches_every_terminal_never_more_than_k_at_once(auto)
     run(["bin/posfleet-autoupdate", "release", failing],
         env={"POSFLEET_CHECKIN_STORE": "/var/lib/poslab/checkin/store.db"})
     checkin_now(failing)
-    wait_for(lambda: versions()[failing] == ("1.1.0", "2026.12.0"), timeout=180,
-             what=f"{failing} updated once released")
+    wait_for(lambda: versions()[failing] == BASELINE_RUNS, timeout=180, what=f"{failing} updated once released")
 
 
 def test_a_terminal_added_after_the_rollout_is_updated_when_it_checks_in(auto, lab):
@@ -244,7 +250,7 @@ def test_a_terminal_added_after_the_rollout_is_updated_when_it_checks_in(auto, l
         # The agent checks in as soon as it is installed; the service reads the inventory again for a serial
         # it does not know.
         # Its run's report is written when the run ends, after the terminal is updated.
-        wait_for(lambda: versions()[new[0]] == ("1.1.0", "2026.12.0") and checkin_reports(new[0]), timeout=240,
+        wait_for(lambda: versions()[new[0]] == BASELINE_RUNS and checkin_reports(new[0]), timeout=240,
                  what=f"{new[0]} updated by a run its check-in started")
     finally:
         poslab("up", "--terminals", size - 1, timeout=600)
@@ -254,8 +260,8 @@ def test_a_check_in_during_the_terminal_s_own_nightly_run_starts_nothing(auto):
     serial = auto["serials"][0]
     lease = STATE / "terminals" / serial / "flash" / "upper" / "var" / "lib" / "pos" / "update-lease.json"
     before = len(checkin_reports(serial))
-    # An operator's run takes this terminal back to the baseline while the service runs.
-    nightly = subprocess.Popen(["ansible-playbook", "playbooks/update.yml", "-e", "update_release=2026.11.0",
+    # An operator's run takes this terminal to the upgrade while the service runs.
+    nightly = subprocess.Popen(["ansible-playbook", "playbooks/update.yml", "-e", f"update_release={NIGHT}",
                                 "-l", serial, *VAULT], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
                                         POSFLEET_REPORT_DIR=str(OUTPUT_DIR / "nightly-reports")))
@@ -265,10 +271,10 @@ def test_a_check_in_during_the_terminal_s_own_nightly_run_starts_nothing(auto):
         checkin_now(serial)
         _, rows = autoupdate_status()
         assert rows[serial]["last_decision"] == "in_run", rows[serial]
+        assert rows[serial]["state"] == "idle", "the check-in queued nothing"
     finally:
         assert nightly.wait(timeout=600) == 0
-    assert len(checkin_reports(serial)) == before, "the check-in started no run of its own"
     # Once that run is over, the terminal runs other than its assigned release: its next check-in brings it back.
     checkin_now(serial)
-    wait_for(lambda: versions()[serial] == ("1.1.0", "2026.12.0") and len(checkin_reports(serial)) == before + 1,
+    wait_for(lambda: versions()[serial] == BASELINE_RUNS and len(checkin_reports(serial)) == before + 1,
              timeout=240, what=f"{serial} back on its assigned release")
