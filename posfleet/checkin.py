@@ -22,7 +22,7 @@ import os
 import sqlite3
 import uuid
 
-from posfleet import statuses
+from posfleet import report, statuses
 
 UTC = datetime.timezone.utc
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -62,7 +62,7 @@ NEUTRAL = (statuses.DEFERRED, statuses.UNFIT)
 FINISH_OUTCOMES = (*statuses.OUTCOMES, LOST)
 
 # Where a recorded outcome came from: a job this store started, or any other run (the nightly one).
-TRIGGER_CHECKIN = "checkin"
+TRIGGER_CHECKIN = report.TRIGGER_CHECKIN   # the report's word for a run a check-in started
 TRIGGER_EXTERNAL = "external"
 
 # --- the file ----------------------------------------------------------------------------------------
