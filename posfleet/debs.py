@@ -188,6 +188,18 @@ def compare_versions(left, op, right):
     return result.returncode == 0
 
 
+def newest(versions):
+    """The highest of one or more Debian versions, in dpkg's ordering (compare_versions)."""
+    ordered = sorted(set(versions))  # the same answer whatever order they come in
+    if not ordered:
+        raise ValueError("newest() of no versions")
+    best = ordered[0]
+    for version in ordered[1:]:
+        if compare_versions(version, ">>", best):
+            best = version
+    return best
+
+
 # --- a model's installed packages ------------------------------------------------------------------
 
 def parse_installed(text, what):

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,13 @@ DEB_VERSION = {"type": "string", "pattern": debs.VERSION_PATTERN,
                "x-expected": "a Debian version like 3.0.17-1~deb12u2 or 1:1.2.13 ([epoch:]upstream[-revision], "
                              "a digit first)"}
 DEB_ARCH = {"type": "string", "pattern": debs.ARCH_PATTERN, "x-expected": "a Debian architecture like amd64 or all"}
+# In a spec, a version may also be `candidate`: what apt would install now (docs/releases.md, OS packages).
+# The build resolves it once and the manifest pins the exact version, so DEB_VERSION alone is the manifest's.
+# No Debian version starts with a letter, so the word can never be one.
+CANDIDATE = "candidate"
+SPEC_DEB_VERSION = {"type": "string", "pattern": rf"^{CANDIDATE}$|{debs.VERSION_PATTERN}",
+                    "x-expected": DEB_VERSION["x-expected"] + f", or {CANDIDATE} (the version apt would install now, "
+                                                              "pinned when the release is built)"}
 
 
 def _artifact(optional=None, **fields):
@@ -147,8 +155,9 @@ MANIFEST_SCHEMA = {
     },
 }
 
-# A spec's OS packages: {Debian package name: exact version}.
-OS_PACKAGE_SET = {"type": "object", "minProperties": 1, "propertyNames": DEB_NAME, "additionalProperties": DEB_VERSION}
+# A spec's OS packages: {Debian package name: exact version, or candidate}.
+OS_PACKAGE_SET = {"type": "object", "minProperties": 1, "propertyNames": DEB_NAME,
+                  "additionalProperties": SPEC_DEB_VERSION}
 
 SPEC_SCHEMA = {
     "type": "object",
@@ -867,10 +876,13 @@ def _created(spec):
 # A release may pin Debian packages per model (spec `os_packages`). The build takes each .deb from the
 # apt sources this machine uses or from a directory (--debs), checks that the model's set can be
 # installed on what the model has (its factory list, posfleet.debs), and pins each in the model's
-# manifest entry by sha256 and size, in the pool like every other artifact.
+# manifest entry by sha256 and size, in the pool like every other artifact. A spec's `candidate` is
+# resolved first, by the same source: the version it offers now.
 
 # apt-get download fetches one package; past this something is stuck (a mirror that does not answer).
 APT_TIMEOUT = 900
+# apt-cache policy reads only the local package lists: it answers in a second.
+APT_POLICY_TIMEOUT = 120
 
 
 def _read_deb(path):
@@ -878,6 +890,27 @@ def _read_deb(path):
         return debs.read_deb(path)
     except debs.DebError as exc:
         raise ReleaseError(str(exc)) from None
+
+
+def policy_candidate(name, policy):
+    """The version an `apt-cache policy NAME` answer (`policy`, its output in the C locale) names as apt's
+    candidate: what `apt-get install NAME` would install now. ReleaseError when apt offers none."""
+    candidates = [line.split(":", 1)[1].strip() for line in policy.splitlines()
+                  if line.strip().startswith("Candidate:")]
+    if not candidates:
+        raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: apt knows no package {name} (`apt-cache policy "
+                           f"{name}` lists nothing); check the name, run `apt-get update` if this control node's "
+                           "package lists are old, or give the .debs with --debs DIR")
+    version = candidates[0]  # the first is the control node's own architecture
+    if version == "(none)":
+        raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: apt offers no version of {name} to install "
+                           f"(`apt-cache policy {name}` says Candidate: (none)); run `apt-get update` (or add the "
+                           "suite that has it to apt's sources), name the package that provides it if it is a "
+                           "virtual one, or give the .debs with --debs DIR")
+    if not re.match(debs.VERSION_PATTERN, version):
+        raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: `apt-cache policy {name}` names {version!r} as its "
+                           "candidate, which is not a Debian version; name a version of it in the spec")
+    return version
 
 
 class _AptDownload:
@@ -889,6 +922,25 @@ class _AptDownload:
     def __init__(self, work):
         self.work = Path(work)
         self.downloads = 0
+
+    def candidate(self, name):
+        """The version of NAME apt would install now: the Candidate of `apt-cache policy NAME`."""
+        command = ["apt-cache", "policy", name]
+        try:
+            # apt translates its words; the answer is read in the C locale.
+            result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                    timeout=APT_POLICY_TIMEOUT, env=dict(os.environ, LC_ALL="C"))
+        except FileNotFoundError:
+            raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: apt-cache is not installed on this control "
+                               f"node; name a version of {name} and give the .debs with --debs DIR") from None
+        except subprocess.TimeoutExpired:
+            raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: apt-cache policy {name} took more than "
+                               f"{APT_POLICY_TIMEOUT} s; name a version of {name} in the spec") from None
+        if result.returncode != 0:
+            reason = result.stderr.strip() or f"apt-cache exited with {result.returncode}"
+            raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: apt-cache policy {name} failed: {reason}; run "
+                               f"`apt-get update`, or name a version of {name} in the spec")
+        return policy_candidate(name, result.stdout)
 
     def debs(self, name, version):
         """[(path, debs.Package)] of NAME at VERSION: the one .deb apt chooses for this machine."""
@@ -924,16 +976,31 @@ class _DebDirectory:
     def __init__(self, directory):
         self.directory = Path(directory)
         self.where = str(self.directory)
+        self._by_name = {}  # each .deb's control fields are read once, for `candidate` and then `debs`
         if not self.directory.is_dir():
             raise ReleaseError(f"--debs {directory}: not a directory")
 
+    def _packages(self, name):
+        """[(path, debs.Package)] of every .deb of NAME below the directory, whatever its version."""
+        if name not in self._by_name:
+            read = [(path, _read_deb(path)) for path in sorted(self.directory.rglob(f"{name}_*.deb"))]
+            self._by_name[name] = [(path, package) for path, package in read if package.name == name]
+        return self._by_name[name]
+
+    def candidate(self, name):
+        """The highest version of NAME among the directory's .debs (dpkg's ordering), whatever their architecture."""
+        versions = [package.version for _path, package in self._packages(name)]
+        if not versions:
+            raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: no .deb of {name} in {self.directory}: put "
+                               f"{name}_<version>_<arch>.deb there (apt-get download names it so), or name a version")
+        try:
+            return debs.newest(versions)
+        except debs.DebError as exc:
+            raise ReleaseError(f"os_packages: {name}: {CANDIDATE}: {exc}") from None
+
     def debs(self, name, version):
         """[(path, debs.Package)] of every .deb below the directory that holds NAME at VERSION."""
-        found = []
-        for path in sorted(self.directory.rglob(f"{name}_*.deb")):
-            package = _read_deb(path)
-            if (package.name, package.version) == (name, version):
-                found.append((path, package))
+        found = [(path, package) for path, package in self._packages(name) if package.version == version]
         if not found:
             raise ReleaseError(f"no .deb of {name} {version} in {self.directory}: put {name}_<version>_<arch>.deb "
                                "there (apt-get download names it so), or build where apt reaches a mirror "
@@ -955,6 +1022,19 @@ def _os_package_sets(spec, profiles, models):
             left_out[model] = (f"takes no OS updates (its profile in {_source(profiles)} has no os.updates: dpkg): "
                                "posfleet leaves its OS alone")
     return sets, left_out
+
+
+def _resolve_candidates(sets, source):
+    """(sets, resolved): the sets with each `candidate` replaced by the exact version `source` offers, and
+    {model: {name: version}} of what was resolved. Each package is resolved once, so every model that asks
+    for its candidate gets the same version."""
+    versions, resolved = {}, {}
+    for model, wanted in sets.items():
+        for name in sorted(name for name, version in wanted.items() if version == CANDIDATE):
+            if name not in versions:
+                versions[name] = source.candidate(name)
+            resolved.setdefault(model, {})[name] = versions[name]
+    return {model: dict(wanted, **resolved.get(model, {})) for model, wanted in sets.items()}, resolved
 
 
 def factory_list(profiles, model):
@@ -1047,7 +1127,8 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE, debs_dir=N
     Only what differs is written; a manifest that changes loses its old signature, which no longer
     matches it. With dry_run, everything is built in a temporary directory and nothing in out_dir
     changes; the result says what would be written. The spec's OS packages come from `debs_dir`, a
-    directory of .deb files, or else from `apt-get download`.
+    directory of .deb files, or else from `apt-get download`; a `candidate` version is resolved by the
+    same source (a dry run resolves it too) and the result's os_packages_resolved says to what.
     """
     profiles = load_profiles(models_file)
     spec = load_spec(spec_path, profiles)
@@ -1060,6 +1141,7 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE, debs_dir=N
     release_dir = out / "releases" / spec["release"]
     with tempfile.TemporaryDirectory(prefix="posfleet-build-") as tmp:
         os_source = _DebDirectory(debs_dir) if debs_dir is not None else _AptDownload(Path(tmp) / "apt")
+        os_sets, os_resolved = _resolve_candidates(os_sets, os_source)
         os_debs = _os_packages(os_sets, profiles, os_source)
         versions = {model: app_spec.get("versions", {}).get(model, app_spec["version"]) for model in models}
         apps = {version: _build_app(version, broken, Path(tmp) / "app" / version)
@@ -1123,7 +1205,7 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE, debs_dir=N
                            app={version: [delta["from_version"] for delta in apps[version]["bundle"]["deltas"]]
                                 for version in sorted(bundle_versions)}),
             "models": {model: _model_result(entry, os_left_out.get(model)) for model, entry in entries.items()},
-            **({"os_packages_from": os_source.where} if os_sets else {})}
+            **({"os_packages_from": os_source.where, "os_packages_resolved": os_resolved} if os_sets else {})}
 
 
 def _model_result(entry, os_left_out=None):
@@ -1458,7 +1540,8 @@ def _parser():
     cmd.add_argument("--out", required=True, help="build directory")
     cmd.add_argument("--debs", type=Path, metavar="DIR",
                      help="take the spec's OS packages (os_packages) from this directory of .deb files instead of "
-                          "apt-get download, for a control node that reaches no Debian mirror")
+                          "apt-get download, for a control node that reaches no Debian mirror; a version "
+                          "`candidate` is then the directory's highest")
     cmd.add_argument("--dry-run", action="store_true", help="build in a temporary directory, change nothing")
     cmd = sub.add_parser("sign", help="sign a release's manifest.yml")
     cmd.add_argument("--release", required=True, help="the release directory, DIR/releases/<id>")

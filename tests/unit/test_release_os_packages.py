@@ -7,6 +7,7 @@ profiles are the repository's own models.yml, copied beside synthetic factory li
 """
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -355,6 +356,9 @@ def manifest_with(model, os_packages):
      "models.kestrel_k200.os_packages.1.url: an OS package must be a .deb file"),
     (lambda entry: entry["os_packages"].append(dict(ENTRY, installed_size_kb=-1)),
      "models.kestrel_k200.os_packages.1.installed_size_kb: expected a number >= 0"),
+    # a spec may say candidate; a manifest pins what it resolved to
+    (lambda entry: entry["os_packages"].append(dict(ENTRY, version="candidate")),
+     "models.kestrel_k200.os_packages.1.version: expected a Debian version"),
 ])
 def test_a_manifest_with_a_bad_os_package_entry_is_refused(change, expected):
     manifest = manifest_with("kestrel_k200", [dict(ENTRY, name="fleet-certs")])
@@ -374,6 +378,168 @@ def test_a_manifest_with_os_packages_for_a_vendor_image_model_is_refused():
     without_os = {"petrel_p9": {key: value for key, value in PROFILES["petrel_p9"].items() if key != "os"}}
     with pytest.raises(posrelease.ReleaseError, match="the model takes no OS updates"):
         posrelease.validate_manifest(manifest, without_os)
+
+
+# --- candidate: the version the source offers now ----------------------------------------------------
+
+# Where Debian's ordering and the strings' disagree: 2026f-10 is the highest, 2026f-9 sorts last as a string,
+# and a ~ sorts before anything, even the end of the version.
+NEWEST_TZDATA = "2026f-10"
+
+
+@pytest.fixture
+def newer_debs(deb_dir, tmp_path):
+    """deb_dir with more versions of fleet-tzdata (it has 2026f-1), the highest in a subdirectory."""
+    directory = tmp_path / "debs"
+    shutil.copytree(deb_dir, directory, ignore=shutil.ignore_patterns(".trees"))
+    for version in ("2026f-9", "2026f-10~rc1"):
+        make_deb(directory, "fleet-tzdata", version)
+    make_deb(directory / "security", "fleet-tzdata", NEWEST_TZDATA)
+    return directory
+
+
+@pytest.mark.parametrize(("versions", "highest"), [
+    (["2026f-1", "2026f-9", "2026f-10~rc1", "2026f-10"], "2026f-10"),
+    (["10.0-1", "1:1.0-1", "2:0.1"], "2:0.1"),        # the epoch first
+    (["1.0~rc1-1", "1.0-1~bpo1"], "1.0-1~bpo1"),
+])
+def test_newest_orders_versions_as_dpkg_does(versions, highest):
+    assert debs.newest(versions) == debs.newest(reversed(versions)) == highest
+
+
+def test_candidate_with_debs_is_the_directorys_highest_version_and_the_manifest_pins_it(shared, newer_debs, tmp_path):
+    wanted = {"all": dict(GOOD_SET, **{"fleet-tzdata": "candidate"})}
+    answer = build(shared, spec_file(tmp_path / "spec.yml", wanted), tmp_path / "out", debs_dir=newer_debs)
+    assert answer["os_packages_resolved"] == {model: {"fleet-tzdata": NEWEST_TZDATA} for model in DPKG_MODELS}
+    highest = newer_debs / "security" / f"fleet-tzdata_{NEWEST_TZDATA}_all.deb"
+    manifest = manifest_of(tmp_path / "out")
+    for model in DPKG_MODELS:
+        assert answer["models"][model]["os_packages"] == dict(GOOD_SET, **{"fleet-tzdata": NEWEST_TZDATA})
+        (entry,) = [entry for entry in manifest["models"][model]["os_packages"] if entry["name"] == "fleet-tzdata"]
+        assert (entry["version"], entry["sha256"], entry["size"]) == (NEWEST_TZDATA, sha256(highest),
+                                                                      highest.stat().st_size)
+        assert (tmp_path / "out" / entry["url"]).read_bytes() == highest.read_bytes()
+    assert "candidate" not in (tmp_path / "out" / "releases" / SPEC["release"] / "manifest.yml").read_text()
+
+
+def test_a_dry_run_resolves_candidate_only_for_the_models_that_ask_and_writes_nothing(shared, newer_debs, tmp_path):
+    wanted = {"all": GOOD_SET, "models": {"kestrel_k200": {"fleet-tzdata": "candidate"}}}
+    answer = build(shared, spec_file(tmp_path / "spec.yml", wanted), tmp_path / "out", "--dry-run",
+                   debs_dir=newer_debs)
+    assert answer["os_packages_resolved"] == {"kestrel_k200": {"fleet-tzdata": NEWEST_TZDATA}}
+    for model in DPKG_MODELS:
+        assert answer["models"][model]["os_packages"] == (
+            dict(GOOD_SET, **{"fleet-tzdata": NEWEST_TZDATA}) if model == "kestrel_k200" else GOOD_SET)
+    assert not (tmp_path / "out").exists()
+
+
+def test_candidate_of_a_package_the_directory_lacks_is_refused_naming_it(shared, deb_dir, tmp_path):
+    wanted = {"all": dict(GOOD_SET, **{"fleet-absent": "candidate"})}
+    proc = build(shared, spec_file(tmp_path / "spec.yml", wanted), tmp_path / "out", check=False, debs_dir=deb_dir)
+    assert proc.stderr.startswith(f"posfleet-release: os_packages: fleet-absent: candidate: no .deb of fleet-absent "
+                                  f"in {deb_dir}: put fleet-absent_<version>_<arch>.deb there")
+    assert not (tmp_path / "out").exists()
+
+
+# apt's answers as `apt-cache policy NAME` prints them in the C locale.
+POLICY = """\
+fleet-tzdata:
+  Installed: 2026f-1
+  Candidate: 2026f-10
+  Version table:
+     2026f-10 500
+        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+ *** 2026f-1 500
+        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+        100 /var/lib/dpkg/status
+"""
+NO_CANDIDATE = """\
+fleet-virtual:
+  Installed: (none)
+  Candidate: (none)
+  Version table:
+"""
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    (POLICY, "2026f-10"),
+    # another architecture's entry (multiarch) comes after the control node's own
+    ("zlib1g:\n  Installed: (none)\n  Candidate: 1:1.2.13.dfsg-1\nzlib1g:i386:\n  Candidate: 1:1.2.11\n",
+     "1:1.2.13.dfsg-1"),
+])
+def test_apts_candidate_is_read_from_apt_cache_policy(policy, expected):
+    assert posrelease.policy_candidate("fleet-tzdata", policy) == expected
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    (NO_CANDIDATE, "os_packages: fleet-virtual: candidate: apt offers no version of fleet-virtual to install "
+                   "(`apt-cache policy fleet-virtual` says Candidate: (none)); run `apt-get update`"),
+    ("", "os_packages: fleet-virtual: candidate: apt knows no package fleet-virtual (`apt-cache policy "
+         "fleet-virtual` lists nothing); check the name, run `apt-get update`"),
+    ("fleet-virtual:\n  Candidate: newest\n", "`apt-cache policy fleet-virtual` names 'newest' as its candidate, "
+                                               "which is not a Debian version"),
+])
+def test_no_candidate_from_apt_is_refused_saying_what_to_do(policy, expected):
+    with pytest.raises(posrelease.ReleaseError, match=re.escape(expected)):
+        posrelease.policy_candidate("fleet-virtual", policy)
+
+
+# Stand-ins for apt on PATH, answering from the directory $FAKE_APT: apt-cache policy NAME prints NAME.policy
+# (nothing for a package apt does not know), apt-get download NAME=VERSION copies NAME_VERSION_*.deb.
+FAKE_APT = {
+    "apt-cache": '#!/bin/sh\n[ "$1" = policy ] || exit 100\ncat "$FAKE_APT/$2.policy" 2>/dev/null\nexit 0\n',
+    "apt-get": '#!/bin/sh\nfor argument; do wanted=$argument; done\necho "$wanted" >> "$FAKE_APT/downloads"\n'
+               'cp "$FAKE_APT/${wanted%%=*}_${wanted#*=}_"*.deb .\n',
+}
+
+
+@pytest.fixture
+def fake_apt(tmp_path, monkeypatch):
+    directory = tmp_path / "apt"
+    (directory / "bin").mkdir(parents=True)
+    for name, script in FAKE_APT.items():
+        (directory / "bin" / name).write_text(script)
+        (directory / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("FAKE_APT", str(directory))
+    monkeypatch.setenv("PATH", f"{directory / 'bin'}:{os.environ['PATH']}")
+    return directory
+
+
+def test_candidate_from_apt_is_resolved_once_downloaded_and_pinned(shared, fake_apt, tmp_path):
+    (fake_apt / "fleet-tzdata.policy").write_text(POLICY)
+    offered = make_deb(fake_apt, "fleet-tzdata", "2026f-10")
+    make_deb(fake_apt, "fleet-tzdata", "2026f-1")
+    answer = build(shared, spec_file(tmp_path / "spec.yml", {"all": {"fleet-tzdata": "candidate"}}), tmp_path / "out")
+    assert answer["os_packages_from"] == "apt-get download"
+    assert answer["os_packages_resolved"] == {model: {"fleet-tzdata": "2026f-10"} for model in DPKG_MODELS}
+    assert (fake_apt / "downloads").read_text() == "fleet-tzdata=2026f-10\n"  # once, at the exact version
+    for model in DPKG_MODELS:
+        (entry,) = manifest_of(tmp_path / "out")["models"][model]["os_packages"]
+        assert (entry["version"], entry["sha256"]) == ("2026f-10", sha256(offered))
+
+
+def test_candidate_apt_offers_none_of_is_refused_before_anything_is_built(shared, fake_apt, tmp_path):
+    (fake_apt / "fleet-virtual.policy").write_text(NO_CANDIDATE)
+    spec = spec_file(tmp_path / "spec.yml", {"all": {"fleet-virtual": "candidate"}})
+    proc = build(shared, spec, tmp_path / "out", "--dry-run", check=False)
+    assert proc.stderr.splitlines()[0].startswith(
+        "posfleet-release: os_packages: fleet-virtual: candidate: apt offers no version of fleet-virtual to install")
+    assert not (fake_apt / "downloads").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("version", "accepted"), [
+    ("candidate", True), ("3.0.17-1~deb12u2", True), ("1:1.2.13", True),
+    ("Candidate", False), ("candidates", False), ("candidate-1", False), ("latest", False), ("3.0 beta", False),
+])
+def test_a_spec_version_is_exact_or_candidate(version, accepted):
+    errors = posrelease.schema_errors(posrelease.OS_PACKAGE_SET, {"fleet-tzdata": version})
+    if accepted:
+        assert errors == []
+    else:
+        assert errors == ["fleet-tzdata: expected a Debian version like 3.0.17-1~deb12u2 or 1:1.2.13 "
+                          "([epoch:]upstream[-revision], a digit first), or candidate (the version apt would install "
+                          "now, pinned when the release is built)"]
 
 
 # --- the real apt source ---------------------------------------------------------------------------
