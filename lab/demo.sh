@@ -48,6 +48,13 @@ POSFLEET_CHECKIN_STORE=/var/lib/poslab/checkin/store.db ANSIBLE_INVENTORY=/var/l
   posfleet-autoupdate status
 poslab checkin down
 
+echo "==> The upgrade's OS packages (Debian security updates, real dpkg) on each terminal; petrel_p9 takes none"
+for serial in $(poslab status --json | python3 -c 'import json, sys; print(" ".join(r["serial"] for r in json.load(sys.stdin)))'); do
+  printf '%s  %s\n' "$serial" "$(poslab exec "$serial" -- dpkg-query -W -f '${Package}=${Version} ' libssl3 openssl tzdata ca-certificates)"
+done
+echo "==> The compliance audit: every terminal against 2026.12.0, OS packages included (playbooks/verify.yml)"
+ansible-playbook playbooks/verify.yml -e update_release=2026.12.0 || true
+
 echo "==> Lab status"
 poslab status
 

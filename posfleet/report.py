@@ -168,6 +168,13 @@ def _packs(state):
     return ";".join(f"{name}={'' if version is None else version}" for name, version in sorted(state["packs"].items()))
 
 
+def _os_packages(state):
+    if not state or not state.get("os_packages"):
+        return ""
+    return ";".join(f"{name}={'' if version is None else version}"
+                    for name, version in sorted(state["os_packages"].items()))
+
+
 def _step_names(rows):
     extra = sorted({name for row in rows for name in row["steps"]} - set(STEPS))
     return list(STEPS) + extra
@@ -176,7 +183,8 @@ def _step_names(rows):
 def csv_columns(doc):
     """The CSV header: fixed columns, then `step_<name>_s` for every known step and any other in the doc."""
     return (["serial", "model", "region", "wave", "status", "deferred_by", "reason", "window_opens_at",
-             "app_before", "app_after", "packs_before", "packs_after", "bytes_downloaded", "duration_s"]
+             "app_before", "app_after", "packs_before", "packs_after", "os_before", "os_after", "bytes_downloaded",
+             "duration_s"]
             + [f"step_{name}_s" for name in _step_names(doc["terminals"])])
 
 
@@ -190,7 +198,8 @@ def render_csv(doc):
         before, after = row["before"] or {}, row["after"] or {}
         cells = [row["serial"], row["model"], row["region"], row["wave"], row["status"], row["deferred_by"],
                  row["reason"], row["window_opens_at"], before.get("app_version"), after.get("app_version"),
-                 _packs(row["before"]), _packs(row["after"]), row["bytes_downloaded"], row["duration_s"]]
+                 _packs(row["before"]), _packs(row["after"]), _os_packages(row["before"]), _os_packages(row["after"]),
+                 row["bytes_downloaded"], row["duration_s"]]
         cells += [row["steps"].get(name) for name in steps]
         writer.writerow(["" if cell is None else cell for cell in cells])
     return out.getvalue()
@@ -391,6 +400,11 @@ _JS = r"""
     if (!state) { return null; }
     return Object.keys(state.packs).sort().map(function (n) { return n + "=" + (state.packs[n] || ""); }).join(";");
   }
+  function osPackages(state) {
+    if (!state || !state.os_packages) { return null; }
+    var os = state.os_packages;
+    return Object.keys(os).sort().map(function (n) { return n + "=" + (os[n] || ""); }).join(";");
+  }
   var COLUMNS = [
     ["serial", "text", function (r) { return r.serial; }],
     ["model", "text", function (r) { return r.model; }],
@@ -403,6 +417,7 @@ _JS = r"""
     ["app_before", "text", function (r) { return r.before ? r.before.app_version : null; }],
     ["app_after", "text", function (r) { return r.after ? r.after.app_version : null; }],
     ["packs_after", "text", function (r) { return packs(r.after); }],
+    ["os_after", "text", function (r) { return osPackages(r.after); }],
     ["bytes_downloaded", "num", function (r) { return r.bytes_downloaded; }],
     ["duration_s", "num", function (r) { return r.duration_s; }]
   ];
@@ -753,12 +768,13 @@ def last_step(steps):
 
 
 def versions(state):
-    """{component: version} of a version state ({app_version, packs}): `app`, then `pack:<name>` by name; None
-    when the state is not known."""
+    """{component: version} of a version state ({app_version, packs, os_packages}): `app`, then `pack:<name>` by
+    name, then `os:<name>` by name; None when the state is not known."""
     if not isinstance(state, dict):
         return None
     found = {"app": state.get("app_version")}
     found.update({f"pack:{name}": version for name, version in sorted((state.get("packs") or {}).items())})
+    found.update({f"os:{name}": version for name, version in sorted((state.get("os_packages") or {}).items())})
     return found
 
 

@@ -120,11 +120,34 @@ def build_layers(models):
 
     artifacts = build_app(FACTORY_APP_VERSION, config.STATE / "factory")
     base = base_image()
+    write_factory_lists(base, models)
     for name, profile in models.items():
         layer = config.LAYERS / f"model-{name}"
         layer.mkdir(parents=True)
         install_factory_app(layer, lab, base, profile, artifacts)
         packs.write_factory_packs(layer / "var" / "lib" / "pos" / "packs", config.ACQUIRER_URL)
+
+
+def write_factory_lists(base, models):
+    """Write each dpkg-OS model's factory list (its profile's os.factory) from the image its terminals boot.
+
+    The lab's image is its models' factory image: the release build checks an OS package set against these
+    lists (posfleet.debs has the format). They follow the image, which follows the Debian mirror, so they are
+    written here and not kept in the repository.
+    """
+    out = run(["dpkg-query", f"--admindir={base}/var/lib/dpkg", "-W", "-f",
+               "${db:Status-Abbrev}\t${Package} ${Version} ${Architecture} ${Provides}\n"]).stdout
+    lines = [line.split("\t", 1)[1].rstrip() for line in out.splitlines() if line.startswith("ii")]
+    text = ("# Written by poslab from the lab's terminal image (lab/poslab/image.py): the packages its models' "
+            "factory image has installed.\n" + "\n".join(sorted(lines)) + "\n")
+    models_dir = config.PROJECT / "inventories" / "shared"
+    for profile in models.values():
+        os_profile = profile.get("os") or {}
+        if os_profile.get("updates") == "dpkg" and os_profile.get("factory"):
+            path = models_dir / os_profile["factory"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
 
 
 def build_app(version, out_dir):

@@ -83,7 +83,8 @@ def decide(terminal, args, entry):
                         args["storage_margin_mb"], args["run"])
     return {"status": verdict["status"], "reason": verdict["reason"],
             "deferred_by": verdict["by"] if verdict["status"] == "deferred" else None,
-            "before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
+            "before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs"),
+                       **({"os_packages": terminal["os_packages"]} if terminal.get("os_packages") else {})}}
 
 
 class ActionModule(ActionBase):

@@ -27,6 +27,7 @@ ARGUMENT_SPEC = {
     "target": {"type": "dict"},
     "entry": {"type": "dict"},
     "merchant_profile": {"type": "dict"},
+    "reboot": {"type": "bool"},
 }
 
 

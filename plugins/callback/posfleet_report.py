@@ -551,7 +551,8 @@ class CallbackModule(CallbackBase):
         self._audit([posreport.audit_entry(
             self._common(self._run_id()), "backup", posreport.ENDED, terminal=serial, step="backup",
             status="stored", reason=f"stored as {path}", release=_backup_label(path),
-            before={"app_version": data.get("app_version"), "packs": data.get("packs")})])
+            before={"app_version": data.get("app_version"), "packs": data.get("packs"),
+                    **({"os_packages": data["os_packages"]} if data.get("os_packages") else {})})])
 
     def _guard(self, serial, lease):
         """The update guard's switch-back of an earlier run's change, as pos_maintenance found it in the
@@ -613,8 +614,11 @@ def _versions(state):
     if not isinstance(state, dict):
         return None
     packs = state.get("packs") or {}
-    return {"app_version": _text(state.get("app_version")),
-            "packs": {str(name): _text(version) for name, version in sorted(packs.items())}}
+    versions = {"app_version": _text(state.get("app_version")),
+                "packs": {str(name): _text(version) for name, version in sorted(packs.items())}}
+    if isinstance(state.get("os_packages"), dict) and state["os_packages"]:
+        versions["os_packages"] = {str(name): _text(version) for name, version in sorted(state["os_packages"].items())}
+    return versions
 
 
 def _text(value):

@@ -11,6 +11,8 @@ import os
 import yaml
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_survey as survey
 
+from posfleet import debs
+
 
 def _terminal(hostvars, host):
     return (hostvars.get(host) or {}).get("pos_terminal")
@@ -77,6 +79,38 @@ def pos_drift_report(hostvars, hosts):
     return report
 
 
+def pos_os_compliance(hostvars, hosts):
+    """The fleet summary of an OS patch audit: one line per OS package and version that audited terminals lag.
+
+    Each terminal's `verify_os` ({name: installed version or None}, from pos_verify) against its target's
+    os_packages; versions compared in Debian's ordering (dpkg --compare-versions, through posfleet.debs).
+    """
+    behind = collections.defaultdict(lambda: collections.defaultdict(list))
+    for host in sorted(hosts):
+        variables = hostvars.get(host) or {}
+        wanted = ((variables.get("pos_update_target") or {}).get("os_packages")) or {}
+        found = variables.get("verify_os") or {}
+        for name, version in sorted(wanted.items()):
+            installed = found.get(name) if name in found else "unknown"
+            if installed == version:
+                continue
+            if installed in (None, "unknown"):
+                how = "not installed" if installed is None else "not audited"
+            else:
+                how = "older" if debs.compare_versions(installed, "<<", version) else "newer"
+            behind[(name, version, how)][installed or how].append(host)
+    lines = []
+    for (name, version, how), by_version in sorted(behind.items()):
+        count = sum(len(hosts_at) for hosts_at in by_version.values())
+        words = {"older": "run %s older than %s" % (name, version), "newer": "run %s newer than %s" % (name, version),
+                 "not installed": "lack %s (release: %s)" % (name, version),
+                 "not audited": "could not be audited for %s %s" % (name, version)}[how]
+        detail = ", ".join("%s on %d" % (installed, len(at)) for installed, at in sorted(by_version.items())
+                           if installed not in ("not installed", "not audited"))
+        lines.append("%d terminal(s) %s%s" % (count, words, " (%s)" % detail if detail else ""))
+    return lines
+
+
 def _without_descriptions(option):
     """An argument spec option without its descriptions, suboptions included."""
     kept = {key: value for key, value in option.items() if key != "description"}
@@ -117,5 +151,5 @@ class FilterModule:
     def filters(self):
         return {"pos_fleet_summary": pos_fleet_summary, "pos_table": pos_table,
                 "pos_release_target": survey.release_target, "pos_pack_urls": pos_pack_urls,
-                "pos_drift_report": pos_drift_report,
+                "pos_drift_report": pos_drift_report, "pos_os_compliance": pos_os_compliance,
                 "pos_role_options": pos_role_options}

@@ -79,8 +79,6 @@ class BundleApp:
     has_deltas = True
     # The download is unpacked into its version's directory before the switch, which is a rename.
     unpacked = True
-    # Switching back is one rename: it cannot fail half-way.
-    switch_back_can_fail = False
 
     def version(self):
         """The installed version (what `current` points at), or None."""
@@ -139,8 +137,6 @@ class DebApp:
     has_deltas = False
     # The package manager installs the downloaded file at the switch.
     unpacked = False
-    # dpkg -i can fail half-way: switch the app back first, so that nothing else moves if it does.
-    switch_back_can_fail = True
 
     def version(self):
         """The installed version of posd, or None."""

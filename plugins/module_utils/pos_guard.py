@@ -48,6 +48,7 @@ import shutil
 import sys
 import time
 
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_os
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import pack_intact
@@ -77,7 +78,7 @@ HELD = (*ACTIVE, "holding")
 # How often a long step (a download) renews the lease while it runs.
 HEARTBEAT_S = 30.0
 # The module_utils the guard imports, installed beside it in the same package layout.
-GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_versions", "pos_app", "pos_guard")
+GUARD_MODULES = ("pos_terminal", "pos_archive", "pos_versions", "pos_app", "pos_os", "pos_guard")
 # The package the guard's modules are installed under, as the modules import each other.
 PACKAGE = "ansible_collections.posfleet.fleet.plugins.module_utils"
 COMMAND_TEXT = """#!/bin/sh
@@ -448,6 +449,13 @@ def install(python):
 def _plan_undo(before):
     """(switches, problems): the switches back to `before`, each (what, callable), or why it cannot be done."""
     switches, problems = [], []
+    # The OS packages go first: their switch is the one most likely to fail half-way (maintainer scripts).
+    os_before = before.get("os_packages") or {}
+    if os_before:
+        debs, removals, missing = pos_os.plan_back(os_before)
+        problems += ["the OS packages' previous versions cannot be installed: %s" % why for why in missing]
+        if (debs or removals) and not missing:
+            switches.append(("OS packages", lambda: pos_os.switch_back(os_before)))
     version = before.get("app_version")
     installed = app(before.get("package_style")) if version else None
     if installed and installed.version() != version:
@@ -456,8 +464,9 @@ def _plan_undo(before):
             problems.append("the app's previous version %s cannot be used: %s" % (version, problem))
         else:
             switch = ("app %s" % version, lambda: installed.switch_back(version))
-            # A switch that can fail half-way goes first, so that nothing else is switched if it does.
-            switches.insert(0 if installed.switch_back_can_fail else len(switches), switch)
+            # Switches that can fail half-way (the OS packages', a dpkg app's) go before the packs', so that
+            # nothing else is switched if one does.
+            switches.append(switch)
     for name, pack_version in sorted((before.get("packs") or {}).items()):
         if not pack_version:
             continue
@@ -507,6 +516,12 @@ def _undo(before, posd_timeout):
             wrong.append("app")
     except OSError as error:    # dpkg-query stopped past its timeout: what runs cannot be told
         return "stuck", "switched back, but the app's version cannot be read: %s" % error, done
+    try:
+        os_now = pos_os.versions(sorted(before.get("os_packages") or {}))
+    except OSError as error:
+        return "stuck", "switched back, but the OS packages' versions cannot be read: %s" % error, done
+    wrong += ["OS package %s" % name for name, version in (before.get("os_packages") or {}).items()
+              if os_now.get(name) != version]
     wrong += [name for name, version in pack_versions().items()
               if version and (before.get("packs") or {}).get(name) not in (None, version)]
     if wrong:

@@ -107,3 +107,19 @@ def check_signature(module, manifest_url, manifest_sha256, public_key, timeout):
                              " a signed but different release is on the distribution point; republish it"
                              % (digest, manifest_sha256, manifest_url), digest)
     return digest
+
+
+def check_release(module):
+    """With the module's `signature` option: the terminal's own check of the release, before anything else
+    (read-only, so in check mode too). Fails the module, with nothing downloaded or changed, when the release
+    cannot be trusted; {"verified": True, "manifest_sha256"} when it can, None without the option."""
+    signature = module.params["signature"]
+    if not signature:
+        return None
+    try:
+        digest = check_signature(module, signature["manifest_url"], signature["manifest_sha256"],
+                                 signature["public_key"], module.params["timeout"])
+    except SignatureError as error:
+        module.fail_json(msg=str(error), changed=False,
+                         signature={"verified": False, "manifest_sha256": error.manifest_sha256})
+    return {"verified": True, "manifest_sha256": digest}

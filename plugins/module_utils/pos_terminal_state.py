@@ -13,6 +13,7 @@ import platform
 import time
 import urllib.request
 
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_os
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import read_lease, summary
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
@@ -49,11 +50,17 @@ def runs_release(facts, release):
     if facts["app_version"] != release.get("app_version"):
         return False
     wanted = release.get("packs") or {}
-    return all(facts["packs"].get(name) == version for name, version in wanted.items())
+    if not all(facts["packs"].get(name) == version for name, version in wanted.items()):
+        return False
+    found = facts.get("os_packages") or {}
+    return all(found.get(name) == version for name, version in (release.get("os_packages") or {}).items())
 
 
 def terminal_state(package_style, probe_url=None, probe_timeout=10.0, release=None):
-    """The pos_terminal fact; `current` when `release` is given, `probe` when `probe_url` is."""
+    """The pos_terminal fact; `current` when `release` is given, `probe` when `probe_url` is.
+
+    `os_packages` holds the versions of the OS packages `release` pins (None: not installed), when it pins any.
+    """
     identity = read_json(TERMINAL_JSON)
     if not identity:
         raise NotATerminal("%s is missing or unreadable: this does not look like a provisioned POS terminal"
@@ -79,6 +86,9 @@ def terminal_state(package_style, probe_url=None, probe_timeout=10.0, release=No
                                                     "maintenance", "app_version", "generated")}
     except PosdError as error:
         facts["posd"] = {"state": "down", "pending": None, "healthy": False, "health_detail": str(error)}
+    os_names = sorted((release or {}).get("os_packages") or {})
+    if os_names:
+        facts["os_packages"] = pos_os.versions(os_names)
     if probe_url:
         facts["probe"] = probe(probe_url, probe_timeout)
     if release is not None:

@@ -58,6 +58,15 @@ options:
         required and may hold only letters, digits, C(.), C(_), C(+) and C(-).
     type: str
     default: ""
+  os_packages:
+    description:
+      - The OS packages the update may change (the names of the release's C(os_packages) for the model). Their
+        installed versions are recorded with the snapshot (C(app.json)) and in the update's lease, so that the
+        update's rollback, rollback.yml and the update guard put them back (from the C(.deb)s
+        M(posfleet.fleet.pos_os_packages) keeps); a package not installed is recorded as null.
+    type: list
+    elements: str
+    default: []
   store_dir:
     description:
       - The backup store on the control node (the action's option; the role passes C(pos_backup_store_dir)).
@@ -162,6 +171,11 @@ app_version:
   returned: always
   type: str
   sample: 1.0.0
+os_packages:
+  description: The OS package versions recorded (C(null) for one that is not installed); empty without O(os_packages).
+  returned: always
+  type: dict
+  sample: {libssl3: 3.0.20-1~deb12u2, tzdata: 2026b-0+deb12u1}
 packs:
   description: The pack versions recorded (C(null) for a pack the terminal does not have).
   returned: always
@@ -192,6 +206,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_os
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
@@ -281,6 +296,7 @@ def main():
             dest=dict(type="str", default="/var/lib/pos/backup"),
             package_style=dict(type="str", required=True, choices=["dpkg", "bundle"]),
             release=dict(type="str", default=""),
+            os_packages=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -333,6 +349,11 @@ def main():
     if not os.path.isfile(journal):
         module.fail_json(msg="there is no journal at %s: has posd ever run on this terminal?" % JOURNAL)
 
+    try:
+        os_packages = pos_os.recorded(sorted(set(module.params["os_packages"])))
+    except OSError as error:  # CommandTimeout too
+        module.fail_json(msg="no backup was taken: cannot read the OS packages' versions: %s" % error,
+                         changed=bool(switched_back))
     sources, packs = pack_sources(module)
     sources["etc/pos/terminal.json"] = terminal_path(TERMINAL_JSON)
     # What the style keeps for its way back (a dpkg terminal's .deb) goes into the snapshot too.
@@ -340,13 +361,14 @@ def main():
     sources.update(kept)
     deb = next(iter(kept), None)
     record = {"version": version, "style": style, "release": module.params["release"], "deb": deb,
+              "os_packages": os_packages,
               "serial": identity.get("serial"), "created": stamp(time.time())}
     dest = terminal_path(dest_param)
     path = os.path.join(dest_param, "snapshot.tar")
     estimate = sum(os.path.getsize(p) for p in sources.values()) + os.path.getsize(journal)
     if os.path.exists(journal + "-wal"):
         estimate += os.path.getsize(journal + "-wal")
-    result = dict(path=path, app_version=version, packs=packs, switched_back=switched_back)
+    result = dict(path=path, app_version=version, packs=packs, os_packages=os_packages, switched_back=switched_back)
 
     if module.check_mode:
         try:
@@ -406,7 +428,7 @@ def main():
     # From here on the update may change the terminal: should the control node go silent, the update
     # guard switches it back to what was just recorded (see pos_maintenance's lease).
     try:
-        begin_change({"package_style": style, "app_version": version, "packs": packs})
+        begin_change({"package_style": style, "app_version": version, "packs": packs, "os_packages": os_packages})
     except LeaseLost as error:
         module.fail_json(msg="the snapshot was taken, but %s" % error, changed=True)
     except OSError as error:

@@ -98,29 +98,9 @@ options:
     description: Use a bundle delta when the terminal has a base for one; V(false) always downloads the full bundle.
     type: bool
     default: true
-  signature:
-    description:
-      - Check the release's signature on the terminal before anything else (see the description), for models whose
-        profile sets C(verify_signature) and whose firmware has C(openssl) 3 (C(pkeyutl -rawin) for ed25519).
-      - Omit it to rely on the control node's check alone.
-      - The manifest and its signature are downloaded with O(timeout).
-    type: dict
-    suboptions:
-      manifest_url:
-        description: URL of the release's C(manifest.yml) on the distribution point; the signature is at the same URL
-          plus C(.sig).
-        type: str
-        required: true
-      manifest_sha256:
-        description: sha256 of the manifest bytes the control node verified.
-        type: str
-        required: true
-      public_key:
-        description: The release public key, PEM text.
-        type: str
-        required: true
 extends_documentation_fragment:
   - posfleet.fleet.pos_download
+  - posfleet.fleet.pos_signature
   - posfleet.fleet.attributes
   - posfleet.fleet.run
 attributes:
@@ -235,20 +215,17 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_delta_fetch as by_delta
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import (
-    DPKG_BUILD_TIMEOUT,
     DPKG_READ_TIMEOUT,
     app,
     app_version,
     deb_name,
     dpkg_install,
-    dpkg_query,
     installed_style,
 )
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
@@ -273,11 +250,8 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
     start_step,
     switching,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import (
-    SIGNATURE_OPTIONS,
-    SignatureError,
-    check_signature,
-)
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_os import repack
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import SIGNATURE_OPTIONS, check_release
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
@@ -290,11 +264,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     terminal_path,
 )
 
-MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
 VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~-]*$")
-# Fields of the installed package's status that make a valid control file again.
-CONTROL_FIELDS = ("Package", "Version", "Architecture", "Maintainer", "Section", "Priority", "Depends",
-                  "Pre-Depends", "Recommends", "Description")
 
 
 def install_bundle(version, previous):
@@ -347,67 +317,12 @@ def run(module, argv, what, timeout, leaves, changed=True):
 
 
 def repack_installed(module, version, dest):
-    """Rebuild the installed posd's .deb from its files, as dpkg-repack would, into `dest`.
-
-    Only after `dpkg --verify posd` found every file as the package shipped it: a rollback must not
-    bring back a tampered app.
-    """
+    """Rebuild the installed posd's .deb from its files into `dest` (pos_os.repack: only when they are intact)."""
     try:
-        differences = app("dpkg").file_differences()
-        rc, status, err = dpkg_query("-s", "posd")
-        rc_listing, listing, err_listing = dpkg_query("-L", "posd")
-    except CommandTimeout as error:
-        module.fail_json(msg="cannot keep a rollback copy of posd %s: %s" % (version, error))
-    if differences:
-        module.fail_json(msg="cannot keep a rollback copy of posd %s: its installed files differ from the "
-                         "package (dpkg --verify posd: %s); reinstall posd %s or put %s in %s first"
-                         % (version, differences[:400], version, deb_name(version), ROLLBACK_DIR))
-    if rc != 0:
-        module.fail_json(msg="cannot read the installed posd package: %s" % err.strip())
-    control, keep = [], False
-    for line in status.splitlines():
-        if line[:1] in (" ", "\t"):
-            if keep:
-                control.append(line)
-            continue
-        field = line.split(":", 1)[0]
-        keep = field in CONTROL_FIELDS
-        if keep:
-            control.append(line)
-    if rc_listing != 0:
-        module.fail_json(msg="cannot list the installed posd files: %s" % err_listing.strip())
-    work = tempfile.mkdtemp(prefix=".repack-", dir=os.path.dirname(dest))
-    try:
-        tree = os.path.join(work, "root")
-        os.makedirs(os.path.join(tree, "DEBIAN"))
-        with open(os.path.join(tree, "DEBIAN", "control"), "w", encoding="utf-8") as handle:
-            handle.write("\n".join(control) + "\n")
-        for script in MAINTAINER_SCRIPTS:
-            source = terminal_path("/var/lib/dpkg/info/posd.%s" % script)
-            if os.path.isfile(source):
-                shutil.copy2(source, os.path.join(tree, "DEBIAN", script))
-                os.chmod(os.path.join(tree, "DEBIAN", script), 0o755)
-        for line in listing.splitlines():
-            path = line.strip()
-            if not path.startswith("/") or path == "/.":
-                continue
-            source = terminal_path(path)
-            target = os.path.join(tree, path.lstrip("/"))
-            if os.path.islink(source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.symlink(os.readlink(source), target)
-            elif os.path.isdir(source):
-                os.makedirs(target, exist_ok=True)
-                os.chmod(target, os.stat(source).st_mode & 0o7777)
-            elif os.path.isfile(source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copy2(source, target)
-        run(module, ["dpkg-deb", "--build", "--root-owner-group", tree, dest + ".tmp"],
-            "rebuilding the installed posd %s for rollback" % version, DPKG_BUILD_TIMEOUT,
-            "nothing is installed yet; the next run rebuilds it")
-        os.rename(dest + ".tmp", dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        repack("posd", dest)
+    except OSError as error:  # CommandTimeout too
+        module.fail_json(msg="cannot keep a rollback copy of posd %s: %s; or put %s in %s first"
+                         % (version, error, deb_name(version), ROLLBACK_DIR))
 
 
 def keep_previous_deb(module, previous, staging):
@@ -484,21 +399,6 @@ def fetch_and_unpack_bundle(module, spec, found, transfer, result, staging, opti
         except ArchiveError as again:
             module.fail_json(msg=str(again), **result)
     os.unlink(path)
-
-
-def check_release(module):
-    """With `signature`: the terminal's own check of the release, before anything else (read-only, so in check
-    mode too). Fails the module, with nothing downloaded or changed, when the release cannot be trusted."""
-    signature = module.params["signature"]
-    if not signature:
-        return None
-    try:
-        digest = check_signature(module, signature["manifest_url"], signature["manifest_sha256"],
-                                 signature["public_key"], module.params["timeout"])
-    except SignatureError as error:
-        module.fail_json(msg=str(error), changed=False,
-                         signature={"verified": False, "manifest_sha256": error.manifest_sha256})
-    return {"verified": True, "manifest_sha256": digest}
 
 
 def main():

@@ -47,6 +47,11 @@ options:
   merchant_profile:
     description: The merchant profile rendered for the terminal from its registry row.
     type: dict
+  reboot:
+    description:
+      - Whether the terminal's update ends with a reboot (C(pos_update_reboot)); the survey records it from the release
+        and the model profile, an installed OS package that asks for a reboot sets it.
+    type: bool
 extends_documentation_fragment:
   - posfleet.fleet.attributes
   - posfleet.fleet.attributes.action

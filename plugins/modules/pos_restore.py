@@ -14,6 +14,10 @@ description:
   - "App: V(bundle) switches C(/opt/pos/app/current) back to the snapshot's version directory (kept by
     M(posfleet.fleet.pos_package)); V(dpkg) installs C(/var/lib/pos/rollback/posd_<version>_all.deb) (or the copy
     inside the snapshot) with C(dpkg -i). Nothing happens when the installed version already is the snapshot's."
+  - "OS packages: the versions the snapshot recorded (the O(posfleet.fleet.pos_backup#module:os_packages) of
+    M(posfleet.fleet.pos_backup)) are put back first, with one C(dpkg --install) of the C(.deb)s
+    M(posfleet.fleet.pos_os_packages) kept in C(/var/lib/pos/rollback/os/); a package that was not installed is
+    removed. A kept C(.deb) that is gone stops the module before anything is restored."
   - "Data packs: each pack's C(current) goes back to the snapshot's version; a version directory that is gone
     or damaged is re-created from the snapshot. All packs are staged and verified before any link is switched.
     A pack the snapshot did not have is left as it is (with a warning)."
@@ -131,6 +135,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_os
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version, installed_style
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
@@ -443,7 +448,18 @@ class Restore:
                 self.fail("nothing was restored: %s" % error)
         version = self.app["version"]
         installed = self.installed_version()
-        before = {"app_version": installed, "packs": pack_versions()}
+        # The OS packages the snapshot recorded (pos_backup's os_packages): put back from the .debs
+        # pos_os_packages kept on the terminal, before anything else (their switch is the one that can fail).
+        os_before = self.app.get("os_packages") or {}
+        try:
+            os_debs, os_removals, os_problems = pos_os.plan_back(os_before)
+            os_now = pos_os.versions(sorted(os_before))
+        except OSError as error:  # CommandTimeout too
+            self.fail("nothing was restored: cannot read the OS packages' versions: %s" % error)
+        if os_problems:
+            self.fail("cannot restore the OS packages: %s; nothing was restored" % "; ".join(os_problems))
+        os_plan = bool(os_debs or os_removals)
+        before = {"app_version": installed, "packs": pack_versions(), **_os_state(os_before, os_now)}
         app_plan = self.plan_app(installed)
         pack_plan = self.plan_packs()
         # A scratch directory beside the journal (same filesystem: a rename into place stays atomic); in check
@@ -459,10 +475,11 @@ class Restore:
         with tarfile.open(self.src, "r:") as tar:
             extract_one(tar, "journal.db", prepared)
             action, reason, observed, snap_counters = self.plan_journal(prepared)
-            restored = (["app"] if app_plan else []) + (["journal"] if action != "kept" else []) + \
-                ["pack:%s" % name for name in sorted(pack_plan)]
+            restored = (["os"] if os_plan else []) + (["app"] if app_plan else []) + \
+                (["journal"] if action != "kept" else []) + ["pack:%s" % name for name in sorted(pack_plan)]
             after = {"app_version": version, "packs": dict(before["packs"], **{n: p["version"]
-                                                                               for n, p in pack_plan.items()})}
+                                                                               for n, p in pack_plan.items()}),
+                     **_os_state(os_before, dict(os_before))}
             result = dict(restored=restored, versions_before=before, counters_before=observed,
                           journal={"action": action, "reason": reason})
             diff = {"before": before, "after": after}
@@ -474,6 +491,8 @@ class Restore:
                                  **result)
             try:
                 staged = self.stage_packs(tar, pack_plan)
+                if os_plan:
+                    result["os_switched"] = pos_os.switch_back(os_before)
                 if app_plan:
                     self.install_app(tar, app_plan, version)
             except (OSError, ArchiveError, KeyError, tarfile.TarError) as error:
@@ -513,7 +532,7 @@ class Restore:
         shutil.rmtree(self.work, ignore_errors=True)
         self.work = None
         try:
-            if app_plan and self.params["restart"]:
+            if (app_plan or os_plan) and self.params["restart"]:
                 status = restart_posd(timeout=self.params["timeout"])
                 if status.get("app_version") != version:
                     self.fail("posd restarted but runs %s instead of %s"
@@ -527,12 +546,20 @@ class Restore:
         except PosdError as error:
             self.fail("the terminal is restored but posd did not come back: %s" % error, changed=True,
                       **result)
-        self.verify(version, pack_plan, result)
-        result["versions_after"] = {"app_version": self.installed_version(True, **result), "packs": pack_versions()}
+        self.verify(version, pack_plan, os_before, result)
+        result["versions_after"] = {"app_version": self.installed_version(True, **result), "packs": pack_versions(),
+                                    **_os_state(os_before, pos_os.versions(sorted(os_before)))}
         module.exit_json(changed=True, diff=diff, **result)
 
-    def verify(self, version, pack_plan, result):
+    def verify(self, version, pack_plan, os_before, result):
         problems = []
+        try:
+            os_now = pos_os.versions(sorted(os_before))
+        except OSError as error:
+            problems.append("the OS packages' versions cannot be read: %s" % error)
+            os_now = os_before
+        problems += ["OS package %s is %s, not %s" % (name, os_now.get(name), wanted)
+                     for name, wanted in sorted(os_before.items()) if os_now.get(name) != wanted]
         installed = self.installed_version(True, **result)
         if installed != version:
             problems.append("app version is %s, not %s" % (installed, version))
@@ -557,6 +584,12 @@ class Restore:
             problems.append("journal cannot be read: %s" % error)
         if problems:
             self.fail("the restore did not verify: %s" % "; ".join(problems), changed=True, **result)
+
+
+def _os_state(recorded, versions_of):
+    """The os_packages part of a version state: only for a snapshot that recorded some (a release with OS
+    packages), so that other states keep their shape."""
+    return {"os_packages": versions_of} if recorded else {}
 
 
 def main():

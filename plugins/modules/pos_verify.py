@@ -17,6 +17,10 @@ description:
     C(/opt/pos/app/current); for V(dpkg) C(dpkg --verify posd) prints nothing."
   - "C(pack:<name>): the pack's C(current) is the wanted version (from the C(packs) of O(release), and
     O(merchant_version) for the merchant pack) and every file matches its C(PACK.json)."
+  - "C(os:<name>): for each OS package of the C(os_packages) of O(release) (name to version), the fully installed
+    version is that one (null: the package is not installed)."
+  - "C(os_files): C(dpkg --verify) finds the installed files of those packages as shipped (a conffile changed on
+    purpose aside) and C(dpkg --audit) finds the package database consistent."
   - "C(journal): SQLite C(PRAGMA integrity_check) of the journal, opened read-only, is C(ok)."
   - "C(health): posd reports itself healthy."
   - "C(sequence): in created order every sale has the next invoice number and the next STAN (wrapping from
@@ -29,7 +33,9 @@ version_added: "0.1.0"
 author: posfleet contributors (@posfleet)
 options:
   release:
-    description: What the terminal should run, C(app_version) and C(packs) (pack name to version).
+    description:
+      - What the terminal should run, C(app_version) and C(packs) (pack name to version), and C(os_packages)
+        (Debian package name to version) for a release that pins OS packages.
     type: dict
     required: true
   package_style:
@@ -113,6 +119,12 @@ drift:
   type: list
   elements: str
   sample: ["pack:catalog: current is 2026.01.0, wanted 2026.11.0"]
+os_packages:
+  description: The installed version of each OS package of the C(os_packages) of O(release) (null when not installed);
+    empty when the release pins none.
+  returned: always
+  type: dict
+  sample: {libssl3: 3.0.20-1~deb12u2, tzdata: 2026f-0+deb12u1}
 left_maintenance:
   description: Whether the module put the terminal back in service.
   returned: success
@@ -123,6 +135,7 @@ import os
 import sqlite3
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_os
 from ansible_collections.posfleet.fleet.plugins.module_utils import pos_versions as versions
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_app import app, app_version
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_archive import (
@@ -187,6 +200,26 @@ def check_journal():
         conn.close()
 
 
+def check_os(wanted):
+    """({name: installed version or None}, [(check name, (ok, detail))]) of the OS packages `wanted`
+    ({name: version or None}) and their files."""
+    names = sorted(wanted)
+    try:
+        installed = pos_os.versions(names)
+        differences, audit = pos_os.file_differences(names), pos_os.audit()
+    except OSError as error:  # CommandTimeout too
+        return {}, [("os_files", (False, str(error)))]
+    checks = [("os:%s" % name, (installed[name] == wanted[name], "installed %s, wanted %s"
+                                % (installed[name] or "nothing", wanted[name] or "nothing"))) for name in names]
+    if differences or audit:
+        detail = "; ".join(text for text in ("dpkg --verify: %s" % differences[:400] if differences else "",
+                                             "dpkg --audit: %s" % audit[:400] if audit else "") if text)
+        checks.append(("os_files", (False, detail)))
+    else:
+        checks.append(("os_files", (True, "dpkg --verify and dpkg --audit found nothing")))
+    return installed, checks
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -232,6 +265,12 @@ def main():
     for name in sorted(wanted_packs):
         if wanted_packs[name] is not None:  # None: the release does not have this pack (a factory terminal)
             add("pack:%s" % name, check_pack(name, str(wanted_packs[name])))
+    wanted_os = release.get("os_packages") or {}
+    installed_os = {}
+    if wanted_os:
+        installed_os, os_checks = check_os(wanted_os)
+        for name, outcome in os_checks:
+            add(name, outcome)
     journal, sequence = check_journal()
     add("journal", journal)
     add("health", (bool(status.get("healthy")), status.get("health_detail") or "no detail")
@@ -241,7 +280,7 @@ def main():
     drift = ["%s: %s" % (check["name"], check["detail"]) for check in checks if not check["ok"]]
     if drift:
         module.fail_json(msg="the terminal does not run the release intact: %s" % "; ".join(drift),
-                         checks=checks, drift=drift)
+                         checks=checks, drift=drift, os_packages=installed_os)
     left = False
     if module.params["leave_maintenance"] and status.get("maintenance"):
         left = True
@@ -257,7 +296,7 @@ def main():
     except LeaseHeld as error:
         module.fail_json(msg="every check passed, but the terminal's lease is not this run's: %s" % error,
                          checks=checks, drift=drift, changed=left)
-    module.exit_json(changed=left or lease_ended, checks=checks, drift=drift,
+    module.exit_json(changed=left or lease_ended, checks=checks, drift=drift, os_packages=installed_os,
                      left_maintenance=left and not module.check_mode)
 
 

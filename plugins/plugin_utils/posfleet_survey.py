@@ -21,7 +21,8 @@ from posfleet import rollout
 
 
 def release_target(release, model, merchant_profile=None):
-    """What a terminal of `model` runs once on `release`: app version and every pack's version."""
+    """What a terminal of `model` runs once on `release`: app version, every pack's version and, when the release
+    pins OS packages for the model, their versions ({name: version})."""
     try:
         entry = release["models"][model]
     except KeyError:
@@ -29,7 +30,10 @@ def release_target(release, model, merchant_profile=None):
     packs = {name: pack["version"] for name, pack in entry["packs"].items()}
     if merchant_profile is not None:
         packs["merchant"] = pos_merchant.version(merchant_profile)
-    return {"app_version": entry["app"]["version"], "packs": packs}
+    target = {"app_version": entry["app"]["version"], "packs": packs}
+    if entry.get("os_packages"):
+        target["os_packages"] = {item["name"]: item["version"] for item in entry["os_packages"]}
+    return target
 
 
 def window(region_settings, now_utc, override=None):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import awx_job
 import yaml
-from conftest import OUTPUT_DIR, latest_report, poslab, rows_by_serial, run
+from conftest import OUTPUT_DIR, REPORT_DIR, latest_report, poslab, rows_by_serial, run
 
 VAULT = ["-e", "@/var/lib/poslab/vault/secrets.yml", "--vault-password-file", "/var/lib/poslab/vault/password"]
 
@@ -23,6 +23,31 @@ def update(release, check=True):
 def fleet_versions():
     rows = json.loads(poslab("status", "--json").stdout)
     return {r["serial"]: (r["app_version"], r["packs"]["params"], r["packs"]["catalog"], r["state"]) for r in rows}
+
+
+def os_versions(serial, names):
+    """{name: version} of the Debian packages `names` fully installed on the terminal (None: not so)."""
+    out = poslab("exec", serial, "--", "dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\n",
+                 *names, check=False).stdout
+    found = {line.split()[0].split(":")[0]: line.split()[1] for line in out.splitlines()
+             if line.split()[2:3] == ["ii"]}
+    return {name: found.get(name) for name in names}
+
+
+def dpkg_audit(serial):
+    return poslab("exec", serial, "--", "dpkg", "--audit", check=False).stdout.strip()
+
+
+def factory_versions(model):
+    """{name: version} of the model's factory list (poslab writes it from the terminal image)."""
+    models = yaml.safe_load(Path("inventories/shared/models.yml").read_text())["models"]
+    text = (Path("inventories/shared") / models[model]["os"]["factory"]).read_text()
+    return {line.split()[0]: line.split()[1] for line in text.splitlines() if line.strip() and line[0] != "#"}
+
+
+def release_os_packages(release, model):
+    manifest = yaml.safe_load(Path(f"/var/lib/poslab/build/releases/{release}/manifest.yml").read_text())
+    return {item["name"]: item["version"] for item in manifest["models"][model].get("os_packages", [])}
 
 
 def summary_totals(stdout):
@@ -115,6 +140,20 @@ def test_baseline_then_upgrade_across_all_models_and_regions(lab):
         else:
             assert downloaded[serial] >= app["size"], (serial, downloaded[serial], app["size"])
     assert any(manifest["models"][row["model"]]["app"].get("deltas") for row in lab.values())
+    # The Debian security updates of the release, on every model whose OS posfleet updates, from the factory
+    # image's versions; petrel_p9's OS (a vendor image, os.updates none) is left alone.
+    rows = rows_by_serial(latest_report())
+    for serial, row in lab.items():
+        wanted = release_os_packages("2026.12.0", row["model"])
+        if row["model"] == "petrel_p9":
+            assert not wanted and "os_packages" not in (rows[serial]["after"] or {}), rows[serial]
+            continue
+        factory = factory_versions(row["model"])
+        assert wanted and any(factory[name] != version for name, version in wanted.items()), (wanted, factory)
+        assert os_versions(serial, sorted(wanted)) == wanted, serial
+        assert dpkg_audit(serial) == "", serial
+        assert rows[serial]["before"]["os_packages"] == {name: factory[name] for name in wanted}, rows[serial]
+        assert rows[serial]["after"]["os_packages"] == wanted, rows[serial]
 
 
 def test_rerun_is_a_noop(lab):
@@ -196,6 +235,24 @@ def test_verify_reports_drift_after_a_hand_edit(lab):
     assert run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"]).returncode == 0
 
 
+def test_verify_reports_an_os_package_downgraded_by_hand(lab):
+    serial = next(s for s, row in lab.items() if row["model"] == "kestrel_k200")
+    wanted = release_os_packages("2026.12.0", "kestrel_k200")
+    factory = factory_versions("kestrel_k200")
+    name = next(n for n, version in sorted(wanted.items()) if factory[n] != version)
+    kept = "/var/lib/pos/rollback/os/{}_{}_*.deb"
+    install = "dpkg -i " + kept
+    poslab("exec", serial, "--", "sh", "-c", install.format(name, factory[name].replace(":", "%3a")))
+    try:
+        result = run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"], check=False)
+        assert result.returncode != 0
+        assert f"os:{name}: installed {factory[name]}, wanted {wanted[name]}" in result.stdout
+        assert f"1 terminal(s) run {name} older than {wanted[name]} ({factory[name]} on 1)" in result.stdout
+    finally:
+        poslab("exec", serial, "--", "sh", "-c", install.format(name, wanted[name].replace(":", "%3a")))
+    assert run(["ansible-playbook", "playbooks/verify.yml", "-e", "update_release=2026.12.0"]).returncode == 0
+
+
 def test_rollback_to_a_named_release(lab):
     run(["ansible-playbook", "playbooks/rollback.yml", "-e", "rollback_release=2026.11.0", *VAULT], timeout=900)
     versions = fleet_versions()
@@ -212,5 +269,29 @@ def test_rollback_to_the_last_backup(lab):
     assert versions[serial][:3] == ("1.1.0", "2026.12.0", "2026.12.0"), versions[serial]
     assert versions[serial][3] in ("idle", "in-transaction")
     assert all(v[:3] == ("1.0.0", "2026.11.0", "2026.11.0") for s, v in versions.items() if s != serial)
+    totals = ledger_totals()
+    assert totals["missing"] == 0 and totals["duplicated"] == 0
+
+
+def test_rollback_to_a_backup_brings_back_the_os_packages(lab):
+    # The backup the upgrade took of a kestrel (its store names it by the app it ran, 1.0.0) holds the factory
+    # image's OS versions; restoring it puts them back from the .debs the upgrade kept on the terminal.
+    serial = next(s for s, row in lab.items() if row["model"] == "kestrel_k200")
+    taken = sorted(Path(f"/var/lib/poslab/backups/{serial}").glob("*-1.0.0.tar.enc"))[-1].name
+    wanted = release_os_packages("2026.12.0", "kestrel_k200")
+    assert os_versions(serial, sorted(wanted)) == wanted, "the named rollback left the OS packages as they were"
+    run(["ansible-playbook", "playbooks/rollback.yml", "-l", serial, "-e", f"rollback_backup={taken}", *VAULT],
+        timeout=900)
+    factory = factory_versions("kestrel_k200")
+    assert os_versions(serial, sorted(wanted)) == {name: factory[name] for name in wanted}
+    assert dpkg_audit(serial) == ""
+    assert poslab("exec", serial, "--", "dpkg", "--verify", *sorted(wanted), check=False).stdout.strip() == ""
+    versions = fleet_versions()[serial]
+    assert versions[:3] == ("1.0.0", "2026.11.0", "2026.11.0") and versions[3] in ("idle", "in-transaction")
+    # The audit trail has one line per OS package put back (a restore writes no report of its own).
+    lines = [json.loads(line) for line in (REPORT_DIR / "audit.jsonl").read_text().splitlines()]
+    restored = {line["what"]: (line["from"], line["to"]) for line in lines
+                if line["terminal"] == serial and line["action"] == "restore" and line["what"].startswith("os:")}
+    assert restored == {f"os:{name}": (wanted[name], factory[name]) for name in wanted if wanted[name] != factory[name]}
     totals = ledger_totals()
     assert totals["missing"] == 0 and totals["duplicated"] == 0
