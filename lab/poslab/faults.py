@@ -32,6 +32,9 @@ KINDS = {
     "dpkg-hang": "the terminal's next dpkg run (an install, a configure) hangs before it starts, as a maintainer "
                  "script that never returns would; it hangs once (the rollback's dpkg after it works); "
                  "`dpkg-hang off` lifts it unfired",
+    "dpkg-fail": "the terminal's next dpkg run fails at its end, after it has unpacked and configured its packages, "
+                 "as a maintainer script failing late would; it fails once (the rollback's dpkg after it works); "
+                 "`dpkg-fail off` lifts it unfired",
     "selftest-fail": "make posd's self-test fail while it runs app VERSION; `selftest-fail off` lifts it",
     "slow-reload": "posd takes SECONDS longer to answer each reload of its packs, as a terminal short of CPU "
                    "does; `slow-reload off` lifts it",
@@ -41,6 +44,11 @@ SELFTEST_FAIL = "/var/lib/possim/selftest-fail"  # read by posd's self_check
 SLOW_RELOAD = "/var/lib/possim/slow-reload"  # read by posd's op_reload
 # A dpkg invoke hook (dpkg.cfg.d, read by every dpkg run on the terminal) that deletes itself and sleeps.
 DPKG_HANG = "/etc/dpkg/dpkg.cfg.d/zz-poslab-hang"
+# One that deletes itself and fails after dpkg's work (dpkg then exits 2 with every package installed).
+DPKG_FAIL = "/etc/dpkg/dpkg.cfg.d/zz-poslab-fail"
+# The dpkg faults: their hook file, and the hook (dpkg.cfg syntax) that deletes it and then acts.
+DPKG_HOOKS = {"dpkg-hang": (DPKG_HANG, f'pre-invoke "rm -f {DPKG_HANG}; exec sleep 86400"\n'),
+              "dpkg-fail": (DPKG_FAIL, f'post-invoke "rm -f {DPKG_FAIL}; exit 1"\n')}
 
 
 def apply(terminal, kind, args):
@@ -84,13 +92,12 @@ def apply(terminal, kind, args):
         log(result.stdout.strip())
     elif kind == "disk-ok":
         term.run_in(terminal, ["rm", "-f", BALLAST, BALLAST + ".new"])
-    elif kind == "dpkg-hang":
+    elif kind in DPKG_HOOKS:
+        path, hook = DPKG_HOOKS[kind]
         if args[:1] == ["off"]:
-            term.run_in(terminal, ["rm", "-f", DPKG_HANG])
+            term.run_in(terminal, ["rm", "-f", path])
         else:
-            hook = f'pre-invoke "rm -f {DPKG_HANG}; exec sleep 86400"\n'
-            term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {DPKG_HANG})" && printf %s "$1" > {DPKG_HANG}',
-                                   "sh", hook])
+            term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {path})" && printf %s "$1" > {path}', "sh", hook])
     elif kind == "selftest-fail":
         version = need(args, "an app VERSION, or off")
         if version == "off":

@@ -54,7 +54,7 @@ ARGUMENT_SPEC = {"window": {"type": "dict", "options": {
 def verdict_facts(verdict, terminal):
     """The pipeline's facts for a verdict of the quiesce step's ready check."""
     facts = {"pos_update_started": True,
-             "pos_update_before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}}
+             "pos_update_before": survey.terminal_versions(terminal)}
     if verdict["status"] != "go":
         facts.update(pos_update_status=verdict["status"], pos_update_reason=verdict["reason"],
                      pos_update_deferred_by=verdict.get("by") if verdict["status"] == "deferred" else None)

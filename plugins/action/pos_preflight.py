@@ -83,8 +83,7 @@ def decide(terminal, args, entry):
                         args["storage_margin_mb"], args["run"])
     return {"status": verdict["status"], "reason": verdict["reason"],
             "deferred_by": verdict["by"] if verdict["status"] == "deferred" else None,
-            "before": {"app_version": terminal.get("app_version"), "packs": terminal.get("packs"),
-                       **({"os_packages": terminal["os_packages"]} if terminal.get("os_packages") else {})}}
+            "before": survey.terminal_versions(terminal)}
 
 
 class ActionModule(ActionBase):

@@ -36,6 +36,15 @@ def release_target(release, model, merchant_profile=None):
     return target
 
 
+def terminal_versions(terminal):
+    """What a terminal runs, as its pos_facts read it: the version state of pos_update_before (app_version, packs,
+    and os_packages when the release pins OS packages for its model)."""
+    versions = {"app_version": terminal.get("app_version"), "packs": terminal.get("packs")}
+    if terminal.get("os_packages"):
+        versions["os_packages"] = terminal["os_packages"]
+    return versions
+
+
 def window(region_settings, now_utc, override=None):
     """The maintenance window state of a region (or of one terminal's override) at `now_utc`.
 

@@ -10,7 +10,7 @@ that distribution point and model are given cases that stop before the package s
 import shutil
 from dataclasses import dataclass, field
 
-from faultkit import KIT, fault, labfleet, release_manifest
+from faultkit import KIT, UPGRADE, fault, labfleet, release_manifest
 from labkit import flash
 
 BASELINE = "2026.11.0"
@@ -223,6 +223,74 @@ CASES = [
     Case("reboot-never-returns", "the update's reboot never comes back (heron, reboot_timeout 120 s)", "heron_h5",
          "eu_central", ("failed",), ("reboot",),
          before=[f("power-hold", 3600)], after=[f("power-on")], own_run=True),
+]
+
+
+# --- the OS packages' own faults (issue 18) ------------------------------------------------------------------
+# Run in a round of their own after the fleet has converged on the upgrade (fixture os_round): their terminals are
+# first put back on the baseline and the factory image's OS packages by restoring the backup the upgrade took, then
+# updated to the upgrade again, whose OS packages (bookworm-security's) go first. A case takes the first terminal
+# of its model in its region; the corrupted package reaches its whole region, so no other case is in us_east.
+
+def os_package_url(model, name):
+    return next(item["url"] for item in release_manifest(UPGRADE)["models"][model]["os_packages"]
+                if item["name"] == name)
+
+
+def os_installing(serial):
+    """dpkg is installing the OS set: a package of it is unpacked but not configured yet (dpkg's status on the
+    flash), the moment a power cut is most likely to leave a package half-way."""
+    try:
+        status = flash(serial, "/var/lib/dpkg/status").read_text()
+    except OSError:
+        return False
+    return any(f"Package: {name}\nStatus: install ok {state}" in status
+               for name in ("libssl3", "openssl", "tzdata", "ca-certificates")
+               for state in ("unpacked", "half-configured", "half-installed"))
+
+
+class BackupTaken:
+    """pos_backup has written this update's snapshot (its MANIFEST.json newer than at the first look): the package
+    step, OS packages first, comes next."""
+
+    def __init__(self):
+        self.start = {}
+
+    def written(self, serial):
+        try:
+            return flash(serial, "/var/lib/pos/backup/MANIFEST.json").stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def __call__(self, serial):
+        if serial not in self.start:
+            self.start[serial] = self.written(serial)
+        return self.written(serial) not in (None, self.start[serial])
+
+
+def dp_corrupt_os(serial):
+    row = fleet_row(serial)
+    KIT.poslab("dp", row["region"], "corrupt", os_package_url(row["model"], "libssl3"))
+
+
+dp_corrupt_os.__doc__ = "poslab dp REGION corrupt <libssl3's .deb>"
+
+OS_CASES = [
+    Case("power-cut-os-install", "power cut while dpkg installs the OS packages", "kestrel_k200", "eu_central",
+         ("rolled_back", "updated"), steps=[Step("an OS package unpacked, not configured", os_installing,
+                                                 f("power-cut", 3))]),
+    Case("net-cut-os-download", "network cut while an OS package downloads (10 s, slow link)", "heron_h5",
+         "eu_central", ("updated",), before=[f("slow", "2mbit")],
+         steps=[Step("OS package download under way", downloading(256 * 1024), f("net-down")),
+                Step("10 s later", None, f("net-up"), delay=10)],
+         after=NET_BACK),
+    Case("dpkg-fails-os", "dpkg fails at the end of the OS install (after unpack and configure)", "kestrel_k200",
+         "eu_west", ("rolled_back",), ("put back",), before=[f("dpkg-fail")], after=[f("dpkg-fail", "off")]),
+    Case("no-room-os", "the flash fills up after the backup, before the OS packages", "heron_h5", "eu_west",
+         ("rolled_back", "failed"), ("space",), steps=[Step("backup taken", BackupTaken(), f("disk-full", 0))],
+         after=[f("disk-ok")]),
+    Case("corrupt-os-package", "libssl3's .deb corrupted on the distribution point (us_east)", "kestrel_k200",
+         "us_east", ("rolled_back", "failed"), ("sha256 mismatch",), before=[dp_corrupt_os], after=[dp_restore]),
 ]
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 
 import pytest
-from cases import CASES, KILLED_LEASE, SHORT_LEASE, assign, summary_lines, tampered_manifests
+from cases import CASES, KILLED_LEASE, OS_CASES, SHORT_LEASE, assign, summary_lines, tampered_manifests
 from faultkit import (
     BASELINE,
     KIT,
@@ -38,6 +38,7 @@ from faultkit import (
     fault,
     finish,
     kill_control_node,
+    os_state,
     release_manifest,
     report_of,
     start_update,
@@ -45,7 +46,7 @@ from faultkit import (
     wait_all_answering,
     wait_in_service,
 )
-from labkit import STATE, flash
+from labkit import STATE, VAULT, flash, rows_by_serial
 
 
 class Watcher(threading.Thread):
@@ -187,6 +188,7 @@ def past_deadline(converged):
     hung = max(s for s, row in status.items() if row["model"] == "kestrel_k200")
     other = max(s for s, row in status.items() if row["model"] == "heron_h5")
     before = {serial: status[serial] for serial in (hung, other)}
+    os_before = os_state([hung])
     fault("dpkg-hang")(hung)
     started = time.monotonic()
     try:
@@ -196,6 +198,7 @@ def past_deadline(converged):
     took = time.monotonic() - started
     after = wait_all_answering()
     return {"hung": hung, "other": other, "before": before, "after": after, "result": result,
+            "os_before": os_before, "os_after": os_state([hung]),
             "report": report_of(result.stdout), "took": took,
             "lease": json.loads(flash(hung, "/var/lib/pos/update-lease.json").read_text())
             if flash(hung, "/var/lib/pos/update-lease.json").exists() else None}
@@ -226,6 +229,7 @@ def interrupted(acquirer_down):
     manifest = release_manifest(UPGRADE)
     new_params = manifest["models"]["kestrel_k200"]["packs"]["params"]["version"]
     before = KIT.status()
+    os_before = os_state(sorted(before))
     started = time.monotonic()
     proc = start_update(UPGRADE, "-e", f"pos_quiesce_lease={KILLED_LEASE}")
     # The moment: the first terminal with the new params pack staged has finished its package step.
@@ -245,12 +249,52 @@ def interrupted(acquirer_down):
     # puts it back in service on one release.
     wait_in_service(timeout=KILLED_LEASE + 90)
     after_kill = wait_all_answering()
+    os_after_kill = os_state(sorted(after_kill))
     rerun = update(UPGRADE)
     report = report_of(rerun.stdout)
     status = wait_all_answering()
+    os_final = os_state(sorted(status))
     SUMMARY["ledger"] = (ledger := KIT.ledger())["totals"]
     return {"seen": seen, "returncode": proc.returncode, "before": before, "after_kill": after_kill,
-            "rerun": rerun, "report": report, "status": status, "ledger": ledger, "manifest": manifest}
+            "rerun": rerun, "report": report, "status": status, "ledger": ledger, "manifest": manifest,
+            "os": {"before": os_before, "after_kill": os_after_kill, "final": os_final}}
+
+
+@pytest.fixture(scope="session")
+def os_round(interrupted):
+    """The OS packages' own faults (cases.OS_CASES): their terminals back on the baseline and the factory OS
+    packages (rollback.yml restores the backup the upgrade took), then the upgrade again, one fault each."""
+    status = interrupted["status"]
+    assign(OS_CASES, status)
+    serials = [case.serial for case in OS_CASES]
+    # The newest backup of each was taken just before its upgrade: the baseline, and the image's OS packages.
+    restored = KIT.playbook("rollback.yml", "--limit", ",".join(serials), *VAULT, timeout=600)
+    before = wait_all_answering()
+    os_before = os_state(serials)
+    for case in OS_CASES:
+        for act in case.before:
+            act(case.serial)
+    watcher = Watcher(OS_CASES)
+    watcher.start()
+    try:
+        result = update(UPGRADE, "--limit", ",".join(serials))
+    finally:
+        watcher.stop()
+        for case in OS_CASES:
+            for act in case.after:
+                try:
+                    act(case.serial)
+                except (Exception, SystemExit) as error:  # every fault must be lifted
+                    case.errors.append(f"lifting the fault: {act.__doc__}: {error}")
+    wait_in_service(timeout=120)
+    after = wait_all_answering()
+    os_after = os_state(serials)
+    rerun = update(UPGRADE, "--limit", ",".join(serials))
+    final = wait_all_answering()
+    return {"restored": restored, "before": before, "os_before": os_before, "result": result,
+            "rows": rows_by_serial(report_of(result.stdout)), "after": after, "os_after": os_after, "rerun": rerun,
+            "rerun_rows": rows_by_serial(report_of(rerun.stdout)), "final": final, "os_final": os_state(serials),
+            "ledger": KIT.ledger()}
 
 
 def pytest_runtest_logreport(report):

@@ -157,5 +157,25 @@ def wait_all_answering(timeout=120):
     return rows
 
 
+def os_state(serials):
+    """{serial: ((name, version, dpkg status), ...)} of the OS packages the upgrade pins, as the terminal's dpkg sees
+    them (`ii` installed; anything else is a package half-way). Empty for a model that takes no OS updates."""
+    names = sorted({item["name"] for entry in release_manifest(UPGRADE)["models"].values()
+                    for item in entry.get("os_packages", [])})
+
+    def read(serial):
+        out = KIT.poslab("exec", serial, "--", "dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\n",
+                         *names, check=False).stdout
+        return tuple(sorted(tuple(line.split()[:3]) for line in out.splitlines() if line.strip()))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(serials, pool.map(read, serials)))
+
+
+def os_whole(state):
+    """Every OS package of a terminal's os_state fully installed (dpkg status ii)."""
+    return all(package[2] == "ii" for package in state)
+
+
 def release_manifest(release):
     return yaml.safe_load((STATE / "build" / "releases" / release / "manifest.yml").read_text())

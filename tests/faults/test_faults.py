@@ -4,8 +4,8 @@ the report says what happened and why, and a re-run brings the fleet home. See R
 import re
 
 import pytest
-from cases import CASES
-from faultkit import BASELINE, SUMMARY, UPGRADE, one_app, release_manifest, selling, versions
+from cases import CASES, OS_CASES
+from faultkit import BASELINE, SUMMARY, UPGRADE, one_app, os_whole, release_manifest, selling, versions
 from labkit import STATE, rows_by_serial
 
 
@@ -96,11 +96,15 @@ def test_a_hung_step_is_stopped_at_the_update_deadline_and_rolled_back(past_dead
     rows = rows_by_serial(past_deadline["report"])
     hung, other = rows[past_deadline["hung"]], rows[past_deadline["other"]]
     assert hung["status"] == "rolled_back", hung
-    assert "Install the payment app" in hung["reason"], f"the step that hung is named: {hung['reason']!r}"
+    # The upgrade pins OS packages for kestrel_k200: its first dpkg run, the one that hangs, is their install.
+    assert "Install the OS packages of the release" in hung["reason"], \
+        f"the step that hung is named: {hung['reason']!r}"
     assert "did not finish before the update's deadline" in hung["reason"], hung["reason"]
     assert other["status"] == "updated", f"the batch went on without waiting for the hung terminal: {other}"
     after = past_deadline["after"]
     assert versions(after[past_deadline["hung"]]) == versions(past_deadline["before"][past_deadline["hung"]])
+    assert past_deadline["os_after"] == past_deadline["os_before"], "its OS packages are back as they were"
+    assert os_whole(past_deadline["os_after"][past_deadline["hung"]]), past_deadline["os_after"]
     assert selling(after[past_deadline["hung"]]) and one_app(after[past_deadline["hung"]]), after[past_deadline["hung"]]
     assert past_deadline["lease"] is None, f"the rollback ended the lease: {past_deadline['lease']}"
 
@@ -128,6 +132,11 @@ def test_interrupted_rerun_converges(interrupted):
     assert not bad, f"the re-run after the kill left terminals behind: {bad}"
     for serial, row in interrupted["status"].items():
         assert versions(row) == release_versions(UPGRADE, row["model"], row["packs"]["merchant"]), serial
+        wanted = {item["name"]: item["version"]
+                  for item in interrupted["manifest"]["models"][row["model"]].get("os_packages", [])}
+        final = interrupted["os"]["final"][serial]
+        if wanted:
+            assert {name: version for name, version, _status in final} == wanted and os_whole(final), (serial, final)
         assert one_app(row) and selling(row), f"{serial}: {row['state']}, installed {row['installed_app']}"
     totals = interrupted["ledger"]["totals"]
     SUMMARY["ledger"] = totals
@@ -145,4 +154,47 @@ def test_interrupted_left_whole(interrupted):
             problems[serial] = f"runs {row['app_version']}, {row['installed_app']} installed for the next boot"
         elif not selling(row):
             problems[serial] = f"not selling ({row['state']})"
+        # The OS packages too: all old or all new, and dpkg consistent (none half-installed).
+        os_now = interrupted["os"]["after_kill"][serial]
+        if os_now not in (interrupted["os"]["before"][serial], interrupted["os"]["final"][serial]):
+            problems[serial] = f"OS packages mixed: {os_now}"
+        elif not os_whole(os_now):
+            problems[serial] = f"OS packages half-installed: {os_now}"
     assert not problems, problems
+
+
+# --- the OS packages' own faults (cases.OS_CASES, fixture os_round) ---------------------------------------------
+
+
+@pytest.mark.parametrize("case", OS_CASES, ids=[c.name for c in OS_CASES])
+def test_os_outcome(os_round, case):
+    """What the report says of each OS fault: its status and, where one is expected, words of its reason."""
+    assert not case.errors, case.errors
+    assert len(case.fired) == len(case.steps), f"{case.serial}: the moment was not caught: wanted {case.moment!r}"
+    row = os_round["rows"][case.serial]
+    assert row["status"] in case.expect_status, (row["status"], row["reason"], case.fired)
+    assert all(word in row["reason"] for word in case.expect_reason), row["reason"]
+
+
+@pytest.mark.parametrize("case", OS_CASES, ids=[c.name for c in OS_CASES])
+def test_os_left_whole(os_round, case):
+    """After the fault: every OS package at its old version or every one at its new (dpkg consistent), the app and
+    packs of one release, selling."""
+    serial = case.serial
+    old, new = os_round["os_before"][serial], os_round["os_final"][serial]
+    now = os_round["os_after"][serial]
+    assert old != new, f"{serial}: the round had no OS package to change: {old}"
+    assert now in (old, new), f"{serial}: OS packages mixed: {now}; old {old}, new {new}; fired {case.fired}"
+    assert os_whole(now), f"{serial}: OS packages half-installed: {now}"
+    after = os_round["after"][serial]
+    assert versions(after) in (versions(os_round["before"][serial]), versions(os_round["final"][serial])), after
+    assert one_app(after) and selling(after), after
+
+
+def test_os_round_converges_and_loses_no_sale(os_round):
+    rows = os_round["rerun_rows"]
+    assert {rows[c.serial]["status"] for c in OS_CASES} <= {"updated", "current"}, rows
+    for case in OS_CASES:
+        assert os_whole(os_round["os_final"][case.serial]), os_round["os_final"][case.serial]
+    totals = os_round["ledger"]["totals"]
+    assert (totals["missing"], totals["duplicated"], totals["unreadable"]) == (0, 0, 0), totals
