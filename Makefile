@@ -10,7 +10,7 @@ VBIN        := $(VENV)/bin
 # archive with debootstrap, so nothing here is downloaded from anywhere else. chromium opens the
 # rollout report (report.html) headless in the tests. ansible-rulebook (auto update) runs on Debian's
 # default Java runtime.
-APT_PACKAGES := debootstrap nginx-light openssh-client sqlite3 iproute2 dpkg-dev xz-utils zstd \
+APT_PACKAGES := debootstrap debian-archive-keyring nginx-light openssh-client sqlite3 iproute2 dpkg-dev xz-utils zstd \
                 rsync openssl ca-certificates util-linux procps chromium default-jre-headless
 DEMO_TERMINALS ?= 12
 TEST_TERMINALS ?= 6

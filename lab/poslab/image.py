@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import config, packs
+from . import apt, config, packs
 from .util import log, run
 
 SUITE = "bookworm"
@@ -26,19 +26,7 @@ FACTORY_APP_VERSION = "0.9.0"
 
 def apt_mirror():
     """The Debian mirror this machine's apt already uses, so the lab downloads from nowhere new."""
-    candidates = []
-    for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*"))]:
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            words = line.split()
-            if path.endswith(".sources") and words[:1] == ["URIs:"]:
-                candidates.extend(words[1:])
-            elif words[:1] == ["deb"]:
-                candidates.extend(w for w in words[1:] if "://" in w)
-    for uri in candidates:
+    for uri in apt.host_uris():
         if "security" not in uri and "/debian" in uri:
             return uri
     raise SystemExit("poslab: found no Debian mirror in /etc/apt/sources.list* (an Ubuntu host's apt has "

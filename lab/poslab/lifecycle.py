@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkin, config, fleet, image, net, packs, services, supervisor
+from . import apt, checkin, config, fleet, image, net, packs, services, supervisor
 from .util import log, run
 
 
@@ -195,6 +195,8 @@ def up(size, seed, wait=True):
         image.base_image()
         log("building the lab and model layers")
         image.build_layers(models)
+    # The lab's releases take their OS packages from the image's suites (lab/poslab/apt.py).
+    apt.ensure(os.environ.get("POSLAB_MIRROR") or image.apt_mirror(), image.SUITE)
     net.ensure_bridge(regions)
     services.start(regions)
     net.ensure_terminals(terminals)

@@ -233,8 +233,12 @@ def interrupted(acquirer_down):
     started = time.monotonic()
     proc = start_update(UPGRADE, "-e", f"pos_quiesce_lease={KILLED_LEASE}")
     # The moment: the first terminal with the new params pack staged has finished its package step.
+    # Only terminals not on the upgrade yet (the deadline and acquirer cases updated some): theirs would be
+    # seen at once, before the run has done anything.
+    behind = [s for s, row in before.items() if (row.get("packs") or {}).get("params") != new_params]
+
     def switching():
-        return [s for s in before if flash(s, f"/var/lib/pos/packs/params/{new_params}.staging").exists()
+        return [s for s in behind if flash(s, f"/var/lib/pos/packs/params/{new_params}.staging").exists()
                 or flash(s, f"/var/lib/pos/packs/params/{new_params}").exists()]
     seen = None
     while proc.poll() is None and time.monotonic() - started < 300:
