@@ -35,6 +35,8 @@ SIGNATURE_OPTIONS = {
     # The release key is public; said so, as a key-named option would otherwise look like a secret.
     "public_key": {"type": "str", "required": True, "no_log": False},
 }
+# The modules' `signature` option (documented by the doc fragment posfleet.fleet.pos_signature).
+SIGNATURE_OPTION = {"type": "dict", "options": SIGNATURE_OPTIONS}
 # A manifest or its signature is a few KB; more than this is not one.
 MAX_BYTES = 1 << 20
 # openssl checks one signature of a few KB in well under a second, even on a slow terminal; longer is a hang.

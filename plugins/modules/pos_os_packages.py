@@ -159,7 +159,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
     start_step,
     switching,
 )
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import SIGNATURE_OPTIONS, check_release
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import SIGNATURE_OPTION, check_release
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     PosdError,
     free_bytes,
@@ -274,7 +274,7 @@ def main():
             base_url=dict(type="str", required=True),
             timeout=dict(type="float", default=60.0),
             restart=dict(type="bool", default=True),
-            signature=dict(type="dict", options=SIGNATURE_OPTIONS),
+            signature=SIGNATURE_OPTION,
             **DOWNLOAD_OPTIONS,
         ),
         supports_check_mode=True,

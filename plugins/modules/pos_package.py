@@ -251,7 +251,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
     switching,
 )
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_os import repack
-from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import SIGNATURE_OPTIONS, check_release
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_signature import SIGNATURE_OPTION, check_release
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     APP_DIR,
     ROLLBACK_DIR,
@@ -417,7 +417,7 @@ def main():
             tar_size=dict(type="int"),
             deltas=dict(type="list", elements="dict", default=[]),
             delta=dict(type="bool", default=True),
-            signature=dict(type="dict", options=SIGNATURE_OPTIONS),
+            signature=SIGNATURE_OPTION,
         ),
         supports_check_mode=True,
     )

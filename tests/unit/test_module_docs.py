@@ -54,7 +54,7 @@ def test_module_documents_every_option_it_accepts(path):
         assert (path.parents[1] / "action" / path.name).exists(), f"{path.name} has no AnsibleModule call"
         return
     # A shared option is documented by its doc fragment (pos_guard's RUN_OPTION by posfleet.fleet.run).
-    fragments = {"RUN_OPTION": "posfleet.fleet.run"}
+    fragments = {"RUN_OPTION": "posfleet.fleet.run", "SIGNATURE_OPTION": "posfleet.fleet.pos_signature"}
     for name, accepted in list(spec.items()):
         if "shared" in accepted:
             assert fragments[accepted["shared"]] in documentation.get("extends_documentation_fragment", []), \
