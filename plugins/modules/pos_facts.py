@@ -39,7 +39,10 @@ options:
   release:
     description:
       - What this model should run, from the release manifest, as C(app_version) and C(packs) (a dict of
-        pack name to version). When given, C(pos_terminal.current) says whether the terminal runs it.
+        pack name to version), and C(os_packages) (Debian package name to version) when the release pins OS
+        packages for the model. When given, C(pos_terminal.current) says whether the terminal runs it.
+      - With C(os_packages), C(pos_terminal.os_packages) holds the installed version of each of them (null when
+        not fully installed).
     type: dict
 extends_documentation_fragment:
   - posfleet.fleet.attributes
@@ -86,6 +89,7 @@ ansible_facts:
         region: eu_west
         app_version: 1.0.0
         packs: {params: 2026.01.0, catalog: 2026.01.0, merchant: "1"}
+        os_packages: {libssl3: 3.0.20-1~deb12u2, tzdata: 2026b-0+deb12u1}
         storage_free_mb: 80
         battery_pct: null
         charging: null
