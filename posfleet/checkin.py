@@ -22,10 +22,10 @@ import os
 import sqlite3
 import uuid
 
-from posfleet import report, statuses
+from posfleet import collection, report, statuses
 
 UTC = datetime.timezone.utc
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+TIME_FORMAT = collection.module_utils("pos_terminal").TIME_FORMAT
 
 # --- what decide() answers --------------------------------------------------------------------------
 

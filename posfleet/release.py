@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jsonschema import Draft202012Validator, validators
 
-from posfleet import debs, packs
+from posfleet import collection, debs, packs
 from posfleet import report as posreport
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -869,7 +869,7 @@ def _created(spec):
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch \
         else datetime.datetime.now(datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime(collection.module_utils("pos_terminal").TIME_FORMAT)
 
 
 # --- OS packages -----------------------------------------------------------------------------------

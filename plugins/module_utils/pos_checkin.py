@@ -61,6 +61,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import (
     BOOT_ID,
     TERMINAL_JSON,
+    TIME_FORMAT,
     pack_versions,
     read_json,
     read_text,
@@ -93,7 +94,6 @@ REFUSED = 403
 
 # CONFIG's keys and their defaults; `endpoint` has none.
 DEFAULTS = {"interval_s": 900, "jitter_s": 120, "retry_s": 20, "timeout_s": 10}
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 KEY_BYTES = 32
 
 # The module_utils the agent imports (pos_guard for the shared install), installed beside it like the guard's.

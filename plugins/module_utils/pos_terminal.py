@@ -208,9 +208,14 @@ class CommandTimeout(OSError):
 STOP_GRACE = 5.0
 
 
+# The UTC time every record and message of posfleet's is written in (2026-12-03T01:02:03Z): on terminals (leases,
+# check-ins) and on the control node (runs, the check-in store, release manifests), which import it from here.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def stamp(epoch):
-    """`epoch` as the UTC time every terminal-side message and record uses: 2026-12-03T01:02:03Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    """`epoch` as the UTC time every terminal-side message and record uses (TIME_FORMAT)."""
+    return time.strftime(TIME_FORMAT, time.gmtime(epoch))
 
 
 # The update's deadline (epoch seconds on this terminal's clock) that bounds every command this process

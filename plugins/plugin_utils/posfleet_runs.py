@@ -21,6 +21,8 @@ import json
 import os
 import tempfile
 
+from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import TIME_FORMAT
+
 from posfleet import report as posreport
 
 # Shared by every user of one control node (sticky, like /tmp) and kept across its reboots.
@@ -41,7 +43,7 @@ def _now():
 
 
 def _iso(instant):
-    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return instant.strftime(TIME_FORMAT)
 
 
 def process_start(pid):
@@ -133,7 +135,7 @@ def others(runs_dir, mine=None, now=None):
         try:
             with open(path, encoding="utf-8") as handle:
                 run = json.load(handle)
-            started = datetime.datetime.strptime(run["started"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            started = datetime.datetime.strptime(run["started"], TIME_FORMAT).replace(
                 tzinfo=datetime.timezone.utc)
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -317,21 +317,30 @@ def test_a_bad_spec_is_refused_naming_the_field(tmp_path, changes, expected):
 
 
 def test_the_lab_release_specs_build(tmp_path):
-    """baseline -> upgrade -> broken, into one build directory (they share packs in the pool)."""
-    results = {name: ok("build", "--spec", REPO / "releases" / "lab" / f"{name}.yml", "--out", tmp_path)
-               for name in ("baseline", "upgrade", "broken")}
+    """baseline -> upgrade -> broken, into one build directory (they share packs in the pool).
+
+    The upgrade's OS packages are left out here: they come from the Debian archive through the lab's apt and are
+    checked against the factory lists the lab writes from its image, so the integration tests, which publish the
+    upgrade in the lab, build them (tests/integration/test_update.py)."""
+    upgrade = yaml.safe_load((REPO / "releases" / "lab" / "upgrade.yml").read_text())
+    assert upgrade.pop("os_packages"), "the lab's upgrade pins OS packages"
+    specs = {name: REPO / "releases" / "lab" / f"{name}.yml" for name in ("baseline", "upgrade", "broken")}
+    specs["upgrade"] = tmp_path / "specs" / "upgrade.yml"
+    specs["upgrade"].parent.mkdir()
+    specs["upgrade"].write_text(yaml.safe_dump(upgrade))
+    results = {name: ok("build", "--spec", spec, "--out", tmp_path / "out") for name, spec in specs.items()}
     assert [r["release"] for r in results.values()] == ["2026.11.0", "2026.12.0", "2026.12.1-broken"]
     # the broken release has the upgrade's packs: only its apps, their bundle deltas and its manifest
     # are new in the pool
     assert not [w for w in results["broken"]["written"] if "params-" in w or "catalog-" in w]
     assert len(results["broken"]["written"]) == 5
-    manifests = {name: yaml.safe_load((tmp_path / "releases" / r["release"] / "manifest.yml").read_text())
+    manifests = {name: yaml.safe_load((tmp_path / "out" / "releases" / r["release"] / "manifest.yml").read_text())
                  for name, r in results.items()}
     for model, profile in MODELS.items():
         assert manifests["upgrade"]["models"][model]["reboot"] is profile["reboot_required"]
 
     def pack_file(name, pack, member):
-        with tarfile.open(tmp_path / manifests[name]["models"]["heron_h5"]["packs"][pack]["url"]) as tar:
+        with tarfile.open(tmp_path / "out" / manifests[name]["models"]["heron_h5"]["packs"][pack]["url"]) as tar:
             return tar.extractfile(member).read().decode()
 
     old, new = pack_file("baseline", "catalog", "catalog.csv"), pack_file("upgrade", "catalog", "catalog.csv")
@@ -339,7 +348,7 @@ def test_the_lab_release_specs_build(tmp_path):
     assert len(old.splitlines()) == 20001 and 100 <= changed <= 300  # about 1% of 20000
     assert json.loads(pack_file("baseline", "params", "fees.json"))["card_present_bps"] != \
         json.loads(pack_file("upgrade", "params", "fees.json"))["card_present_bps"]
-    with tarfile.open(tmp_path / manifests["broken"]["models"]["heron_h5"]["app"]["url"]) as tar:
+    with tarfile.open(tmp_path / "out" / manifests["broken"]["models"]["heron_h5"]["app"]["url"]) as tar:
         assert "BROKEN = True" in tar.extractfile("1.1.1/lib/posd.py").read().decode()
 
     # Deltas: none for the first release; the next ones have one per pack from the baseline's version,
@@ -353,12 +362,12 @@ def test_the_lab_release_specs_build(tmp_path):
     old, new = (manifests[name]["models"]["heron_h5"]["packs"]["catalog"] for name in ("baseline", "upgrade"))
     (entry,) = new["deltas"]
     assert entry["from_version"] == "2026.11.0" and entry["size"] <= 0.05 * new["size"]
-    base_tar = gzip.decompress((tmp_path / old["url"]).read_bytes())
+    base_tar = gzip.decompress((tmp_path / "out" / old["url"]).read_bytes())
     assert hashlib.sha256(base_tar).hexdigest() == entry["from_tar_sha256"]
     (tmp_path / "base.tar").write_bytes(base_tar)
-    packs.delta.apply_delta(tmp_path / "base.tar", tmp_path / entry["url"], tmp_path / "new.tar",
+    packs.delta.apply_delta(tmp_path / "base.tar", tmp_path / "out" / entry["url"], tmp_path / "new.tar",
                             new["tar_sha256"], new["tar_size"])
-    assert (tmp_path / "new.tar").read_bytes() == gzip.decompress((tmp_path / new["url"]).read_bytes())
+    assert (tmp_path / "new.tar").read_bytes() == gzip.decompress((tmp_path / "out" / new["url"]).read_bytes())
 
 
 def test_deltas_are_verified_and_published_with_their_release(release, tmp_path):
