@@ -42,6 +42,9 @@ KINDS = {
 BALLAST = "/var/lib/pos/.poslab-ballast"
 SELFTEST_FAIL = "/var/lib/possim/selftest-fail"  # read by posd's self_check
 SLOW_RELOAD = "/var/lib/possim/slow-reload"  # read by posd's op_reload
+# The faults that are a setting posd reads from a file: the file, what the argument is, the value written.
+POSD_SETTINGS = {"selftest-fail": (SELFTEST_FAIL, "an app VERSION, or off", str),
+                 "slow-reload": (SLOW_RELOAD, "SECONDS, or off", lambda seconds: str(float(seconds)))}
 # A dpkg invoke hook (dpkg.cfg.d, read by every dpkg run on the terminal) that deletes itself and sleeps.
 DPKG_HANG = "/etc/dpkg/dpkg.cfg.d/zz-poslab-hang"
 # One that deletes itself and fails after dpkg's work (dpkg then exits 2 with every package installed).
@@ -98,20 +101,14 @@ def apply(terminal, kind, args):
             term.run_in(terminal, ["rm", "-f", path])
         else:
             term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {path})" && printf %s "$1" > {path}', "sh", hook])
-    elif kind == "selftest-fail":
-        version = need(args, "an app VERSION, or off")
-        if version == "off":
-            term.run_in(terminal, ["rm", "-f", SELFTEST_FAIL])
+    elif kind in POSD_SETTINGS:
+        path, wanted, value_of = POSD_SETTINGS[kind]
+        value = need(args, wanted)
+        if value == "off":
+            term.run_in(terminal, ["rm", "-f", path])
         else:
-            term.run_in(terminal, ["sh", "-c", f'mkdir -p /var/lib/possim && echo "$1" > {SELFTEST_FAIL}', "sh",
-                                   version])
-    elif kind == "slow-reload":
-        seconds = need(args, "SECONDS, or off")
-        if seconds == "off":
-            term.run_in(terminal, ["rm", "-f", SLOW_RELOAD])
-        else:
-            term.run_in(terminal, ["sh", "-c", f'mkdir -p /var/lib/possim && echo "$1" > {SLOW_RELOAD}', "sh",
-                                   str(float(seconds))])
+            term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {path})" && echo "$1" > {path}', "sh",
+                                   value_of(value)])
     elif kind == "battery":
         pct = int(need(args, "PCT"))
         charging = "1" if "charging" in args[1:] else "0"

@@ -95,9 +95,21 @@ seealso:
 """
 
 EXAMPLES = r"""
+# Before each batch: add the last batch's outcomes to the tally kept on localhost (reading every terminal's
+# variables before every batch would cost time that grows with the square of the fleet), then check.
+- name: Add the previous batch's outcomes to the run's
+  ansible.builtin.set_fact:
+    update_outcomes: >-
+      {{ hostvars | posfleet.fleet.pos_rollout_outcomes(hostvars['localhost'].update_last_batch | default([]),
+         hostvars['localhost'].update_outcomes | default({})) }}
+    update_last_batch: "{{ ansible_play_batch }}"
+  run_once: true
+  delegate_to: localhost
+  delegate_facts: true
+
 - name: Check the fleet-wide error budget before this batch starts
   posfleet.fleet.pos_rollout_budget:
-    outcomes: "{{ hostvars | posfleet.fleet.pos_rollout_outcomes(update_targets) }}"
+    outcomes: "{{ hostvars['localhost'].update_outcomes }}"
     max_failed_pct: 10
     total: 200
   run_once: true
@@ -106,7 +118,7 @@ EXAMPLES = r"""
 
 - name: Share one budget between AWX job slices
   posfleet.fleet.pos_rollout_budget:
-    outcomes: "{{ hostvars | posfleet.fleet.pos_rollout_outcomes(update_targets) }}"
+    outcomes: "{{ hostvars['localhost'].update_outcomes }}"
     budget_file: /var/lib/posfleet/budget/2026.12.0.json
     max_failed: 20
   run_once: true
