@@ -190,8 +190,11 @@ def repack(name, dest):
             elif os.path.isfile(source):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copy2(source, target)
-        # dpkg-deb works on files, not on a package database: no --root (run_dpkg's) for it.
-        rc, out, err = run_bounded(["dpkg-deb", "--build", "--root-owner-group", tree, dest + ".tmp"],
+        # dpkg-deb works on files, not on a package database: no --root (run_dpkg's) for it. gzip at its fastest:
+        # a copy kept on the flash for a way back, made while the terminal is out of service, where xz (dpkg-deb's
+        # default) takes seconds of a terminal's CPU per package.
+        rc, out, err = run_bounded(["dpkg-deb", "-Zgzip", "-z1", "--build", "--root-owner-group", tree,
+                                    dest + ".tmp"],
                                    DPKG_BUILD_TIMEOUT, "nothing is installed yet; the next run rebuilds it")
         if rc != 0:
             raise OSError("dpkg-deb --build of %s failed (exit %d): %s" % (name, rc, (err or out).strip()[-400:]))
