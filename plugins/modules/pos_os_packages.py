@@ -31,7 +31,7 @@ description:
     manifest's ed25519 signature with its own C(openssl) and that the manifest is the one the control node
     verified; a failed check fails the module with nothing downloaded or changed."
   - With O(restart), posd is restarted afterwards onto the new libraries (the model profile's C(os.restart_after)).
-version_added: "0.5.0"
+version_added: "0.4.0"
 author: posfleet contributors (@posfleet)
 options:
   packages:
