@@ -123,6 +123,16 @@ def tampered_release(lab, tmp_path_factory):
     return {"results": results, "before": before, "after": after, "backups": (backups, backups_after)}
 
 
+def lift_faults(cases):
+    """Apply every case's `after` actions; a failure is recorded in its case, and the others still run."""
+    for case in cases:
+        for act in case.after:
+            try:
+                act(case.serial)
+            except (Exception, SystemExit) as error:  # every fault must be lifted
+                case.errors.append(f"lifting the fault: {act.__doc__}: {error}")
+
+
 @pytest.fixture(scope="session")
 def fault_round(lab, tampered_release):
     """The factory fleet to the baseline, one fault per terminal.
@@ -149,12 +159,7 @@ def fault_round(lab, tampered_release):
         side_output = finish(side, timeout=400).stdout
     finally:
         watcher.stop()
-        for case in CASES:
-            for act in case.after:
-                try:
-                    act(case.serial)
-                except (Exception, SystemExit) as error:  # every fault must be lifted
-                    case.errors.append(f"lifting the fault: {act.__doc__}: {error}")
+        lift_faults(CASES)
     reports = [report_of(result.stdout), report_of(side_output)]
     rows = {row["serial"]: row for report in reports for row in report["terminals"] if row["serial"] not in alone
             or report is reports[1]}
@@ -284,12 +289,7 @@ def os_round(interrupted):
         result = update(UPGRADE, "--limit", ",".join(serials))
     finally:
         watcher.stop()
-        for case in OS_CASES:
-            for act in case.after:
-                try:
-                    act(case.serial)
-                except (Exception, SystemExit) as error:  # every fault must be lifted
-                    case.errors.append(f"lifting the fault: {act.__doc__}: {error}")
+        lift_faults(OS_CASES)
     wait_in_service(timeout=120)
     after = wait_all_answering()
     os_after = os_state(serials)
