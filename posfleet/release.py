@@ -97,13 +97,16 @@ DEB_VERSION = {"type": "string", "pattern": debs.VERSION_PATTERN,
                "x-expected": "a Debian version like 3.0.17-1~deb12u2 or 1:1.2.13 ([epoch:]upstream[-revision], "
                              "a digit first)"}
 DEB_ARCH = {"type": "string", "pattern": debs.ARCH_PATTERN, "x-expected": "a Debian architecture like amd64 or all"}
-# In a spec, a version may also be `candidate`: what apt would install now (docs/releases.md, OS packages).
-# The build resolves it once and the manifest pins the exact version, so DEB_VERSION alone is the manifest's.
-# No Debian version starts with a letter, so the word can never be one.
+# In a spec, a version may also be a word (docs/releases.md, OS packages): `candidate`, what apt would install
+# now, or `factory`, the version in the model's factory list (what its image shipped with: a release that
+# takes a fleet back to it). The build resolves each and the manifest pins the exact version, so DEB_VERSION
+# alone is the manifest's. No Debian version starts with a letter, so a word can never be one.
 CANDIDATE = "candidate"
-SPEC_DEB_VERSION = {"type": "string", "pattern": rf"^{CANDIDATE}$|{debs.VERSION_PATTERN}",
-                    "x-expected": DEB_VERSION["x-expected"] + f", or {CANDIDATE} (the version apt would install now, "
-                                                              "pinned when the release is built)"}
+FACTORY = "factory"
+SPEC_DEB_VERSION = {"type": "string", "pattern": rf"^({CANDIDATE}|{FACTORY})$|{debs.VERSION_PATTERN}",
+                    "x-expected": DEB_VERSION["x-expected"] + f", or {CANDIDATE} (the version apt would install now) "
+                                                              f"or {FACTORY} (the version in the model's factory "
+                                                              "list), pinned when the release is built"}
 
 
 def _artifact(optional=None, **fields):
@@ -1037,6 +1040,26 @@ def _resolve_candidates(sets, source):
     return {model: dict(wanted, **resolved.get(model, {})) for model, wanted in sets.items()}, resolved
 
 
+def _resolve_factory(sets, profiles):
+    """(sets, resolved): the sets with each `factory` replaced by the version of the package in the model's
+    factory list, and {model: {name: version}} of what was resolved. Models with different images may get
+    different versions: each gets its own image's."""
+    resolved = {}
+    for model, wanted in sets.items():
+        names = sorted(name for name, version in wanted.items() if version == FACTORY)
+        if not names:
+            continue
+        installed = {package.name: package.version for package in _installed(profiles, model)}
+        for name in names:
+            if name not in installed:
+                raise ReleaseError(f"os_packages: {name}: {FACTORY}: {model}'s factory list "
+                                   f"({factory_list(profiles, model)}) has no {name}: the model's image does not "
+                                   f"ship it; name a version of {name}, or leave it out for {model} "
+                                   "(os_packages.models)")
+            resolved.setdefault(model, {})[name] = installed[name]
+    return {model: dict(wanted, **resolved.get(model, {})) for model, wanted in sets.items()}, resolved
+
+
 def factory_list(profiles, model):
     """The path of a model's factory list: its profile's os.factory, relative to the models file."""
     return Path(_source(profiles)).parent / profiles[model]["os"]["factory"]
@@ -1128,7 +1151,8 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE, debs_dir=N
     matches it. With dry_run, everything is built in a temporary directory and nothing in out_dir
     changes; the result says what would be written. The spec's OS packages come from `debs_dir`, a
     directory of .deb files, or else from `apt-get download`; a `candidate` version is resolved by the
-    same source (a dry run resolves it too) and the result's os_packages_resolved says to what.
+    same source (a dry run resolves it too), a `factory` one by the model's factory list, and the result's
+    os_packages_resolved says to what.
     """
     profiles = load_profiles(models_file)
     spec = load_spec(spec_path, profiles)
@@ -1141,7 +1165,10 @@ def build(spec_path, out_dir, dry_run=False, models_file=MODELS_FILE, debs_dir=N
     release_dir = out / "releases" / spec["release"]
     with tempfile.TemporaryDirectory(prefix="posfleet-build-") as tmp:
         os_source = _DebDirectory(debs_dir) if debs_dir is not None else _AptDownload(Path(tmp) / "apt")
+        os_sets, from_factory = _resolve_factory(os_sets, profiles)
         os_sets, os_resolved = _resolve_candidates(os_sets, os_source)
+        for model, versions_of in from_factory.items():
+            os_resolved.setdefault(model, {}).update(versions_of)
         os_debs = _os_packages(os_sets, profiles, os_source)
         versions = {model: app_spec.get("versions", {}).get(model, app_spec["version"]) for model in models}
         apps = {version: _build_app(version, broken, Path(tmp) / "app" / version)

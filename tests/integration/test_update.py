@@ -257,6 +257,15 @@ def test_rollback_to_a_named_release(lab):
     run(["ansible-playbook", "playbooks/rollback.yml", "-e", "rollback_release=2026.11.0", *VAULT], timeout=900)
     versions = fleet_versions()
     assert {v[:3] for v in versions.values()} == {("1.0.0", "2026.11.0", "2026.11.0")}, versions
+    # The baseline pins the OS packages at the image's versions (`factory`): the upgrade's are taken back.
+    for serial, row in lab.items():
+        wanted = release_os_packages("2026.11.0", row["model"])
+        if not wanted:
+            continue
+        factory = factory_versions(row["model"])
+        assert wanted == {name: factory[name] for name in wanted}
+        assert os_versions(serial, sorted(wanted)) == wanted, serial
+        assert dpkg_audit(serial) == "", serial
     totals = ledger_totals()
     assert totals["missing"] == 0 and totals["duplicated"] == 0
 
@@ -268,30 +277,32 @@ def test_rollback_to_the_last_backup(lab):
     versions = fleet_versions()
     assert versions[serial][:3] == ("1.1.0", "2026.12.0", "2026.12.0"), versions[serial]
     assert versions[serial][3] in ("idle", "in-transaction")
+    upgrade = release_os_packages("2026.12.0", "heron_h5")
+    assert os_versions(serial, sorted(upgrade)) == upgrade, "the backup's OS packages came back with its app"
     assert all(v[:3] == ("1.0.0", "2026.11.0", "2026.11.0") for s, v in versions.items() if s != serial)
     totals = ledger_totals()
     assert totals["missing"] == 0 and totals["duplicated"] == 0
 
 
 def test_rollback_to_a_backup_brings_back_the_os_packages(lab):
-    # The backup the upgrade took of a kestrel (its store names it by the app it ran, 1.0.0) holds the factory
-    # image's OS versions; restoring it puts them back from the .debs the upgrade kept on the terminal.
+    # The backup the named rollback took of a kestrel (its store names it by the app it ran, 1.1.0) holds the
+    # upgrade's OS versions; restoring it puts them back from the .debs that rollback kept on the terminal.
     serial = next(s for s, row in lab.items() if row["model"] == "kestrel_k200")
-    taken = sorted(Path(f"/var/lib/poslab/backups/{serial}").glob("*-1.0.0.tar.enc"))[-1].name
+    taken = sorted(Path(f"/var/lib/poslab/backups/{serial}").glob("*-1.1.0.tar.enc"))[-1].name
     wanted = release_os_packages("2026.12.0", "kestrel_k200")
-    assert os_versions(serial, sorted(wanted)) == wanted, "the named rollback left the OS packages as they were"
-    run(["ansible-playbook", "playbooks/rollback.yml", "-l", serial, "-e", f"rollback_backup={taken}", *VAULT],
-        timeout=900)
     factory = factory_versions("kestrel_k200")
     assert os_versions(serial, sorted(wanted)) == {name: factory[name] for name in wanted}
+    run(["ansible-playbook", "playbooks/rollback.yml", "-l", serial, "-e", f"rollback_backup={taken}", *VAULT],
+        timeout=900)
+    assert os_versions(serial, sorted(wanted)) == wanted
     assert dpkg_audit(serial) == ""
     assert poslab("exec", serial, "--", "dpkg", "--verify", *sorted(wanted), check=False).stdout.strip() == ""
     versions = fleet_versions()[serial]
-    assert versions[:3] == ("1.0.0", "2026.11.0", "2026.11.0") and versions[3] in ("idle", "in-transaction")
+    assert versions[:3] == ("1.1.0", "2026.12.0", "2026.12.0") and versions[3] in ("idle", "in-transaction")
     # The audit trail has one line per OS package put back (a restore writes no report of its own).
     lines = [json.loads(line) for line in (REPORT_DIR / "audit.jsonl").read_text().splitlines()]
     restored = {line["what"]: (line["from"], line["to"]) for line in lines
                 if line["terminal"] == serial and line["action"] == "restore" and line["what"].startswith("os:")}
-    assert restored == {f"os:{name}": (wanted[name], factory[name]) for name in wanted if wanted[name] != factory[name]}
+    assert restored == {f"os:{name}": (factory[name], wanted[name]) for name in wanted if wanted[name] != factory[name]}
     totals = ledger_totals()
     assert totals["missing"] == 0 and totals["duplicated"] == 0

@@ -441,6 +441,37 @@ def test_candidate_of_a_package_the_directory_lacks_is_refused_naming_it(shared,
     assert not (tmp_path / "out").exists()
 
 
+
+# --- factory: the version the model's image shipped with -----------------------------------------------
+
+def test_factory_pins_each_models_own_image_version(shared, newer_debs, tmp_path):
+    """A release that takes a fleet back to what it left the factory with: each model's factory list says the
+    version, so two models with different images get different versions of one package."""
+    images = dict(zip(DPKG_MODELS, ["2026f-1", "2026f-9"]))
+    assert len(images) == 2, "the test needs two dpkg models"
+    for model, version in images.items():
+        with (shared / PROFILES[model]["os"]["factory"]).open("a") as handle:
+            handle.write(f"fleet-tzdata {version} all\n")
+    wanted = {"all": dict(GOOD_SET, **{"fleet-tzdata": "factory"})}
+    answer = build(shared, spec_file(tmp_path / "spec.yml", wanted), tmp_path / "out", debs_dir=newer_debs)
+    assert answer["os_packages_resolved"] == {model: {"fleet-tzdata": version} for model, version in images.items()}
+    manifest = manifest_of(tmp_path / "out")
+    for model, version in images.items():
+        (entry,) = [entry for entry in manifest["models"][model]["os_packages"] if entry["name"] == "fleet-tzdata"]
+        assert (entry["version"], entry["sha256"]) == (version, sha256(newer_debs / f"fleet-tzdata_{version}_all.deb"))
+    assert "factory" not in (tmp_path / "out" / "releases" / SPEC["release"] / "manifest.yml").read_text()
+
+
+def test_factory_of_a_package_the_image_does_not_ship_is_refused_naming_the_list(shared, deb_dir, tmp_path):
+    wanted = {"all": dict(GOOD_SET, **{"fleet-tzdata": "factory"})}
+    proc = build(shared, spec_file(tmp_path / "spec.yml", wanted), tmp_path / "out", check=False, debs_dir=deb_dir)
+    # the first dpkg model the build looks at is the one named
+    assert any(proc.stderr.startswith(f"posfleet-release: os_packages: fleet-tzdata: factory: {model}'s factory list "
+                                      f"({shared / PROFILES[model]['os']['factory']}) has no fleet-tzdata")
+               for model in DPKG_MODELS), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # apt's answers as `apt-cache policy NAME` prints them in the C locale.
 POLICY = """\
 fleet-tzdata:
@@ -529,17 +560,19 @@ def test_candidate_apt_offers_none_of_is_refused_before_anything_is_built(shared
 
 
 @pytest.mark.parametrize(("version", "accepted"), [
-    ("candidate", True), ("3.0.17-1~deb12u2", True), ("1:1.2.13", True),
+    ("candidate", True), ("factory", True), ("3.0.17-1~deb12u2", True), ("1:1.2.13", True),
     ("Candidate", False), ("candidates", False), ("candidate-1", False), ("latest", False), ("3.0 beta", False),
+    ("candidatefactory", False), ("factory-1", False),
 ])
-def test_a_spec_version_is_exact_or_candidate(version, accepted):
+def test_a_spec_version_is_exact_or_a_word_the_build_resolves(version, accepted):
     errors = posrelease.schema_errors(posrelease.OS_PACKAGE_SET, {"fleet-tzdata": version})
     if accepted:
         assert errors == []
     else:
         assert errors == ["fleet-tzdata: expected a Debian version like 3.0.17-1~deb12u2 or 1:1.2.13 "
                           "([epoch:]upstream[-revision], a digit first), or candidate (the version apt would install "
-                          "now, pinned when the release is built)"]
+                          "now) or factory (the version in the model's factory list), pinned when the release is "
+                          "built"]
 
 
 # --- the real apt source ---------------------------------------------------------------------------
