@@ -35,6 +35,11 @@ KINDS = {
     "dpkg-fail": "the terminal's next dpkg run fails at its end, after it has unpacked and configured its packages, "
                  "as a maintainer script failing late would; it fails once (the rollback's dpkg after it works); "
                  "`dpkg-fail off` lifts it unfired",
+    "postinst-fail": "ca-certificates' maintainer script (postinst) fails the next time dpkg configures the package: "
+                     "update-ca-certificates, which it runs, exits 1 once; `postinst-fail off` lifts it unfired",
+    "postinst-slow": "ca-certificates' postinst takes SECONDS longer the next time dpkg configures the package "
+                     "(the package half-configured meanwhile, as on a terminal short of CPU); `postinst-slow off` "
+                     "lifts it unfired",
     "selftest-fail": "make posd's self-test fail while it runs app VERSION; `selftest-fail off` lifts it",
     "slow-reload": "posd takes SECONDS longer to answer each reload of its packs, as a terminal short of CPU "
                    "does; `slow-reload off` lifts it",
@@ -52,6 +57,18 @@ DPKG_FAIL = "/etc/dpkg/dpkg.cfg.d/zz-poslab-fail"
 # The dpkg faults: their hook file, and the hook (dpkg.cfg syntax) that deletes it and then acts.
 DPKG_HOOKS = {"dpkg-hang": (DPKG_HANG, f'pre-invoke "rm -f {DPKG_HANG}; exec sleep 86400"\n'),
               "dpkg-fail": (DPKG_FAIL, f'post-invoke "rm -f {DPKG_FAIL}; exit 1"\n')}
+
+# The postinst faults act through a command ca-certificates' postinst runs on every configure: a stand-in
+# for it in /usr/local/sbin, which comes before /usr/sbin in root's PATH (sshd's, so the update's dpkg and
+# its maintainer scripts find it first). No package owns /usr/local, so dpkg --verify never sees it. The
+# stand-in deletes itself before it acts: it fires once, and a power cut while it sleeps leaves nothing.
+POSTINST_STUB = "/usr/local/sbin/update-ca-certificates"
+POSTINST_STUBS = {
+    "postinst-fail": ("", lambda _args: 'echo "poslab fault postinst-fail: update-ca-certificates fails" >&2\n'
+                                         "exit 1\n"),
+    "postinst-slow": ("SECONDS", lambda args: f"sleep {float(args[0]):g}\n"
+                                               'exec /usr/sbin/update-ca-certificates "$@"\n'),
+}
 
 
 def apply(terminal, kind, args):
@@ -101,6 +118,16 @@ def apply(terminal, kind, args):
             term.run_in(terminal, ["rm", "-f", path])
         else:
             term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {path})" && printf %s "$1" > {path}', "sh", hook])
+    elif kind in POSTINST_STUBS:
+        wanted, body = POSTINST_STUBS[kind]
+        if args[:1] == ["off"]:
+            term.run_in(terminal, ["rm", "-f", POSTINST_STUB])
+        else:
+            if wanted:
+                need(args, wanted)
+            script = f'#!/bin/sh\nrm -f "$0"\n{body(args)}'
+            term.run_in(terminal, ["sh", "-c", f'mkdir -p "$(dirname {POSTINST_STUB})" && printf %s "$1" > '
+                                               f'{POSTINST_STUB} && chmod 755 {POSTINST_STUB}', "sh", script])
     elif kind in POSD_SETTINGS:
         path, wanted, value_of = POSD_SETTINGS[kind]
         value = need(args, wanted)

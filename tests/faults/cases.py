@@ -229,7 +229,7 @@ CASES = [
 # --- the OS packages' own faults (issue 18) ------------------------------------------------------------------
 # Run in a round of their own after the fleet has converged on the upgrade (fixture os_round): their terminals are
 # first put back on the baseline and the factory image's OS packages by restoring the backup the upgrade took, then
-# updated to the upgrade again, whose OS packages (bookworm-security's) go first. A case takes the first terminal
+# updated to the upgrade again, whose OS packages (bookworm-security's) go first. A case takes the nth terminal
 # of its model in its region; the corrupted package reaches its whole region, so no other case is in us_east.
 
 def os_package_url(model, name):
@@ -237,10 +237,9 @@ def os_package_url(model, name):
                 if item["name"] == name)
 
 
-def os_installing(serial):
-    """dpkg is installing the OS set: a package of it is unpacked but not configured yet, the moment a power cut
-    is most likely to leave a package half-way. dpkg records each state change in its journal
-    (/var/lib/dpkg/updates/NNNN) and folds them into its status file now and then: both are read."""
+def dpkg_states(serial):
+    """The texts of the terminal's dpkg database: its status file and its journal (/var/lib/dpkg/updates/NNNN),
+    where dpkg records each state change before it folds them into the status file now and then."""
     database = flash(serial, "/var/lib/dpkg")
     texts = []
     for path in [database / "status", *sorted((database / "updates").glob("[0-9]*"))]:
@@ -248,9 +247,21 @@ def os_installing(serial):
             texts.append(path.read_text())
         except OSError:
             continue
-    return any(f"Package: {name}\nStatus: install ok {state}" in text for text in texts
+    return texts
+
+
+def os_installing(serial):
+    """dpkg is installing the OS set: a package of it is unpacked but not configured yet, the moment a power cut
+    is most likely to leave a package half-way."""
+    return any(f"Package: {name}\nStatus: install ok {state}" in text for text in dpkg_states(serial)
                for name in ("libssl3", "openssl", "tzdata", "ca-certificates")
                for state in ("unpacked", "half-configured", "half-installed"))
+
+
+def os_configuring(serial):
+    """dpkg is in the configure phase of the OS set: ca-certificates half-configured, its postinst running (slowed
+    down by `poslab fault postinst-slow`, so that the moment lasts)."""
+    return any("Package: ca-certificates\nStatus: install ok half-configured" in text for text in dpkg_states(serial))
 
 
 class BackupTaken:
@@ -283,6 +294,10 @@ OS_CASES = [
     Case("power-cut-os-install", "power cut while dpkg installs the OS packages", "kestrel_k200", "eu_central",
          ("rolled_back", "updated"), steps=[Step("an OS package unpacked, not configured", os_installing,
                                                  f("power-cut", 3))]),
+    Case("power-cut-os-configure", "power cut while dpkg configures the OS packages (a postinst running)",
+         "kestrel_k200", "eu_west", ("rolled_back", "updated"), nth=1, before=[f("postinst-slow", 60)],
+         steps=[Step("ca-certificates half-configured", os_configuring, f("power-cut", 3))],
+         after=[f("postinst-slow", "off")]),
     Case("net-cut-os-download", "network cut while an OS package downloads (10 s, slow link)", "heron_h5",
          "eu_central", ("updated",), before=[f("slow", "2mbit")],
          steps=[Step("OS package download under way", downloading(256 * 1024), f("net-down")),
@@ -290,6 +305,9 @@ OS_CASES = [
          after=NET_BACK),
     Case("dpkg-fails-os", "dpkg fails at the end of the OS install (after unpack and configure)", "kestrel_k200",
          "eu_west", ("rolled_back",), ("put back",), before=[f("dpkg-fail")], after=[f("dpkg-fail", "off")]),
+    Case("postinst-fails-os", "ca-certificates' postinst fails while dpkg configures the OS packages", "heron_h5",
+         "eu_central", ("rolled_back",), ("put back", "ca-certificates"), nth=1, before=[f("postinst-fail")],
+         after=[f("postinst-fail", "off")]),
     # 2 MiB left: the set (about 15 MB downloaded and unpacked) does not fit, the way back does.
     Case("no-room-os", "the flash fills up after the backup, too full for the OS packages", "heron_h5", "eu_west",
          ("rolled_back",), ("space",), steps=[Step("backup taken", BackupTaken(), f("disk-full", 2048))],
