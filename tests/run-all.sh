@@ -18,15 +18,40 @@ step() {
     if "$@"; then echo "<== $name ok ($((SECONDS - started))s)"; else echo "<== $name FAILED ($((SECONDS - started))s)"; failed+=("$name"); fi
 }
 
+# A step started in the background: its output is kept and printed, with its verdict, by `collect`.
+background=()
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+start() {
+    local name=$1; shift
+    ( local started=$SECONDS; if "$@"; then echo "<== $name ok ($((SECONDS - started))s)"
+      else echo "<== $name FAILED ($((SECONDS - started))s)"; fi ) > "$logs/$name" 2>&1 &
+    background+=("$name:$!")
+}
+collect() {
+    local entry name
+    for entry in "${background[@]}"; do
+        name=${entry%%:*}
+        wait "${entry##*:}"
+        echo "==> $name (ran beside the unit tests)"
+        cat "$logs/$name"
+        tail -n 1 "$logs/$name" | grep -q "^<== $name ok" || failed+=("$name")
+    done
+    background=()
+}
+
 step yamllint yamllint --strict .
 step ruff ruff check .
+# ansible-lint and ansible-test sanity (single-threaded, a minute or two each) run beside the unit tests, whose
+# workers leave a core idle a good part of the time: about a minute less than one after another.
 # The lab inventory exists only while the lab is up; syntax checks need some inventory, so lint uses
 # the production example.
-step ansible-lint env ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
-# ansible-test sanity on the built collection, offline on the host's Python (about a minute).
-step ansible-test-sanity tests/sanity.sh
+start ansible-lint env ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
+# ansible-test sanity on the built collection, offline on the host's Python.
+start ansible-test-sanity tests/sanity.sh
 # One worker per core (pytest-xdist): about 3 minutes on two cores instead of 7.
 step unit pytest -q -p no:cacheprovider -n "${UNIT_JOBS:-auto}" tests/unit
+collect
 # The lab steps need root; each starts from a clean lab and leaves none behind.
 step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider tests/integration
 # Faults during a rolling update (its own 18-terminal lab, about 6 minutes): docs/faults.md.
