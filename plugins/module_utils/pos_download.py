@@ -43,7 +43,8 @@ DOWNLOAD_OPTIONS = {
 }
 
 
-def _sha256_of(path):
+def sha256_of(path):
+    """The sha256 of a file, read a MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -159,7 +160,7 @@ def fetch(url, staging, sha256, size, *, timeout=60.0, retries=3, retry_delay=2.
     done = os.path.join(staging, sha256)
     part = done + ".part"
     state = {"bytes": 0, "resumed": False}
-    if _size(done) == size and _sha256_of(done) == sha256:
+    if _size(done) == size and sha256_of(done) == sha256:
         return {"path": done, "bytes_downloaded": 0, "resumed": False, "cached": True, "attempts": 0,
                 "seconds": round(time.time() - started, 3)}
     attempts, last_error = 0, None
@@ -177,7 +178,7 @@ def fetch(url, staging, sha256, size, *, timeout=60.0, retries=3, retry_delay=2.
             raise
         except (DownloadError, urllib.error.URLError, http.client.HTTPException, OSError) as error:
             last_error = getattr(error, "reason", None) or error
-    actual = _sha256_of(part)
+    actual = sha256_of(part)
     if actual != sha256:
         os.unlink(part)
         raise DownloadError("sha256 mismatch for %s: expected %s, got %s; the download was deleted. The "

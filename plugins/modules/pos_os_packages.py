@@ -16,7 +16,9 @@ description:
     package already is at its version nothing is downloaded and nothing changes.
   - Each C(.deb) is downloaded from the region's distribution point to C(<staging_dir>/<sha256>.part), resumed with
     an HTTP C(Range) request after a dropped connection, and its sha256 and size are checked before anything is
-    installed. Free space for the downloads and the unpacked packages is checked first.
+    installed. Free space for the downloads and the unpacked packages is checked first. A package whose kept
+    C(.deb) (below) is the manifest's very file, as after a rollback of the update that installed it, is not
+    downloaded again.
   - "Before anything is installed, the version each package runs now is kept as a C(.deb) in
     C(/var/lib/pos/rollback/os/): the one an earlier update installed, or one rebuilt from the installed files (as
     C(dpkg-repack) would) once C(dpkg --verify) found them as shipped. A package whose way back cannot be kept stops
@@ -112,6 +114,15 @@ kept:
   returned: changed
   type: dict
   sample: {libssl3: repacked, openssl: kept}
+reused:
+  description:
+    - The packages of C(installed) taken from their kept C(.deb) instead of downloaded, sorted.
+    - An update that installed a version keeps its C(.deb) (the manifest's very file, its sha256 checked again),
+      so installing that version again after a rollback downloads nothing.
+  returned: when the set is not installed already
+  type: list
+  elements: str
+  sample: [libssl3]
 bytes_downloaded:
   description: Bytes received in this run (fewer than the packages' sizes when an earlier run left part of them).
   returned: always
@@ -151,6 +162,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_download import
     DownloadError,
     fetch,
     partial_bytes,
+    sha256_of,
 )
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
     RUN_OPTION,
@@ -194,10 +206,22 @@ def check_packages(module):
     return packages
 
 
-def check_room(module, todo, result):
+def reusable(todo):
+    """{name: path} of the packages of `todo` whose kept .deb (/var/lib/pos/rollback/os) is the manifest's very
+    file: an update that installed it and was rolled back kept it, and installing it again needs no download."""
+    found = {}
+    for entry in todo:
+        path = pos_os.find_kept(entry["name"], entry["version"])
+        if path and os.path.getsize(path) == entry["size"] and sha256_of(path) == entry["sha256"]:
+            found[entry["name"]] = path
+    return found
+
+
+def check_room(module, todo, reused, result):
     """Fail unless the flash has room for what is left to download and for the unpacked packages."""
     staging = module.params["staging_dir"]
-    download = sum(max(entry["size"] - partial_bytes(terminal_path(staging), entry["sha256"]), 0) for entry in todo)
+    download = sum(max(entry["size"] - partial_bytes(terminal_path(staging), entry["sha256"]), 0) for entry in todo
+                   if entry["name"] not in reused)
     unpacked = sum(int(entry.get("installed_size_kb") or 0) * 1024 or entry["size"] for entry in todo)
     need, free = download + unpacked, free_bytes(staging)
     if free < need:
@@ -209,11 +233,13 @@ def check_room(module, todo, result):
     return download
 
 
-def download(module, todo, result):
-    """Download every package of `todo` (resumed, checked) into staging; {name: path}."""
+def download(module, todo, reused, result):
+    """Download every package of `todo` but the reused (resumed, checked) into staging; {name: path}."""
     base = module.params["base_url"].rstrip("/")
-    paths = {}
+    paths = dict(reused)
     for entry in todo:
+        if entry["name"] in reused:
+            continue
         try:
             got = fetch("%s/%s" % (base, entry["url"].lstrip("/")), terminal_path(module.params["staging_dir"]),
                         entry["sha256"], entry["size"], timeout=module.params["timeout"],
@@ -223,8 +249,9 @@ def download(module, todo, result):
                              % (entry["name"], entry["version"], error), **result)
         result["bytes_downloaded"] += got["bytes_downloaded"]
         paths[entry["name"]] = got["path"]
+    for entry in todo:
         # The sha256 says it is the manifest's file; the control fields say the manifest named it right.
-        rc, out = run_bounded(["dpkg-deb", "--field", got["path"], "Package", "Version", "Architecture"],
+        rc, out = run_bounded(["dpkg-deb", "--field", paths[entry["name"]], "Package", "Version", "Architecture"],
                               DPKG_READ_TIMEOUT, "nothing was installed")[:2]
         fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
         if rc != 0 or (fields.get("Package"), fields.get("Version")) != (entry["name"], entry["version"]):
@@ -300,7 +327,9 @@ def main():
     if not todo:
         module.exit_json(changed=False, seconds=round(time.time() - started, 3), **result)
     diff = {"before": {"os_packages": before}, "after": {"os_packages": wanted}}
-    would = check_room(module, todo, result)
+    reused = reusable(todo)
+    result["reused"] = sorted(reused)
+    would = check_room(module, todo, reused, result)
     if module.check_mode:
         result["after"] = wanted
         module.exit_json(changed=True, diff=diff, would_download=would, seconds=round(time.time() - started, 3),
@@ -310,7 +339,7 @@ def main():
         start_step()
     except LeaseLost as error:
         module.fail_json(msg="not installing the OS packages: %s" % error, **result)
-    paths = download(module, todo, result)
+    paths = download(module, todo, reused, result)
     try:
         result["kept"] = pos_os.keep({name: found[name] for name in result["installed"] if name in found})
     except OSError as error:

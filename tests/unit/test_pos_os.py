@@ -305,6 +305,27 @@ def test_module_installs_the_set_keeps_the_way_back_and_then_has_nothing_to_do(t
     assert len(dist.requests) == requests  # nothing downloaded
 
 
+def test_module_installs_again_from_the_kept_debs_after_a_rollback_without_downloading(terminal_v1, run_module,
+                                                                                        dist, debs):
+    args = module_args(dist, publish(dist, debs["alpha", "2.0"], debs["beta", "2.0"]))
+    assert run_module("pos_os_packages", args, terminal_v1)["installed"] == ["alpha", "beta"]
+    assert pos_os.switch_back({"alpha": "1.0", "beta": "1.0"}) == ["alpha 1.0", "beta 1.0"]  # the rollback
+    # A file by that name that is not the manifest's (a repack) must not pass for it: beta is fetched again.
+    beta = terminal_v1 / "var/lib/pos/rollback/os/beta_2.0_all.deb"
+    beta.write_bytes(beta.read_bytes() + b"\0")
+    requests = len(dist.requests)
+
+    check = run_module("pos_os_packages", args, terminal_v1, check=True)
+    again = run_module("pos_os_packages", args, terminal_v1)
+
+    assert check["reused"] == again["reused"] == ["alpha"], again
+    assert check["would_download"] == again["bytes_downloaded"] == args["packages"][1]["size"]
+    assert [path for path, _range in dist.requests[requests:] if "alpha" in path] == []
+    assert not again.get("failed") and again["installed"] == ["alpha", "beta"], again.get("msg")
+    assert packages(terminal_v1) == {"alpha": "2.0 ii", "beta": "2.0 ii"}
+    assert audit(terminal_v1) == "" and verify(terminal_v1) == ""
+
+
 def test_module_check_mode_says_what_it_would_do_and_changes_nothing(terminal_v1, run_module, dist, debs):
     args = module_args(dist, publish(dist, debs["alpha", "2.0"], debs["beta", "2.0"]))
     before = tree_state(terminal_v1)
