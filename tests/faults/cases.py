@@ -227,10 +227,10 @@ CASES = [
 
 
 # --- the OS packages' own faults (issue 18) ------------------------------------------------------------------
-# Run in a round of their own after the fleet has converged on the upgrade (fixture os_round): their terminals are
-# first put back on the baseline and the factory image's OS packages by restoring the backup the upgrade took, then
-# updated to the upgrade again, whose OS packages (bookworm-security's) go first. A case takes the nth terminal
-# of its model in its region; the corrupted package reaches its whole region, so no other case is in us_east.
+# Run in a round of their own at the end (fixture os_round): the upgrades before it leave their terminals on the
+# baseline and the image's OS packages (fixture os_terminals), and the round updates them to the upgrade, whose OS
+# packages (bookworm-security's) go first. A case takes the nth terminal of its model in its region; the corrupted
+# package reaches its whole region, so no other case is in us_east.
 
 def os_package_url(model, name):
     return next(item["url"] for item in release_manifest(UPGRADE)["models"][model]["os_packages"]

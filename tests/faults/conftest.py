@@ -15,7 +15,9 @@ tests only assert on what they recorded (see README.md):
    deadline: the hung install is stopped at the deadline and rolled back, the heron is updated.
 6. `acquirer_down`: sales pending on one terminal while the acquirer answers 503: deferred, untouched.
 7. `interrupted`: the update to the upgrade, ansible-playbook killed (SIGKILL, process group) as soon
-   as the batch has started its data switch; then the plain re-run.
+   as the batch has started its data switch; then the plain re-run. Every terminal but the OS round's
+   (`os_terminals`, chosen once the fleet converged on the baseline).
+8. `os_round`: the OS packages' own faults (cases.OS_CASES), their terminals' first upgrade.
 
 The lab is shared: run this suite only under `flock /tmp/poslab.lock`. The session ends with
 `poslab down`.
@@ -46,7 +48,7 @@ from faultkit import (
     wait_all_answering,
     wait_in_service,
 )
-from labkit import STATE, VAULT, flash, rows_by_serial
+from labkit import STATE, flash, rows_by_serial
 
 
 class Watcher(threading.Thread):
@@ -186,9 +188,17 @@ DEADLINE = 60
 
 
 @pytest.fixture(scope="session")
-def past_deadline(converged):
+def os_terminals(converged):
+    """The OS round's terminals (cases.OS_CASES), chosen once the fleet is on the baseline: the upgrades before that
+    round leave them there, with the image's OS packages, so that their first upgrade is the round's."""
+    assign(OS_CASES, converged["status"])
+    return [case.serial for case in OS_CASES]
+
+
+@pytest.fixture(scope="session")
+def past_deadline(converged, os_terminals):
     """A dpkg that never returns on one terminal: its update stops at the deadline, the batch goes on."""
-    status = converged["status"]
+    status = {serial: row for serial, row in converged["status"].items() if serial not in os_terminals}
     # The last of their models: acquirer_down takes the fleet's first terminal, which must still be on the baseline.
     hung = max(s for s, row in status.items() if row["model"] == "kestrel_k200")
     other = max(s for s, row in status.items() if row["model"] == "heron_h5")
@@ -229,14 +239,16 @@ def acquirer_down(converged, past_deadline):
 
 
 @pytest.fixture(scope="session")
-def interrupted(acquirer_down):
-    """The control node killed mid-batch, as soon as the batch starts switching data packs; then re-run."""
+def interrupted(acquirer_down, os_terminals):
+    """The control node killed mid-batch, as soon as the batch starts switching data packs; then re-run. Every
+    terminal but the OS round's."""
     manifest = release_manifest(UPGRADE)
     new_params = manifest["models"]["kestrel_k200"]["packs"]["params"]["version"]
-    before = KIT.status()
+    limit = ["--limit", "all:" + ":".join(f"!{serial}" for serial in os_terminals)]
+    before = {serial: row for serial, row in KIT.status().items() if serial not in os_terminals}
     os_before = os_state(sorted(before))
     started = time.monotonic()
-    proc = start_update(UPGRADE, "-e", f"pos_quiesce_lease={KILLED_LEASE}")
+    proc = start_update(UPGRADE, *limit, "-e", f"pos_quiesce_lease={KILLED_LEASE}")
     # The moment: the first terminal with the new params pack staged has finished its package step.
     # Only terminals not on the upgrade yet (the deadline and acquirer cases updated some): theirs would be
     # seen at once, before the run has done anything.
@@ -257,11 +269,11 @@ def interrupted(acquirer_down):
     # No control node any more: each terminal of the batch waits out its lease, then its update guard
     # puts it back in service on one release.
     wait_in_service(timeout=KILLED_LEASE + 90)
-    after_kill = wait_all_answering()
+    after_kill = {serial: row for serial, row in wait_all_answering().items() if serial in before}
     os_after_kill = os_state(sorted(after_kill))
-    rerun = update(UPGRADE)
+    rerun = update(UPGRADE, *limit)
     report = report_of(rerun.stdout)
-    status = wait_all_answering()
+    status = {serial: row for serial, row in wait_all_answering().items() if serial in before}
     os_final = os_state(sorted(status))
     SUMMARY["ledger"] = (ledger := KIT.ledger())["totals"]
     return {"seen": seen, "returncode": proc.returncode, "before": before, "after_kill": after_kill,
@@ -270,14 +282,10 @@ def interrupted(acquirer_down):
 
 
 @pytest.fixture(scope="session")
-def os_round(interrupted):
-    """The OS packages' own faults (cases.OS_CASES): their terminals back on the baseline and the factory OS
-    packages (rollback.yml restores the backup the upgrade took), then the upgrade again, one fault each."""
-    status = interrupted["status"]
-    assign(OS_CASES, status)
-    serials = [case.serial for case in OS_CASES]
-    # The newest backup of each was taken just before its upgrade: the baseline, and the image's OS packages.
-    restored = KIT.playbook("rollback.yml", "--limit", ",".join(serials), *VAULT, timeout=600)
+def os_round(interrupted, os_terminals):
+    """The OS packages' own faults (cases.OS_CASES): their terminals, still on the baseline and the image's OS
+    packages, updated to the upgrade with one fault each; then the faults lifted and the plain re-run."""
+    serials = os_terminals
     before = wait_all_answering()
     os_before = os_state(serials)
     for case in OS_CASES:
@@ -295,7 +303,7 @@ def os_round(interrupted):
     os_after = os_state(serials)
     rerun = update(UPGRADE, "--limit", ",".join(serials))
     final = wait_all_answering()
-    return {"restored": restored, "before": before, "os_before": os_before, "result": result,
+    return {"before": before, "os_before": os_before, "result": result,
             "rows": rows_by_serial(report_of(result.stdout)), "after": after, "os_after": os_after, "rerun": rerun,
             "rerun_rows": rows_by_serial(report_of(rerun.stdout)), "final": final, "os_final": os_state(serials),
             "ledger": KIT.ledger()}
