@@ -136,15 +136,22 @@ class Releases:
 
 
 def runs_other_than(message, target):
-    """True when what the terminal reported differs from `target` (app version, or a pack of the release).
+    """True when what the terminal reported differs from `target` (app version, a pack of the release, or an OS
+    package the release pins).
 
     The merchant pack is not compared: its version comes from the merchant's data, which a nightly run
-    renders; a check-in updates terminals whose app or release packs are behind.
+    renders; a check-in updates terminals whose app or release packs are behind. The OS packages are compared
+    when the check-in reports every one the release pins (the agent reports those the answer's os_watch named;
+    a version of null, not installed, differs); until then app and packs decide.
     """
     if message.get("app_version") != target["app_version"]:
         return True
     packs = message.get("packs") or {}
-    return any(packs.get(name) != version for name, version in target["packs"].items() if name != "merchant")
+    if any(packs.get(name) != version for name, version in target["packs"].items() if name != "merchant"):
+        return True
+    wanted = target.get("os_packages") or {}
+    reported = message.get("os_packages") or {}
+    return set(wanted) <= set(reported) and any(reported[name] != version for name, version in wanted.items())
 
 
 def may_update_now(hostvars, now):
@@ -204,27 +211,31 @@ class Dispatcher:
         if not self.store.remember_nonce(serial, message["nonce"], message["sent_at"], now):
             return self._refuse(pos_checkin.REPLAYED, serial, remote, f"nonce {message['nonce']} seen before", now)
         self.store.record_checkin(serial, message, remote, now)
-        decision, detail = self._decide(serial, message, now)
+        (decision, detail), watch = self._decide(serial, message, now)
         self.log(f"check-in from {serial} ({remote}) running {message.get('app_version')}: {decision} {detail}")
-        return pos_checkin.reply(decision=decision, detail=detail)
+        return pos_checkin.reply(decision=decision, detail=detail, **({"os_watch": watch} if watch else {}))
 
     def _decide(self, serial, message, now):
+        """((decision, detail), the OS packages the terminal's assigned release pins, for it to watch, or None)."""
         hostvars = self.fleet.get(serial)
         if hostvars is None:
-            return self.store.note(serial, checkin_store.NOT_IN_INVENTORY, "the inventory has no such terminal", now)
+            return self.store.note(serial, checkin_store.NOT_IN_INVENTORY, "the inventory has no such terminal",
+                                   now), None
         lease = message.get("lease")
         if lease:
-            return self.store.note(serial, checkin_store.IN_RUN, f"run {lease} holds the terminal", now)
+            return self.store.note(serial, checkin_store.IN_RUN, f"run {lease} holds the terminal", now), None
         release = hostvars.get(ASSIGNED)
         if not release:
-            return self.store.decide(serial, False, False, now, release=None)
+            return self.store.decide(serial, False, False, now, release=None), None
         try:
-            wants = runs_other_than(message, self.releases.target(str(release), hostvars))
+            target = self.releases.target(str(release), hostvars)
+            wants = runs_other_than(message, target)
             may, why, _window = may_update_now(hostvars, now)
         except (AutoUpdateError, posfleet_survey.AnsibleFilterError) as exc:
             self.log(f"cannot decide for {serial}: {exc}")
-            return self.store.note(serial, checkin_store.UNDECIDED, str(exc), now)
-        return self.store.decide(serial, wants, may, now, release=str(release), reason=why)
+            return self.store.note(serial, checkin_store.UNDECIDED, str(exc), now), None
+        return (self.store.decide(serial, wants, may, now, release=str(release), reason=why),
+                sorted(target.get("os_packages") or {}))
 
     def start_jobs(self):
         """The events that start queued updates now: the rulebook runs update.yml limited to each terminal."""

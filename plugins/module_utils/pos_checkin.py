@@ -7,9 +7,14 @@ bring it to its assigned release. This file is the one owner of the protocol; bo
 A check-in is one HTTP POST of a small JSON message to the control side's endpoint:
 
     {"app_version": "1.0.0", "boot_id": "...", "lease": null, "nonce": "<32 hex>",
+     "os_packages": {"libssl3": "3.0.20-1~deb12u2", ...},
      "packs": {"catalog": "2026.01.0", ...}, "sent_at": "2026-12-03T01:02:03Z", "serial": "KST00002", "v": 1}
 
-(`lease`: the id of the posfleet run that holds the terminal for an update or a restore, or null.)
+(`lease`: the id of the posfleet run that holds the terminal for an update or a restore, or null.
+`os_packages`: the version of each Debian package the control side asked the terminal to watch, null when
+it is not fully installed; left out while there is none to watch, on a terminal without dpkg, and by an
+agent older than the field. The control side compares them with the release only when the check-in reports
+every package the release pins.)
 
 The body is that message as compact JSON with sorted keys (encode()), and exactly those bytes are signed:
 the header `X-Posfleet-Signature: v1=<hex HMAC-SHA256 of the body>` under the terminal's own key (32 random
@@ -17,7 +22,10 @@ bytes, hex, at KEY; the control side keeps the same key per serial). The receive
 check-in with one of REFUSALS: malformed, unknown serial, bad signature, or stale (sent_at further than
 MAX_SKEW_S from the receiver's clock), in that order, so that an unsigned body never gets as far as the
 clock; a replayed nonce is the control side's store to find. reply() is the control side's answer: 202, or 403
-with the reason, which the agent logs.
+with the reason, which the agent logs. An accepted answer names the OS packages the terminal's assigned
+release pins (`os_watch`, a list of names): the agent keeps the list (WATCH) and reports those packages from
+then on; when the list names one its check-in did not report, it checks in again at once, so that a release
+that pins a new package is compared on the terminal's next breath, with a message that stays small.
 
 The terminal's side is the agent (`pos-checkin`, main()): the terminal's init starts it once CONFIG exists,
 and it checks in at start, then every `interval_s` (± `jitter_s`, so that a fleet that boots together does
@@ -49,7 +57,7 @@ import urllib.parse
 import urllib.request
 from http.client import HTTPException
 
-from ansible_collections.posfleet.fleet.plugins.module_utils import pos_app
+from ansible_collections.posfleet.fleet.plugins.module_utils import pos_app, pos_os
 from ansible_collections.posfleet.fleet.plugins.module_utils.pos_guard import (
     GUARD_MODULES,
     INSTALL_DIR,
@@ -72,13 +80,17 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
 VERSION = 1
 KEY = "/var/lib/pos/checkin.key"
 CONFIG = "/var/lib/pos/checkin.json"
+# The OS packages the control side asked the terminal to report (the last accepted answer's os_watch).
+WATCH = "/var/lib/pos/checkin-os-watch.json"
+DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 COMMAND = "/usr/local/sbin/pos-checkin"
 HEADER = "X-Posfleet-Signature"
 # A check-in sent further than this from the receiver's clock is refused (STALE): a recorded check-in
 # cannot be played back later, and the control side need keep the nonces it has seen for this long only.
 MAX_SKEW_S = 300
-# A check-in is a few hundred bytes; the receiver reads no more than this of a body (or of a reply).
-MAX_BODY = 4096
+# A check-in is a few hundred bytes, and its os_packages about 40 more per installed package (a few hundred on
+# a terminal image); the receiver reads no more than this of a body (or of a reply).
+MAX_BODY = 65536
 
 MALFORMED = "malformed"
 UNKNOWN = "unknown_terminal"
@@ -136,12 +148,20 @@ def fingerprint(key_hex):
     return hashlib.sha256(bytes.fromhex(key_hex)).hexdigest()[:12]
 
 
-def message(serial, app_version, packs, boot_id, now=None, nonce=None, lease=None):
-    """The check-in message of a terminal that runs `app_version` and `packs` ({name: version}), held by the
-    posfleet run `lease` (its id) or by none."""
-    return {"v": VERSION, "serial": serial, "app_version": app_version, "packs": dict(packs or {}),
-            "boot_id": boot_id, "lease": lease, "sent_at": stamp(time.time() if now is None else now),
-            "nonce": nonce or secrets.token_hex(16)}
+def message(serial, app_version, packs, boot_id, now=None, nonce=None, lease=None, os_packages=None):
+    """The check-in message of a terminal that runs `app_version` and `packs` ({name: version}) and, with dpkg,
+    the Debian packages `os_packages` ({name: version}), held by the posfleet run `lease` (its id) or by none."""
+    msg = {"v": VERSION, "serial": serial, "app_version": app_version, "packs": dict(packs or {}),
+           "boot_id": boot_id, "lease": lease, "sent_at": stamp(time.time() if now is None else now),
+           "nonce": nonce or secrets.token_hex(16)}
+    if os_packages is not None:
+        msg["os_packages"] = dict(os_packages)
+    return msg
+
+
+def _versions_map(value):
+    return isinstance(value, dict) and all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                           for k, v in value.items())
 
 
 def encode(msg):
@@ -169,10 +189,10 @@ def _problem(msg):
     for name in ("app_version", "boot_id", "lease"):
         if msg.get(name) is not None and not isinstance(msg.get(name), str):
             return "%s must be a string or null" % name
-    packs = msg.get("packs")
-    if not isinstance(packs, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
-                                              for k, v in packs.items()):
+    if not _versions_map(msg.get("packs")):
         return "packs must map names to versions"
+    if "os_packages" in msg and not _versions_map(msg["os_packages"]):
+        return "os_packages must map Debian package names to versions"
     if _sent_at(msg.get("sent_at")) is None:
         return "sent_at must be UTC as %s" % TIME_FORMAT
     if not isinstance(msg.get("nonce"), str) or not re.fullmatch(r"[0-9a-f]{32}", msg["nonce"]):
@@ -231,16 +251,50 @@ def reply(refused=None, **extra):
 # --- the terminal's side ----------------------------------------------------------------------------------
 
 
-def terminal_message(now=None):
-    """This terminal's check-in message, read as pos_facts reads it; OSError when it cannot be read."""
+def _package_names(value):
+    """`value` as a sorted list of Debian package names, or None when it is not a list of them."""
+    if not isinstance(value, list) or not all(isinstance(name, str) and DEB_NAME.match(name) for name in value):
+        return None
+    return sorted(set(value))
+
+
+def read_watch():
+    """The OS packages to report (WATCH), sorted; none when the file is missing or not a list of Debian names."""
+    return _package_names(read_json(WATCH)) or []
+
+
+def _watch_from(answer):
+    """The os_watch list of an accepted answer (bytes), or None when it names none or is not a list of names."""
+    try:
+        return _package_names(json.loads(answer.decode("utf-8")).get("os_watch"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _write_watch(names):
+    path = terminal_path(WATCH)
+    part = path + ".part"
+    with open(part, "w", encoding="utf-8") as handle:
+        json.dump(names, handle)
+    os.replace(part, path)
+
+
+def terminal_message(now=None, os_packages=True):
+    """This terminal's check-in message, read as pos_facts reads it; OSError when it cannot be read. Without
+    `os_packages`, the watched OS packages are left out (the agent's frequent looks need no dpkg-query)."""
     serial = (read_json(TERMINAL_JSON) or {}).get("serial")
     if not serial:
         raise OSError("%s is missing or names no serial" % TERMINAL_JSON)
     style = pos_app.installed_style()
     lease = read_lease()
     holder = ((lease.get("run") or {}).get("id") or "unnamed") if live(lease) else None
+    watch = read_watch() if os_packages else []
+    try:
+        versions = pos_os.versions(watch) if watch else None
+    except OSError:  # no dpkg: a vendor image that posfleet leaves alone
+        versions = None
     return message(serial, pos_app.app_version(style) if style else None, pack_versions(), read_text(BOOT_ID),
-                   now=now, lease=holder)
+                   now=now, lease=holder, os_packages=versions)
 
 
 def settings(endpoint, interval_s, jitter_s, retry_s, timeout_s):
@@ -291,14 +345,16 @@ def read_key():
 
 
 def check_in():
-    """One check-in with CONFIG and KEY as they are now: (accepted, what happened in words, settings or None)."""
+    """One check-in with CONFIG and KEY as they are now: (accepted, what happened in words, settings or None,
+    whether to check in again at once: the answer asked to watch an OS package this check-in did not report)."""
     config = None
     try:
         config = read_settings()
         key = read_key()
-        body = encode(terminal_message())
+        msg = terminal_message()
+        body = encode(msg)
     except OSError as error:
-        return False, "skipped: %s" % error, config
+        return False, "skipped: %s" % error, config, False
     request = urllib.request.Request(config["endpoint"], data=body, method="POST", headers={
         "Content-Type": "application/json", HEADER: sign(body, key), "User-Agent": "pos-checkin/%d" % VERSION})
     sent = "%d bytes (key %s)" % (len(body), fingerprint(key))
@@ -308,11 +364,20 @@ def check_in():
     except urllib.error.HTTPError as error:
         status, reason, answer = error.code, error.reason, _read_error(error)
     except (OSError, HTTPException, ValueError) as error:
-        return False, "failed: %s to %s, no reply: %s" % (sent, config["endpoint"], error), config
+        return False, "failed: %s to %s, no reply: %s" % (sent, config["endpoint"], error), config, False
     accepted = 200 <= status < 300
     refused = _refusal(answer)
     what = "%s: %s, reply %d %s" % ("ok" if accepted else "failed", sent, status, reason)
-    return accepted, what + (" (refused: %s)" % refused if refused else ""), config
+    watch = _watch_from(answer) if accepted else None
+    again = False
+    if watch is not None and watch != read_watch():
+        try:
+            _write_watch(watch)
+        except OSError as error:
+            return accepted, what + "; cannot keep the OS packages to watch: %s" % error, config, False
+        what += "; now watching %d OS package(s)" % len(watch)
+        again = bool(set(watch) - set(msg.get("os_packages") or {}))
+    return accepted, what + (" (refused: %s)" % refused if refused else ""), config, again
 
 
 def _read_error(error):
@@ -343,7 +408,7 @@ def pause(accepted, config):
 def _runs():
     """What the terminal runs and who holds it, as its check-in says it; None when it cannot be read."""
     try:
-        msg = terminal_message()
+        msg = terminal_message(os_packages=False)
     except OSError:
         return None
     return {key: msg[key] for key in ("app_version", "packs", "boot_id", "lease")}
@@ -395,8 +460,11 @@ def main(argv=None):
                         help="check in once; exit 0 when the control side accepted it, 1 otherwise")
     args = parser.parse_args(argv)
     if args.once:
-        accepted, what = check_in()[:2]
+        accepted, what, _config, again = check_in()
         _log(what)
+        if again:
+            accepted, what = check_in()[:2]
+            _log(what)
         return 0 if accepted else 1
     signal.signal(signal.SIGTERM, _stop)
     started = _code()
@@ -407,7 +475,10 @@ def main(argv=None):
             if _code() != started:
                 _log("stopped: the agent's code was replaced or removed")
                 return 0
-            accepted, what, config = check_in()
+            accepted, what, config, again = check_in()
+            if again:
+                _log("%s; checking in again with the OS packages to watch" % what)
+                continue
             sent = _runs() if accepted else None
             pause_s = pause(accepted, config)
             _log("%s; next in %d s" % (what, pause_s))

@@ -64,20 +64,22 @@ def kept_path(name, version, arch):
     return terminal_path(os.path.join(KEPT_DIR, kept_name(name, version, arch)))
 
 
-def installed(names):
-    """{name: {"version", "arch", "ok"}} of the packages of `names` dpkg knows; `ok` only when fully installed.
+def installed(names=None):
+    """{name: {"version", "arch", "ok"}} of the packages of `names` (None: of every package) dpkg knows; `ok` only
+    when fully installed.
 
     A package dpkg has never seen is left out; one it knows but has removed has no version.
     """
-    if not names:
+    if names is not None and not names:
         return {}
-    rc, out, err = dpkg_query("-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n", *names)
+    rc, out, err = dpkg_query("-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n",
+                              *(names or ()))
     if rc not in (0, 1):  # 1: some name is not known to dpkg, which its output then leaves out
-        raise OSError("dpkg-query -W %s failed (exit %d): %s" % (" ".join(names), rc, err.strip()[-400:]))
+        raise OSError("dpkg-query -W %s failed (exit %d): %s" % (" ".join(names or ()), rc, err.strip()[-400:]))
     found = {}
     for line in out.splitlines():
         fields = line.split("\t")
-        if len(fields) != 4 or fields[0] not in names:
+        if len(fields) != 4 or (names is not None and fields[0] not in names):
             continue
         name, version, arch, status = fields
         if not version or status[1:2] in ("n", "c"):  # not installed, or only its conffiles are left
@@ -90,6 +92,11 @@ def versions(names):
     """{name: version or None}: the version of each package of `names` that is fully installed, else None."""
     found = installed(names)
     return {name: found[name]["version"] if name in found and found[name]["ok"] else None for name in names}
+
+
+def every_version():
+    """{name: version} of every fully installed package: what a terminal's check-in reports of its OS."""
+    return {name: item["version"] for name, item in installed().items() if item["ok"]}
 
 
 def recorded(names):

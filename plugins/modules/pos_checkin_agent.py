@@ -11,7 +11,8 @@ module: pos_checkin_agent
 short_description: Install the check-in agent on a POS terminal, with its endpoint and key, or remove it
 description:
   - "The check-in agent (C(/usr/local/sbin/pos-checkin)) tells the control side what the terminal runs: its serial,
-    app version, data pack versions and boot id, signed with the terminal's own key (HMAC-SHA256). It checks in
+    app version, data pack versions, the versions of the OS packages the control side asked it to watch, and boot
+    id, signed with the terminal's own key (HMAC-SHA256). It checks in
     when it starts (at boot), every O(interval) seconds after that, and every O(retry) seconds while check-ins fail,
     so a terminal that comes back online is heard of within about O(retry) seconds. Auto update brings a terminal
     that runs other than its assigned release to it."
@@ -21,8 +22,8 @@ description:
   - The terminal's init starts the agent once the command and its settings exist. The agent reads its settings and
     key again before every check-in, so a new endpoint or key takes effect without a restart; when its code is
     replaced it ends when its next check-in is due, and init starts the new one.
-  - V(absent) removes the command, the agent's code, its settings and its key; a running agent ends when its next
-    check-in is due.
+  - V(absent) removes the command, the agent's code, its settings, its key and its list of OS packages to watch; a
+    running agent ends when its next check-in is due.
   - The protocol (message, signature, refusals) is C(plugins/module_utils/pos_checkin.py).
 version_added: "0.3.0"
 author: posfleet contributors (@posfleet)
@@ -133,6 +134,7 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_checkin import 
     COMMAND,
     CONFIG,
     KEY,
+    WATCH,
     fingerprint,
     install,
     installed_code,
@@ -202,7 +204,7 @@ def present(module):
 
 def absent(module):
     before = state_of()
-    paths = [terminal_path(path) for path in (COMMAND, CONFIG, KEY)] + [installed_code()]
+    paths = [terminal_path(path) for path in (COMMAND, CONFIG, KEY, WATCH)] + [installed_code()]
     there = [path for path in paths if os.path.lexists(path)]
     if not module.check_mode:
         try:

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import OUTPUT_DIR, REPORT_DIR, ROOT, poslab, run, wait_for
 
 sys.path.append(str(ROOT / "collections"))
@@ -278,3 +279,32 @@ def test_a_check_in_during_the_terminal_s_own_nightly_run_starts_nothing(auto):
     checkin_now(serial)
     wait_for(lambda: versions()[serial] == BASELINE_RUNS and len(checkin_reports(serial)) == before + 1,
              timeout=240, what=f"{serial} back on its assigned release")
+
+
+def test_a_terminal_whose_only_drift_is_an_os_package_is_caught_up_by_its_check_in(auto, lab):
+    """App and packs current, one OS package at another version (installed by hand): the check-in reports the
+    packages its answers asked it to watch, and the run it starts puts the release's version back."""
+    serial = min(s for s in auto["serials"] if lab[s]["model"] == "kestrel_k200")
+    assert versions()[serial] == BASELINE_RUNS
+    manifest = yaml.safe_load((STATE / "build" / "releases" / BASELINE / "manifest.yml").read_text())
+    wanted = {item["name"]: item["version"] for item in manifest["models"]["kestrel_k200"]["os_packages"]}
+    watched = json.loads((STATE / "terminals" / serial / "flash" / "upper" / "var" / "lib" / "pos" /
+                          "checkin-os-watch.json").read_text())
+    assert watched == sorted(wanted), "the check-in answers named the release's OS packages"
+    # The night's upgrade kept its .debs; install one of them by hand.
+    kept = poslab("exec", serial, "--", "sh", "-c", "ls /var/lib/pos/rollback/os/").stdout.split()
+    name, newer = next((n, deb) for n in sorted(wanted) for deb in kept
+                       if deb.startswith(f"{n}_") and not deb.startswith(f"{n}_{wanted[n].replace(':', '%3a')}_"))
+    poslab("exec", serial, "--", "dpkg", "-i", f"/var/lib/pos/rollback/os/{newer}")
+    before = len(checkin_reports(serial))
+
+    checkin_now(serial)
+
+    def installed():
+        out = poslab("exec", serial, "--", "dpkg-query", "-W", "-f", "${Version}", name).stdout
+        return out.strip()
+    wait_for(lambda: len(checkin_reports(serial)) == before + 1 and installed() == wanted[name], timeout=240,
+             what=f"{serial}'s {name} back at {wanted[name]} by its own check-in")
+    row = next(r for r in checkin_reports(serial)[-1]["terminals"] if r["serial"] == serial)
+    assert row["status"] == "updated" and row["after"]["os_packages"][name] == wanted[name], row
+    assert versions()[serial] == BASELINE_RUNS

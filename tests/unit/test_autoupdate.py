@@ -39,8 +39,11 @@ class FakeFleet:
 
 
 class FakeReleases:
+    def __init__(self, target=None):
+        self.wanted = target or TARGET
+
     def target(self, release, variables):
-        return TARGET
+        return self.wanted
 
 
 @pytest.fixture
@@ -66,9 +69,9 @@ def setup(tmp_path, keys):
     return dispatcher, store, fleet, made, lines
 
 
-def checkin(dispatcher, made, serial, app="1.0.0", packs=None, lease=None, key_of=None, body=None):
+def checkin(dispatcher, made, serial, app="1.0.0", packs=None, lease=None, key_of=None, body=None, os_packages=None):
     message = pos_checkin.message(serial, app, packs if packs is not None else {"params": "2026.11.0"}, "boot-1",
-                                  now=NOON.timestamp(), lease=lease)
+                                  now=NOON.timestamp(), lease=lease, os_packages=os_packages)
     body = body or pos_checkin.encode(message)
     return dispatcher.checkin(body, pos_checkin.sign(body, made[key_of or serial]), "10.231.1.9")
 
@@ -84,6 +87,29 @@ def test_a_terminal_behind_its_assigned_release_is_queued_and_started_once(setup
     # Checking in again while its update runs starts nothing more.
     assert checkin(dispatcher, made, "KST1")[1]["decision"] == "already_running"
     assert dispatcher.start_jobs() == []
+
+
+@pytest.mark.parametrize(("reported", "decision"), [
+    ({"libssl3": "3.0.22-1~deb12u2", "tzdata": "2026f-0+deb12u1", "openssl": "3.0.22-1~deb12u2"}, "current"),
+    ({"libssl3": "3.0.20-1~deb12u2", "tzdata": "2026f-0+deb12u1"}, "queued"),   # one package behind
+    ({"libssl3": "3.0.22-1~deb12u2", "tzdata": None}, "queued"),                # one not installed
+    # Not every package reported (the agent did not know to watch tzdata yet): app and packs decide, and the
+    # answer's os_watch makes the agent report both at once.
+    ({"libssl3": "3.0.20-1~deb12u2"}, "current"),
+    (None, "current"),                  # an agent that reports no OS packages: app and packs decide
+], ids=["same", "behind", "not-installed", "partly-reported", "not-reported"])
+def test_a_terminal_whose_os_packages_differ_from_its_release_is_queued(setup, reported, decision):
+    dispatcher, _, _, made, _ = setup
+    dispatcher.releases = FakeReleases(dict(TARGET, os_packages={"libssl3": "3.0.22-1~deb12u2",
+                                                                 "tzdata": "2026f-0+deb12u1"}))
+    current = {"app": "1.1.0", "packs": {"params": "2026.12.0", "catalog": "2026.12.0", "merchant": "abc"}}
+    status, answer = checkin(dispatcher, made, "KST1", os_packages=reported, **current)
+    assert (status, answer["decision"], answer["os_watch"]) == (202, decision, ["libssl3", "tzdata"])
+
+
+def test_a_release_without_os_packages_asks_to_watch_none(setup):
+    dispatcher, _, _, made, _ = setup
+    assert "os_watch" not in checkin(dispatcher, made, "KST1")[1]
 
 
 def test_at_most_max_running_updates_and_the_others_wait_in_order(setup):

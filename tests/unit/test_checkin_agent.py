@@ -59,11 +59,26 @@ def test_a_signed_check_in_verifies_and_gives_back_the_message():
     b"{not json", b"[1, 2]", b"\xff\xfe",
     signed(v=2)[0], signed(serial="")[0], signed(packs=["params"])[0], signed(app_version=100)[0],
     signed(sent_at="yesterday")[0], signed(nonce="short")[0], signed(lease=7)[0],
+    signed(os_packages=["libssl3"])[0], signed(os_packages={"libssl3": 3})[0],
     b'{"v":1,"serial":"KST9101"}', b"{" + b" " * pos_checkin.MAX_BODY + b"}",
 ], ids=["not-json", "not-an-object", "not-utf8", "version", "no-serial", "packs", "app-version", "sent-at",
-        "nonce", "lease", "missing-fields", "too-big"])
+        "nonce", "lease", "os-packages-list", "os-package-version", "missing-fields", "too-big"])
 def test_a_malformed_check_in_is_refused_as_malformed(body):
     assert refusal(body, "v1=" + "0" * 64).reason == pos_checkin.MALFORMED
+
+
+def test_a_check_in_may_carry_the_os_packages_and_an_older_agents_without_them_still_verifies():
+    packages = {"libssl3": "3.0.20-1~deb12u2", "tzdata": "2026b-0+deb12u1"}
+    body, signature = signed(os_packages=packages)
+    assert pos_checkin.verify(body, signature, {"KST9101": KEY_A}.get, now=SENT)["os_packages"] == packages
+    # A terminal image of a few hundred packages fits the body the receiver reads.
+    many = {"package-%03d" % n: "1:%d.2.3-4+deb12u5" % n for n in range(600)}
+    assert len(signed(os_packages=many)[0]) <= pos_checkin.MAX_BODY
+    older = pos_checkin.message("KST9101", "1.0.0", FACTORY_PACKS, "boot-1", now=SENT)
+    assert "os_packages" not in older
+    body = pos_checkin.encode(older)
+    assert "os_packages" not in pos_checkin.verify(body, pos_checkin.sign(body, KEY_A), {"KST9101": KEY_A}.get,
+                                                   now=SENT)
 
 
 def test_an_unknown_serial_is_refused_as_unknown():
@@ -113,7 +128,7 @@ class ControlSideHandler(BaseHTTPRequestHandler):
                 + len(body))
         try:
             pos_checkin.verify(body, self.headers.get(pos_checkin.HEADER), self.server.keys.get)
-            status, answer = pos_checkin.reply(decision="current")
+            status, answer = pos_checkin.reply(decision="current", **self.server.extra)
         except pos_checkin.Refused as refused:
             status, answer = pos_checkin.reply(refused.reason)
         answer = json.dumps(answer).encode()
@@ -131,7 +146,7 @@ class ControlSideHandler(BaseHTTPRequestHandler):
 def control_side():
     server = ThreadingHTTPServer(("127.0.0.1", 0), ControlSideHandler)
     server.daemon_threads = True
-    server.keys, server.received = {TERMINAL["serial"]: KEY_A}, []
+    server.keys, server.received, server.extra = {TERMINAL["serial"]: KEY_A}, [], {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.endpoint = "http://127.0.0.1:%d/checkin" % server.server_address[1]
@@ -205,6 +220,7 @@ def test_a_new_key_or_endpoint_is_a_change_shown_by_fingerprint_and_settings(mak
 def test_absent_removes_the_agent_its_settings_and_key(make_terminal, run_module, control_side):
     terminal = make_terminal(style="bundle", boot=False)
     run_module("pos_checkin_agent", agent_args(control_side.endpoint), terminal.root)
+    terminal.path(pos_checkin.WATCH).write_text('["tzdata"]')  # as an answer's os_watch leaves it
 
     in_check_mode = run_module("pos_checkin_agent", {"state": "absent"}, terminal.root, check=True)
     assert in_check_mode["changed"] and terminal.path(pos_checkin.KEY).exists()
@@ -212,7 +228,7 @@ def test_absent_removes_the_agent_its_settings_and_key(make_terminal, run_module
     again = run_module("pos_checkin_agent", {"state": "absent"}, terminal.root)
 
     assert removed["changed"] and not again["changed"]
-    for path in (pos_checkin.COMMAND, pos_checkin.CONFIG, pos_checkin.KEY):
+    for path in (pos_checkin.COMMAND, pos_checkin.CONFIG, pos_checkin.KEY, pos_checkin.WATCH):
         assert not terminal.path(path).exists(), path
     code = terminal.root / "usr/local/lib/posfleet/ansible_collections/posfleet/fleet/plugins/module_utils"
     assert not (code / "pos_checkin.py").exists() and (code / "pos_terminal.py").exists(), \
@@ -261,6 +277,28 @@ def test_once_checks_in_with_the_terminals_versions_signed_with_its_key(make_ter
     terminal.path(LEASE).write_text(json.dumps(held))
     assert pos_checkin_command(terminal, "--once").returncode == 0
     assert json.loads(control_side.received[-1]["body"])["lease"] == "20261203T010203Z-update-3f2a"
+
+
+def test_the_agent_reports_the_os_packages_the_control_side_asks_it_to_watch(make_terminal, run_module,
+                                                                            control_side):
+    terminal = make_terminal(style="deb", boot=False)  # posd installed with dpkg; no tzdata in its database
+    run_module("pos_checkin_agent", agent_args(control_side.endpoint), terminal.root)
+    control_side.extra = {"os_watch": ["tzdata", "posd"]}
+
+    proc = pos_checkin_command(terminal, "--once")
+
+    # The first check-in knew of nothing to watch; the answer named two packages, so it checked in again at once.
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "now watching 2 OS package(s)" in proc.stdout
+    first, second = [json.loads(request["body"]) for request in control_side.received]
+    assert "os_packages" not in first
+    assert second["os_packages"] == {"posd": "1.0.0", "tzdata": None}
+    assert json.loads(terminal.path(pos_checkin.WATCH).read_text()) == ["posd", "tzdata"]
+
+    # The same list again: one check-in, with the versions.
+    assert pos_checkin_command(terminal, "--once").returncode == 0
+    assert len(control_side.received) == 3
+    assert json.loads(control_side.received[-1]["body"])["os_packages"] == {"posd": "1.0.0", "tzdata": None}
 
 
 def test_once_fails_quickly_against_a_closed_port_and_names_a_refusal(make_terminal, run_module, control_side):

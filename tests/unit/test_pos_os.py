@@ -146,6 +146,8 @@ def test_installed_and_versions_tell_installed_half_installed_removed_and_unknow
         "beta": {"version": "2.0", "arch": "all", "ok": False},
     }
     assert pos_os.versions(["alpha", "beta", "gamma"]) == {"alpha": "1.0", "beta": None, "gamma": None}
+    # What a check-in reports: every fully installed package, the half-configured beta left out.
+    assert pos_os.every_version() == {"alpha": "1.0"}
     assert pos_os.audit()  # the half-configured beta
 
     dpkg(root, "--remove", "alpha")  # its conffile stays: "rc"
