@@ -54,7 +54,7 @@ step unit pytest -q -p no:cacheprovider -n "${UNIT_JOBS:-auto}" tests/unit
 collect
 # The lab steps need root; each starts from a clean lab and leaves none behind.
 step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider tests/integration
-# Faults during a rolling update (its own 18-terminal lab, about 6 minutes): docs/faults.md.
+# Faults during a rolling update (its own 18-terminal lab, about 11 minutes): docs/faults.md.
 step faults pytest -q -p no:cacheprovider tests/faults
 step molecule molecule test -s default
 
