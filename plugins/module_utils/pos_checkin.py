@@ -82,7 +82,6 @@ KEY = "/var/lib/pos/checkin.key"
 CONFIG = "/var/lib/pos/checkin.json"
 # The OS packages the control side asked the terminal to report (the last accepted answer's os_watch).
 WATCH = "/var/lib/pos/checkin-os-watch.json"
-DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 COMMAND = "/usr/local/sbin/pos-checkin"
 HEADER = "X-Posfleet-Signature"
 # A check-in sent further than this from the receiver's clock is refused (STALE): a recorded check-in
@@ -253,7 +252,8 @@ def reply(refused=None, **extra):
 
 def _package_names(value):
     """`value` as a sorted list of Debian package names, or None when it is not a list of them."""
-    if not isinstance(value, list) or not all(isinstance(name, str) and DEB_NAME.match(name) for name in value):
+    if not isinstance(value, list) or not all(isinstance(name, str) and pos_os.PACKAGE_NAME.match(name)
+                                              for name in value):
         return None
     return sorted(set(value))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import tempfile
 
@@ -48,6 +49,8 @@ CONTROL_FILES = ("preinst", "postinst", "prerm", "postrm", "config", "templates"
 DATABASE_FIELDS = ("Status", "Conffiles", "Config-Version")
 # "ii": wanted installed, installed, no error. Anything else is a package half-way (unpacked, half-configured).
 INSTALLED_OK = "ii"
+# A Debian package name, as dpkg and the release manifests write it.
+PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
 
 def _environment():

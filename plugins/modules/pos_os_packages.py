@@ -180,7 +180,6 @@ from ansible_collections.posfleet.fleet.plugins.module_utils.pos_terminal import
     terminal_path,
 )
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~:-]*$")
 REQUIRED_KEYS = ("name", "version", "arch", "url", "sha256", "size")
 
@@ -194,7 +193,7 @@ def check_packages(module):
             module.fail_json(msg="packages.%d lacks %s; pass the release manifest entry's os_packages as they are"
                              % (index, ", ".join(missing)))
         entry = dict(given, size=int(given["size"]), sha256=str(given["sha256"]).lower())
-        if not NAME_RE.match(entry["name"]) or not VERSION_RE.match(str(entry["version"])):
+        if not pos_os.PACKAGE_NAME.match(entry["name"]) or not VERSION_RE.match(str(entry["version"])):
             module.fail_json(msg="packages.%d: %r %r is not a Debian package name and version"
                              % (index, entry["name"], entry["version"]))
         if entry["name"] in seen:
