@@ -21,8 +21,8 @@ from conftest import REPO, ansible_tool
 
 COLLECTION = "posfleet.fleet"
 # The plugin directories whose files are plugins of their own (filters: see filter_names()).
-PLUGIN_DIRS = {"module": "modules", "inventory": "inventory", "callback": "callback"}
-PLUGIN_TYPES = ("module", "filter", "inventory", "callback")
+PLUGIN_DIRS = {"module": "modules", "inventory": "inventory", "callback": "callback", "cache": "cache"}
+PLUGIN_TYPES = ("module", "filter", "inventory", "callback", "cache")
 
 
 def filter_names():

@@ -319,18 +319,34 @@ def test_pos_record_documents_exactly_the_statuses_it_accepts():
         assert options[name]["choices"] == pos_record_action.ARGUMENT_SPEC[name]["choices"], name
 
 
-def test_a_record_run_once_reaches_every_terminal_of_the_batch(tmp_path):
+def two_terminals_play(tmp_path, tasks):
+    """The first play's task results per host, for `tasks` over two local-connection terminals A and B."""
     inventory = tmp_path / "hosts.ini"
     inventory.write_text("A ansible_connection=local\nB ansible_connection=local\n")
     playbook = tmp_path / "play.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
-        {"name": "Mark", "posfleet.fleet.pos_record": {"started": False, "status": "go"}, "run_once": True},
-        {"name": "Show", "ansible.builtin.debug": {"msg": "{{ pos_update_status }} {{ pos_update_started }}"}}]}]))
+    playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": tasks}]))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "POSFLEET_"))}
     env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    shown = json.loads(proc.stdout)["plays"][0]["tasks"][1]["hosts"]
+    return [task["hosts"] for task in json.loads(proc.stdout)["plays"][0]["tasks"]]
+
+
+def test_a_record_run_once_reaches_every_terminal_of_the_batch(tmp_path):
+    shown = two_terminals_play(tmp_path, [
+        {"name": "Mark", "posfleet.fleet.pos_record": {"started": False, "status": "go"}, "run_once": True},
+        {"name": "Show", "ansible.builtin.debug": {"msg": "{{ pos_update_status }} {{ pos_update_started }}"}}])[1]
     assert {host: result["msg"] for host, result in shown.items()} == {"A": "go False", "B": "go False"}
+
+
+def test_a_record_run_once_leaves_each_terminal_its_own_cacheable_facts(tmp_path):
+    # A run_once record gives every terminal of the play the same (empty) cacheable layer; a terminal's own
+    # cacheable fact set afterwards (pos_preflight's pos_terminal) must stay that terminal's.
+    shown = two_terminals_play(tmp_path, [
+        {"name": "Mark", "posfleet.fleet.pos_record": {"started": False}, "run_once": True},
+        {"name": "Own", "ansible.builtin.set_fact": {"probe": "{{ inventory_hostname }}", "cacheable": True}},
+        {"name": "Show", "ansible.builtin.debug": {
+            "msg": "{{ ansible_facts.probe }} {{ hostvars[inventory_hostname].ansible_facts.probe }}"}}])[2]
+    assert {host: result["msg"] for host, result in shown.items()} == {"A": "A A", "B": "B B"}
