@@ -27,7 +27,7 @@ PYTHON ?= $(shell for v in 3.14 3.13 3.12; do \
                 && { echo "$$p"; exit 0; }; done; done)
 
 
-.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench bench-checkin bench-scale soak lab-up lab-down clean
+.PHONY: help deps apt venv collection demo test lint unit integration faults molecule bench bench-checkin bench-scale bench-rollout soak lab-up lab-down clean
 
 help:
 	@echo "make demo   boot the lab fleet and run the main job against it"
@@ -36,6 +36,8 @@ help:
 	@echo "            make bench BENCH_ARGS=--quick: about 20 min), then lab boot time and memory"
 	@echo "make bench-scale  no lab: plan.yml over generated fleets of 1,000, 10,000 and 100,000 terminals,"
 	@echo "            none contacted; wall, CPU and memory vs the targets (up to 3600 s per command)"
+	@echo "make bench-rollout  the lab: 10% of 100 terminals on a slow link against none (at most 1.3 times the"
+	@echo "            time), then a full update of 500 terminals: wall, CPU per terminal, peak memory (about 2 h)"
 	@echo "make bench-checkin  a reconnect storm of signed check-ins against the lab's auto-update service:"
 	@echo "            check-ins answered per minute, latency, bytes per check-in (a few minutes)"
 	@echo "make soak   rollouts over the lab with random faults until 10,000 sales were made during updates;"
@@ -128,6 +130,13 @@ bench-checkin: deps
 
 bench-scale: deps
 	$(VBIN)/python bench/fleet_scale.py --sizes 1000,10000,100000 --timeout 3600
+
+# Issue 16 in the lab (docs/performance.md): 10% of the terminals on a slow link beside the rest (two full
+# updates of fresh 100-terminal labs), then one full update of 500 terminals; about two hours. The script
+# holds the lab's lock itself.
+bench-rollout: deps
+	$(VBIN)/python bench/lab_rollout.py slow --terminals 100
+	$(VBIN)/python bench/lab_rollout.py fleet --terminals 500
 
 # The soak (docs/faults.md): its own lab, so never beside another lab run (the lock).
 soak: deps

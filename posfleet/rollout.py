@@ -248,17 +248,31 @@ def plan_waves(hosts, canary_per_model=1, waves=(10, 30, 100), order="region", s
     split so that once wave i is over, waves[i] percent of them (rounded up) are done; waves must
     end at 100. A wave that rounding leaves empty is dropped, so no wave is ever empty; 0 hosts give
     no waves.
+
+    A host marked `"slow": True` (its link, measured by the survey, is below the slow-link floor) takes
+    longer than the others, and a wave ends only when its last terminal has: in a small wave, one slow
+    terminal would hold every other terminal of the fleet. So slow terminals are canaries only where a
+    model has too few others, and otherwise go to the last wave, at its start, alternating with fast ones:
+    they start at once and update beside the fast ones instead of after them, and half of the window is
+    left to the fast ones.
     """
     shares = _check_waves(waves)
     _canary_count(canary_per_model, 1)      # refused even when the fleet is empty
     ordered = order_fleet(hosts, order, seed)
     sizes = collections.Counter(host["model"] for host in ordered)
     quota = {model: _canary_count(canary_per_model, size) for model, size in sizes.items()}
-    canary, rest = [], []
+    fast = collections.Counter(host["model"] for host in ordered if not host.get("slow"))
+    # Slow canaries only for the models whose fast terminals cannot fill their quota.
+    canaries = {(model, False): min(count, fast[model]) for model, count in quota.items()}
+    canaries.update({(model, True): count - canaries[model, False] for model, count in quota.items()})
+    canary, rest, slow = [], [], []
     for host in ordered:
-        if quota[host["model"]] > 0:
-            quota[host["model"]] -= 1
+        kind = (host["model"], bool(host.get("slow")))
+        if canaries[kind] > 0:
+            canaries[kind] -= 1
             canary.append(host["serial"])
+        elif host.get("slow"):
+            slow.append(host["serial"])
         else:
             rest.append(host["serial"])
     plan = [canary] if canary else []
@@ -268,15 +282,24 @@ def plan_waves(hosts, canary_per_model=1, waves=(10, 30, 100), order="region", s
         if upto > done:
             plan.append(rest[done:upto])
             done = upto
+    if slow:
+        if len(plan) > 1:
+            # Alternating with fast ones: the slow ones start at once without filling the whole window.
+            last = plan[-1]
+            plan[-1] = [serial for pair in zip(slow, last) for serial in pair]
+            plan[-1] += slow[len(last):] + last[len(slow):]
+        else:
+            plan.append(slow)
     return plan
 
 
 def serial_for_ansible(waves, batch_size=None):
     """The batch sizes to give a play's `serial` when its hosts are in wave order (order_hosts).
 
-    Ansible cuts the play's host list into batches of these sizes before the first batch starts. A
-    wave larger than `batch_size` is cut into batches of at most that many terminals: the error
-    budget is checked between batches, so a batch is how far a rollout can go before it may stop.
+    Ansible cuts the play's host list into batches of these sizes before the first batch starts, and
+    a batch starts only when every terminal of the one before has ended: a wave is proven before the
+    next. A wave larger than `batch_size` is cut into batches of at most that many terminals, a further
+    barrier inside it; None: one batch per wave.
     An empty plan gives []: Ansible reads an empty `serial` as one batch of every host, which only
     matches an empty plan when the play has no hosts either (order_hosts checks that).
     """

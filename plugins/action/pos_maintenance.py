@@ -86,7 +86,7 @@ class ActionModule(ActionBase):
                 return _facts.record(self, result, {"pos_update_started": True, "pos_update_status": "deferred",
                                                     "pos_update_reason": reason,
                                                     "pos_update_deferred_by": "window",
-                                                    "pos_update_window": window})
+                                                    "pos_update_window": window}, task_vars=task_vars)
 
         try:
             result = merge_hash(result, self._execute_module(
@@ -100,7 +100,8 @@ class ActionModule(ActionBase):
             reason = f"did not answer at the check before its change ({_first_line(exc)}); nothing was changed"
             result.update(changed=False, verdict={"status": "deferred", "reason": reason, "by": "quiesce"})
             return _facts.record(self, result, {"pos_update_started": True, "pos_update_status": "deferred",
-                                                "pos_update_reason": reason, "pos_update_deferred_by": "quiesce"})
+                                                "pos_update_reason": reason, "pos_update_deferred_by": "quiesce"},
+                                 task_vars=task_vars)
         self._remove_tmp_path(self._connection._shell.tmpdir)
         verdict = result.get("verdict")
         if module_args.get("ready_check") and isinstance(verdict, dict) and not result.get("failed"):
@@ -108,7 +109,7 @@ class ActionModule(ActionBase):
             facts = verdict_facts(verdict, terminal)
             if window:
                 facts["pos_update_window"] = window
-            _facts.record(self, result, facts, cacheable=result.pop("ansible_facts", None))
+            _facts.record(self, result, facts, cacheable=result.pop("ansible_facts", None), task_vars=task_vars)
         return result
 
     @staticmethod

@@ -98,6 +98,9 @@ class ActionModule(ActionBase):
             return result
         facts = {fact: result[key] for key, fact in PIPELINE_FACTS.items() if key in result}
         facts["pos_update_reboot"] = bool(result["entry"].get("reboot") or args["model_profile"].get("reboot_required"))
+        # The link's speed as the probe measured it, for the wave plan (a slow link goes to the last wave).
+        facts["pos_update_link_kbps"] = ((result.get("ansible_facts") or {}).get("pos_terminal", {}).get("probe")
+                                         or {}).get("kbps")
         if args["options_spec"] and result["status"] == "go":
             errors = self._option_errors(args["options_spec"], task_vars or {}, facts)
             if errors:

@@ -47,4 +47,5 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"pos_record: deferred_by is for status {statuses.DEFERRED}, "
                                     f"not {given['status']}")
         result["changed"] = False
-        return _facts.record(self, result, {f"pos_update_{name}": value for name, value in given.items()})
+        return _facts.record(self, result, {f"pos_update_{name}": value for name, value in given.items()},
+                             task_vars=task_vars)

@@ -15,7 +15,8 @@ from ansible.plugins.action import ActionBase
 from posfleet import rollout
 
 ARGUMENT_SPEC = {
-    "outcomes": {"type": "dict", "required": True},
+    "outcomes": {"type": "dict"},
+    "outcomes_file": {"type": "path"},
     "budget_file": {"type": "path"},
     "max_failed": {"type": "raw"},
     "max_failed_pct": {"type": "raw"},
@@ -32,9 +33,19 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        outcomes = {str(serial): status for serial, status in args["outcomes"].items()}
+        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC,
+                                              mutually_exclusive=[("outcomes", "outcomes_file")],
+                                              required_one_of=[("outcomes", "outcomes_file")])
         path = args["budget_file"]
+        try:
+            # The run's outcome tally (posfleet_facts.tally): no terminal has ended yet when it does not exist.
+            given = args["outcomes"]
+            if args["outcomes_file"] is not None:
+                given = rollout.budget_file_read(args["outcomes_file"])
+        except rollout.RolloutError as exc:
+            result.update(failed=True, msg=f"pos_rollout_budget (outcomes_file {args['outcomes_file']}): {exc}")
+            return result
+        outcomes = {str(serial): status for serial, status in given.items()}
         # This run's terminals that have no outcome in it yet: what the budget file says of them is
         # from an earlier run (a retry of yesterday's failures) and must not spend today's budget.
         stale = set(args["run_hosts"]) - set(outcomes)

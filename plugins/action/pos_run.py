@@ -50,9 +50,14 @@ class ActionModule(ActionBase):
         run["supersedes"] = [other["id"] for other in others if other["alive"] is False]
         going = [other for other in others if other["alive"] is not False]
         fact = {key: run[key] for key in FACT_KEYS}
-        result.update(run=fact, others=[dict(other, line=runs.describe(other)) for other in others])
+        # Where every terminal's final status goes as it ends (posfleet_facts.tally), for the error budget's
+        # check before each terminal; also in check mode, where the run has no file of its own. The
+        # posfleet_report callback removes it when the run ends.
+        outcomes = runs.outcomes_file(args["runs_dir"], run["id"])
+        result.update(run=fact, outcomes_file=outcomes,
+                      others=[dict(other, line=runs.describe(other)) for other in others])
         # With set_fact's precedence, on every terminal of the play when the task runs once.
-        _facts.record(self, result, {"posfleet_run": fact})
+        _facts.record(self, result, {"posfleet_run": fact, "posfleet_outcomes_file": outcomes})
         if going:
             line = "; ".join(runs.describe(other) for other in going)
             if args["others"] == "stop" and not self._task.check_mode:

@@ -50,7 +50,8 @@ class ActionModule(ActionBase):
         record_status = own.validated_parameters["record_status"]
         if record_status and self._task.check_mode:
             result.update(changed=False, msg="check mode: nothing was installed, so there is nothing to verify")
-            return _facts.record(self, result, {"pos_update_status": "would_update", "pos_update_reason": ""})
+            return _facts.record(self, result, {"pos_update_status": "would_update", "pos_update_reason": ""},
+                                 task_vars=task_vars)
         try:
             result = merge_hash(result, self._execute_module(
                 module_name="posfleet.fleet.pos_verify", module_args=module_args, task_vars=task_vars))
@@ -60,5 +61,5 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=f"{NOT_VERIFIED}: {exc}")
         self._remove_tmp_path(self._connection._shell.tmpdir)
         if record_status and not result.get("failed") and not result.get("unreachable"):
-            _facts.record(self, result, {"pos_update_status": "updated", "pos_update_reason": ""})
+            _facts.record(self, result, {"pos_update_status": "updated", "pos_update_reason": ""}, task_vars=task_vars)
         return result

@@ -157,6 +157,7 @@ class CallbackModule(CallbackBase):
         self.audit_failures = 0
         self.run_fact_refused = False
         self.runs_file = None    # this run's file in the runs directory (pos_run), removed at the end
+        self.outcomes_file = None  # and its outcome tally, which a run in check mode has too
 
     # --- collecting ------------------------------------------------------------------------------
 
@@ -192,6 +193,8 @@ class CallbackModule(CallbackBase):
         self._run_fact(data)
         if action == "pos_run" and isinstance(data.get("runs_file"), str):
             self.runs_file = data["runs_file"]
+        if action == "pos_run" and isinstance(data.get("outcomes_file"), str):
+            self.outcomes_file = data["outcomes_file"]
         # Whatever task recorded them: set_fact, or an action that records its own decision with
         # set_fact's precedence (plugins/plugin_utils/posfleet_facts.py). Only the pipeline's facts are read.
         if facts and any(key in facts for key in HOST_FACTS + RUN_FACTS):
@@ -405,11 +408,12 @@ class CallbackModule(CallbackBase):
         """The run is over, however it ended: its file in the runs directory goes (pos_run state=finished
         removes it at the end of a rollout; a run that fails before, at its release check say, would leave
         it, and every later run would warn of it as dead for a day)."""
-        if self.runs_file:
-            try:
+        try:
+            if self.runs_file:
                 posfleet_runs.forget(self.runs_file)
-            except posfleet_runs.RunsError as exc:
-                self._display.warning(f"posfleet_report: {exc}; the next run will report this run as dead")
+            posfleet_runs.forget_outcomes(self.outcomes_file)
+        except posfleet_runs.RunsError as exc:
+            self._display.warning(f"posfleet_report: {exc}; the next run will report this run as dead")
 
     def _report_dir(self):
         return self.get_option("report_dir") or os.path.abspath("reports")

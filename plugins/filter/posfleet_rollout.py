@@ -15,37 +15,48 @@ from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_sur
 from posfleet import rollout, statuses
 
 
-def _rollout_hosts(hostvars, hosts):
-    """[{serial, model, region}] for the terminals `hosts` (inventory names), from pos_model and pos_region."""
+def _rollout_hosts(hostvars, hosts, slow_kbps=None):
+    """[{serial, model, region, slow}] for the terminals `hosts` (inventory names), from pos_model and pos_region;
+    `slow` when the link the survey measured (pos_update_link_kbps, from pos_facts' probe) is below slow_kbps
+    kbit/s."""
     fleet = []
     for host in hosts:
         variables = hostvars.get(host) or {}
         model, region = variables.get("pos_model"), variables.get("pos_region")
         if not model or not region:
             raise AnsibleFilterError(f"terminal {host} has no pos_model or pos_region: is it in the registry?")
-        fleet.append({"serial": str(host), "model": str(model), "region": str(region)})
+        kbps = variables.get("pos_update_link_kbps")
+        slow = bool(slow_kbps) and isinstance(kbps, (int, float)) and kbps < float(slow_kbps)
+        fleet.append({"serial": str(host), "model": str(model), "region": str(region), "slow": slow})
     return fleet
 
 
 def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), order="region", seed=0,
-                     batch_size=None):
+                     batch_size=None, slow_kbps=None):
     """The waves of a rollout over the terminals of `hosts` whose survey said `go`.
 
     Terminals that are current, deferred, unfit or did not answer the survey are left out: a canary
-    must be a terminal that will really be updated. Returns {"waves": [[serial, ...]], "order": [serial, ...]
-    (the play's hosts, in wave order), "batches": [size, ...] (the play's serial), "wave_of":
-    {serial: wave index}}.
+    must be a terminal that will really be updated. A terminal whose link the survey measured below
+    `slow_kbps` kbit/s goes first into the last wave rather than into the canary or an early one
+    (posfleet.rollout.plan_waves). Returns {"waves": [[serial, ...]], "order": [serial, ...] (the play's
+    hosts, in wave order), "batches": [size, ...] (the play's serial), "wave_of": {serial: wave index},
+    "slow": [serial, ...]}.
     """
     ready = [host for host in hosts if (hostvars.get(host) or {}).get("pos_update_status") == statuses.GO]
-    fleet = _rollout_hosts(hostvars, ready)
+    try:
+        fleet = _rollout_hosts(hostvars, ready, slow_kbps)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError(f"slow_kbps {slow_kbps!r} is not a number of kbit/s") from None
     try:
         plan = rollout.plan_waves(fleet, canary_per_model, waves, order, seed)
         ordered = rollout.order_hosts(ready, plan)
-        batches = rollout.serial_for_ansible(plan, batch_size)
+        # 0 (update.yml's default): no cut, a wave is one batch.
+        batches = rollout.serial_for_ansible(plan, batch_size if batch_size not in (0, "0") else None)
     except rollout.RolloutError as exc:
         raise AnsibleFilterError(str(exc)) from None
     wave_of = {serial: index for index, wave in enumerate(plan) for serial in wave}
-    return {"waves": plan, "order": ordered, "batches": batches, "wave_of": wave_of}
+    return {"waves": plan, "order": ordered, "batches": batches, "wave_of": wave_of,
+            "slow": [host["serial"] for host in fleet if host["slow"]]}
 
 
 def pos_rollout_outcomes(hostvars, hosts, counted=None):
@@ -76,6 +87,10 @@ def pos_plan_lines(plan, hostvars, shown=12):
         return ["no terminal needs the update: nothing to roll out"]
     lines = [f"{len(plan['order'])} terminals in {len(plan['waves'])} waves, "
              f"{len(plan['batches'])} batches of {', '.join(str(size) for size in plan['batches'])}"]
+    if plan.get("slow"):
+        lines.append(f"{len(plan['slow'])} on a slow link (a canary only where a model has no other), "
+                     "at the start of the last wave: "
+                     + ", ".join(plan["slow"][:shown]) + (" and more" if len(plan["slow"]) > shown else ""))
     for index, wave in enumerate(plan["waves"]):
         models = {}
         for serial in wave:

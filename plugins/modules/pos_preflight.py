@@ -27,7 +27,8 @@ description:
     C(pos_update_entry), C(pos_update_window) (not set when windows are ignored), C(pos_update_status),
     C(pos_update_reason), C(pos_update_deferred_by), C(pos_update_before), C(pos_update_recheck) (for a
     terminal found V(go)) and C(pos_update_reboot) (whether the terminal's update ends with a reboot, from
-    the release entry's C(reboot) or the model profile's C(reboot_required)).
+    the release entry's C(reboot) or the model profile's C(reboot_required)), and C(pos_update_link_kbps) (the
+    link's speed the distribution point probe measured, which the wave plan reads; null when not measured).
   - With O(options_spec), also checks the options set for a terminal found V(go) against that argument spec,
     as M(ansible.builtin.validate_argument_spec) would; a wrong type fails the terminal at the survey, before
     any wave starts and before anything is changed.

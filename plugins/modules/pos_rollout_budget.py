@@ -10,9 +10,9 @@ DOCUMENTATION = r"""
 module: pos_rollout_budget
 short_description: Check a rollout's fleet-wide error budget on the control node
 description:
-  - Counts the outcomes of every terminal a rollout has finished so far, over every batch, and says
-    whether the error budget is exhausted. C(update.yml) runs it once before each batch and stops
-    the rollout when it is, so that no new terminal starts.
+  - Counts the outcomes of every terminal a rollout has finished so far and says whether the error
+    budget is exhausted. C(update.yml) runs it before each terminal starts, while others are still
+    updating, and leaves the terminal untouched when it is, so that no new terminal starts.
   - Failed and rolled back terminals spend the budget; unreachable ones only with O(count_unreachable).
     See C(docs/rollout.md) for how attempted terminals and the percentage are counted.
   - With O(budget_file), the outcomes are merged into a JSON file under an exclusive lock and the
@@ -28,8 +28,16 @@ options:
       - "The outcomes so far, C({serial: status}), with the statuses of C(docs/rollout.md) (C(updated),
         C(failed), C(rolled_back), C(unreachable), ...). The C(pos_rollout_outcomes) filter builds it
         from the play's hostvars."
+      - Exactly one of O(outcomes) and O(outcomes_file) is given.
     type: dict
-    required: true
+  outcomes_file:
+    description:
+      - "A file of the outcomes so far, in the format of O(budget_file): the run's outcome tally, which
+        C(update.yml)'s terminals add their final status to as each one ends (the C(posfleet_outcomes_file)
+        fact of M(posfleet.fleet.pos_run)). A file that does not exist yet means no terminal has ended."
+      - Read only, also outside check mode.
+    type: path
+    version_added: "0.4.0"
   budget_file:
     description:
       - A JSON file shared by the processes of one rollout. Created when missing; its directory must
@@ -95,7 +103,17 @@ seealso:
 """
 
 EXAMPLES = r"""
-# Before each batch: add the last batch's outcomes to the tally kept on localhost (reading every terminal's
+# Before each terminal starts (update.yml, a sliding window): the run's terminals add their final status to
+# the run's outcome tally as each one ends, and this reads it.
+- name: Check the fleet-wide error budget before this terminal starts
+  posfleet.fleet.pos_rollout_budget:
+    outcomes_file: "{{ posfleet_outcomes_file }}"
+    max_failed_pct: 10
+    total: "{{ hostvars['localhost'].update_plan.order | length }}"
+  delegate_to: localhost
+  register: update_budget
+
+# In batches: add the last batch's outcomes to the tally kept on localhost (reading every terminal's
 # variables before every batch would cost time that grows with the square of the fleet), then check.
 - name: Add the previous batch's outcomes to the run's
   ansible.builtin.set_fact:

@@ -137,13 +137,21 @@ runs_file:
   returned: with O(state=started), not in check mode
   type: str
   sample: /var/tmp/posfleet/runs/20261203T010203Z-update-3f2a.json
+outcomes_file:
+  description:
+    - "Where this run's terminals record their final status as each one ends, C({serial: status}), for the error
+      budget's check before each terminal starts (C(update.yml)). Also set as the C(posfleet_outcomes_file) fact.
+      The posfleet.fleet.posfleet_report callback removes it when the playbook ends."
+  returned: with O(state=started)
+  type: str
+  sample: /var/tmp/posfleet/runs/20261203T010203Z-update-3f2a.outcomes
 removed:
   description: With O(state=finished), whether the run's file was there and was removed.
   returned: with O(state=finished)
   type: bool
   sample: true
 ansible_facts:
-  description: C(posfleet_run), the same as RV(run).
+  description: C(posfleet_run), the same as RV(run), and C(posfleet_outcomes_file), the same as RV(outcomes_file).
   returned: with O(state=started)
   type: dict
 """

@@ -105,6 +105,16 @@ def _path(runs_dir, run_id):
     return os.path.join(runs_dir, f"{run_id}.json")
 
 
+# Beside a run's file: the outcomes of its terminals as each one ends (posfleet_facts.tally), which the error
+# budget's check before each terminal reads. Not ".json": others() reads those as runs.
+OUTCOMES_SUFFIX = ".outcomes"
+
+
+def outcomes_file(runs_dir, run_id):
+    """The path of run `run_id`'s outcome tally, {serial: status} (posfleet.rollout's budget file format)."""
+    return os.path.join(runs_dir, f"{run_id}{OUTCOMES_SUFFIX}")
+
+
 def is_alive(run):
     """True, False, or None when this control node cannot tell (the run is another control node's)."""
     if run.get("control_node") != posreport.this_control_node():
@@ -141,7 +151,7 @@ def others(runs_dir, mine=None, now=None):
             continue
         age, alive = (now - started).total_seconds(), is_alive(run)
         if age > FORGET_AFTER_S or (alive is False and age > DEAD_FORGET_S):
-            _remove(path)
+            forget(path)
             continue
         found.append(dict(run, alive=alive))
     return sorted(found, key=lambda run: (run["started"], run["id"]))
@@ -182,8 +192,17 @@ def finish(runs_dir, run_id):
 
 
 def forget(path):
-    """Remove a run's file by its path (pos_run's `runs_file`); True when it was there. RunsError otherwise."""
+    """Remove a run's file by its path (pos_run's `runs_file`), and its outcome tally; True when the run's file
+    was there. RunsError otherwise."""
+    forget_outcomes(path[:-len(".json")] + OUTCOMES_SUFFIX if path.endswith(".json") else None)
     return _remove(path)
+
+
+def forget_outcomes(path):
+    """Remove a run's outcome tally and its lock file (a run in check mode has a tally but no run file)."""
+    if path:
+        _remove(path)
+        _remove(path + ".lock")
 
 
 def _remove(path):

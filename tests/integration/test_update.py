@@ -110,7 +110,7 @@ def test_an_awx_job_brings_the_fleet_to_the_baseline(lab):
     assert f"· {len(lab)} of {len(lab)} done" in job["stdout"], "the progress line reaches the job's output"
     report = json.loads((job["report_dir"] / "report.json").read_text())
     assert report["totals"]["updated"] == len(lab) and report["settings"]["ignore_windows"] is True
-    assert report["settings"]["batch_size"] == 100, "the survey's default reached the run"
+    assert report["settings"]["batch_size"] == 0, "the survey's default (no cut: a wave is one batch) reached the run"
 
 
 def test_baseline_then_upgrade_across_all_models_and_regions(lab):

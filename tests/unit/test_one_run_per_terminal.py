@@ -218,3 +218,16 @@ def test_a_dead_run_s_file_is_kept_a_day_for_later_runs_then_forgotten(tmp_path,
     write_run(str(tmp_path), dead)
     assert bool(runs.others(str(tmp_path))) is kept
     assert (tmp_path / f"{dead['id']}.json").exists() is kept
+
+
+def test_a_run_s_outcome_tally_is_not_taken_for_a_run_and_goes_with_the_run_s_file(tmp_path):
+    directory = str(tmp_path)
+    run = runs.new_run("update", "2026.12.0", pid=os.getpid())
+    path = runs.register(directory, run)
+    tally = runs.outcomes_file(directory, run["id"])
+    for name in (tally, tally + ".lock"):
+        with open(name, "w", encoding="utf-8") as handle:
+            handle.write('{"KST00001": "updated"}\n')
+    assert [other["id"] for other in runs.others(directory)] == [run["id"]], "the tally is not read as a run"
+    assert runs.forget(path)
+    assert os.listdir(directory) == [], "the run's file, its tally and the tally's lock are gone"

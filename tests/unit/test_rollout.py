@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.posfleet.fleet.plugins.filter.posfleet_rollout import pos_rollout_plan
 from conftest import ansible_tool
 
 from posfleet import rollout
@@ -834,6 +835,43 @@ def test_concurrent_processes_lose_no_update(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["budget.json", "budget.json.lock"]
 
 
+def test_slow_links_are_no_canaries_and_start_the_last_wave_beside_fast_ones():
+    hosts = fleet({("kestrel_k200", "eu_west"): 20, ("heron_h5", "eu_west"): 6, ("petrel_p9", "eu_west"): 1})
+    slow = {host["serial"] for host in hosts if host["model"] != "petrel_p9" and int(host["serial"][3:]) % 5 == 0}
+    marked = [dict(host, slow=host["serial"] in slow) for host in hosts]
+    waves = rollout.plan_waves(marked, 1, [10, 30, 100], "region")
+    everyone = [serial for wave in waves for serial in wave]
+    assert sorted(everyone) == sorted(host["serial"] for host in hosts), "every terminal exactly once"
+    assert not slow & set(waves[0]), "a model with fast terminals gets a fast canary"
+    assert not slow & {serial for wave in waves[1:-1] for serial in wave}, "no slow terminal in a small early wave"
+    last = waves[-1]
+    head = last[:2 * len(slow)]
+    assert set(head[::2]) == slow and not slow & set(head[1::2]), "the last wave starts slow, fast, slow, fast ..."
+    # Without slow links the plan is the one it always was.
+    assert rollout.plan_waves([dict(host, slow=False) for host in hosts], 1, [10, 30, 100], "region") == \
+        rollout.plan_waves(hosts, 1, [10, 30, 100], "region")
+
+
+def test_a_model_with_only_slow_links_still_gets_its_canary():
+    hosts = [dict(host, slow=host["model"] == "petrel_p9")
+             for host in fleet({("kestrel_k200", "eu_west"): 9, ("petrel_p9", "eu_west"): 3})]
+    waves = rollout.plan_waves(hosts, 1, [50, 100], "region")
+    assert sorted(serial[:3] for serial in waves[0]) == ["KST", "PTR"]
+    assert [serial[:3] for serial in waves[-1][:4]] == ["PTR", "KST", "PTR", "KST"]
+
+
+def test_the_plan_filter_marks_links_below_the_floor_slow():
+    hostvars = {f"KST{n}": {"pos_model": "kestrel_k200", "pos_region": "eu_west", "pos_update_status": "go",
+                            "pos_update_link_kbps": 300 if n in (3, 7) else 40000} for n in range(1, 11)}
+    hostvars["KST9"]["pos_update_link_kbps"] = None      # not measured: not taken for slow
+    plan = pos_rollout_plan(hostvars, sorted(hostvars), 1, [50, 100], "region", 0, 0, 1000)
+    assert plan["slow"] == ["KST3", "KST7"]
+    assert plan["batches"] == [len(wave) for wave in plan["waves"]], "batch size 0: a wave is one batch"
+    assert plan["waves"][-1][0] in ("KST3", "KST7")
+    assert pos_rollout_plan(hostvars, sorted(hostvars), 1, [50, 100], "region", 0, 0, 0)["slow"] == [], \
+        "0 turns it off"
+
+
 # --- through Ansible ------------------------------------------------------------------------------
 
 
@@ -912,41 +950,71 @@ def test_ansible_runs_the_waves_as_its_batches(tmp_path):
     assert batches == waves
 
 
-BATCHES_PLAYBOOK = """\
-- name: Update in batches, counting the outcomes as update.yml does
-  hosts: fleet
-  serial: [2, 3, 3]
+WINDOW_PLAYBOOK = """\
+- name: The plan and the settings update.yml's rollout play reads
+  hosts: localhost
   gather_facts: false
   tasks:
-    - {tally}
-    - name: Show the tally and the whole count
+    - name: Plan
+      ansible.builtin.set_fact:
+        update_plan: {{order: "{{{{ groups['fleet'] }}}}"}}
+        update_settings: {{budget_file: null, max_failed: 1, max_failed_pct: null, count_unreachable: false}}
+
+- name: Update in a sliding window, the budget checked before each terminal as update.yml does
+  hosts: fleet
+  serial: [3, 5]
+  strategy: {strategy}
+  gather_facts: false
+  vars:
+    update_rollout_settings: "{{{{ hostvars['localhost'].update_settings }}}}"
+    posfleet_outcomes_file: {outcomes}
+  tasks:
+{tasks}
+    - name: Start, then end with an outcome
+      posfleet.fleet.pos_record:
+        started: true
+        status: >-
+          {{{{ {{'KST2': 'failed', 'KST3': 'rolled_back', 'KST4': 'failed'}}.get(inventory_hostname, 'updated') }}}}
+
+- name: Show what each terminal ended with
+  hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: Show
       ansible.builtin.debug:
         msg:
-          tally: "{{{{ hostvars['localhost'].update_outcomes }}}}"
-          whole: "{{{{ hostvars | posfleet.fleet.pos_rollout_outcomes(groups['fleet']) }}}}"
-      run_once: true
-    - name: Record an outcome
-      ansible.builtin.set_fact:
-        pos_update_started: true
-        pos_update_status: "{{{{ {{'KST2': 'failed', 'KST4': 'rolled_back'}}.get(inventory_hostname, 'updated') }}}}"
+          - "{{{{ inventory_hostname }}}}"
+          - "{{{{ pos_update_status }}}}"
+          - "{{{{ pos_update_deferred_by | default('') }}}}"
 """
 
 
-def test_update_yml_s_tally_counts_every_batch_that_ran_before_the_next(tmp_path):
-    # update.yml's own task, over local-connection hosts that only set facts: nothing is contacted.
+def test_update_yml_s_budget_check_before_each_terminal_stops_new_ones_and_lets_none_run_half_way(tmp_path):
+    # update.yml's own tasks before a terminal's update, over local-connection hosts that only record an outcome
+    # (nothing is contacted): one terminal at a time (forks 1), so the order is known. With max_failed 1, KST2 and
+    # KST3 spend the budget; KST4, in the same batch, starts only if the budget holds: it does not, and neither does
+    # any terminal of the next batch. Every outcome went to the run's tally, read before each terminal.
     play = yaml.safe_load((REPO / "playbooks" / "update.yml").read_text())[1]
-    [tally] = [task for task in play["tasks"] if task["name"] == "Add the previous batch's outcomes to the run's"]
+    assert play["strategy"] == "ansible.builtin.host_pinned", "a sliding window, not batches waiting for their slowest"
+    tasks = [task for task in play["tasks"] if "import_role" not in task and "ansible.builtin.import_role" not in task]
+    assert [task["name"] for task in tasks] == ["Check the fleet-wide error budget before this terminal starts",
+                                               "Leave the terminal untouched once the error budget is spent"]
+    outcomes = tmp_path / "run.outcomes"
     inventory = tmp_path / "fleet.ini"
     inventory.write_text("[fleet]\n" + "".join(f"KST{number}\n" for number in range(1, 9))
                          + f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n")
-    (tmp_path / "batches.yml").write_text(BATCHES_PLAYBOOK.format(tally=json.dumps(tally)))
+    rendered = yaml.safe_dump(tasks, sort_keys=False)
+    (tmp_path / "window.yml").write_text(WINDOW_PLAYBOOK.format(
+        strategy=play["strategy"], outcomes=json.dumps(str(outcomes)),
+        tasks="".join(f"    {line}\n" for line in rendered.splitlines())))
     proc = subprocess.run(
-        [ansible_tool("ansible-playbook"), "-i", str(inventory), str(tmp_path / "batches.yml")],
+        [ansible_tool("ansible-playbook"), "-f", "1", "-i", str(inventory), str(tmp_path / "window.yml")],
         cwd=REPO, env=_ansible_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    shown = _messages(proc.stdout)
-    assert [message["tally"] for message in shown] == [message["whole"] for message in shown]
-    assert [len(message["tally"]) for message in shown] == [0, 2, 5]
-    assert shown[-1]["tally"] == {"KST1": "updated", "KST2": "failed", "KST3": "updated", "KST4": "rolled_back",
-                                  "KST5": "updated"}
+    # The budget checks' results carry a msg too (their reason): the debug's are the lists.
+    ended = {shown[0]: tuple(shown[1:]) for shown in _messages(proc.stdout) if isinstance(shown, list)}
+    assert ended == {"KST1": ("updated", ""), "KST2": ("failed", ""), "KST3": ("rolled_back", ""),
+                     **{f"KST{number}": ("deferred", "budget") for number in range(4, 9)}}
+    assert json.loads(outcomes.read_text()) == {"KST1": "updated", "KST2": "failed", "KST3": "rolled_back"}, \
+        "the tally holds every started terminal's outcome, and no terminal the budget kept from starting"
