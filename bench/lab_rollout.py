@@ -13,8 +13,8 @@ long as the first, with the waves and the error budget as always (the report's w
 image straight to 2026.12.0 (app, packs and OS packages; bringing 500 terminals to the baseline first would
 double the run for nothing measured): wall time, control-node
 CPU per terminal (bench/tree_cpu.py), and peak memory, sampled every 2 s while it runs: the
-ansible-playbook process tree's (resident, the control node's share) and the machine's in use (control node
-and lab together); the lab's own at rest is measured before (bench/lab_scale.py's PSS walk).
+ansible-playbook process tree's (PSS, the control node's share) and the machine's in use (control node and
+lab together); the lab's own at rest is measured before (bench/lab_scale.py's PSS walk).
 
 Each run holds the lab's lock (POSLAB_LOCK, /tmp/poslab.lock) for the whole of it and leaves the lab down.
 Results: bench/results/lab-rollout-<mode>-<terminals>-<date>.json. This reports; it does not fail on a miss.
@@ -54,31 +54,28 @@ def meminfo_used_kib():
     return fields["MemTotal"] - fields["MemAvailable"]
 
 
-def tree_rss_kib(root_pid):
-    """Resident memory of `root_pid` and every process descending from it."""
-    children, rss = {}, {}
+def tree_pss_kib(root_pid):
+    """Proportional memory (PSS: shared pages split between their sharers, so the forked workers' pages are not
+    counted once per worker) of `root_pid` and every process descending from it."""
+    children = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-        rss[int(entry.name)] = next((int(line.split()[1]) for line in status.splitlines()
-                                     if line.startswith("VmRSS:")), 0)
-    total, stack = 0, [root_pid]
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    total, stack = 0, list(children.get(root_pid, []))
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        total += lab_scale.pss_kib(pid)
         stack.extend(children.get(pid, []))
     return total
 
 
 class Sampler(threading.Thread):
-    """Peak memory while a run goes: the machine's in use, and this process's descendants' resident."""
+    """Peak memory while a run goes: the machine's in use, and the PSS of this process's descendants."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -88,7 +85,7 @@ class Sampler(threading.Thread):
     def run(self):
         while not self.stop.wait(2.0):
             self.peak_used_kib = max(self.peak_used_kib, meminfo_used_kib())
-            self.peak_tree_kib = max(self.peak_tree_kib, tree_rss_kib(os.getpid()))
+            self.peak_tree_kib = max(self.peak_tree_kib, tree_pss_kib(os.getpid()))
 
 
 def measured_update(lab, label, forks):
@@ -100,7 +97,7 @@ def measured_update(lab, label, forks):
         sampler.stop.set()
         sampler.join()
     result["peak_memory_in_use_mib"] = round(sampler.peak_used_kib / 1024)
-    result["peak_control_node_tree_rss_mib"] = round(sampler.peak_tree_kib / 1024)
+    result["peak_control_node_tree_pss_mib"] = round(sampler.peak_tree_kib / 1024)
     result["cpu_s_per_terminal"] = round(result["cpu_s"] / lab.terminals, 3)
     report = next(Path(result["log"]).parent.glob("*/report.json"), None)
     if report is not None:
@@ -121,7 +118,8 @@ def fresh_lab(work, terminals, baseline=True):
     releases)."""
     work.mkdir(parents=True, exist_ok=True)
     lab = control_cost.Lab(work, terminals)
-    control_cost.log(f"a fresh lab of {terminals} terminals on {control_cost.OLD}")
+    control_cost.log(f"a fresh lab of {terminals} terminals" + (f" on {control_cost.OLD}" if baseline else
+                                                                  ", on their factory image"))
     env, log = lab.env, lab.log
     timings = {"down": control_cost.sh(["poslab", "down"], env, log),
                "up": control_cost.sh(["poslab", "up", "--terminals", terminals], env, log)}
@@ -183,7 +181,7 @@ def project(date):
     """A projection, not a measurement: control_cost.projection with this benchmark's figures.
 
     Measured here: the control node's CPU per terminal for a full update (at 500 terminals when that run is
-    there, else at 100), its memory per slot (the peak resident memory of the ansible-playbook tree over the
+    there, else at 100), its memory per slot (the peak memory (PSS) of the ansible-playbook tree over the
     forks), and what a slow link adds to a terminal's update (the slow terminals' median duration less the fast
     ones', the download at 256 kbit/s). Assumed, as before: a real terminal's update takes 300 s on a good link.
     A slice's throughput is its forks over the mean time a terminal holds a slot, so the slow links' share of
@@ -200,7 +198,10 @@ def project(date):
     share = slow["slow_pct"] / 100
     real = 300 + share * extra
     out = control_cost.projection(measured["cpu_s_per_terminal"], None, real_terminal_s=round(real))
-    per_slot = measured["peak_control_node_tree_rss_mib"] / measured["forks"]
+    # PSS where measured (the 500-terminal run); the first slow-links run sampled resident memory, which counts
+    # the pages the forked workers share once per worker: an upper bound.
+    tree = measured.get("peak_control_node_tree_pss_mib") or measured["peak_control_node_tree_rss_mib"]
+    per_slot = tree / measured["forks"]
     out.update(measured_at_terminals=measured["terminals"], slow_link_extra_s=round(extra), slow_share=share,
                memory_mib_per_slot=round(per_slot), assumed_good_link_terminal_s=300)
     for row in out["regions"].values():
