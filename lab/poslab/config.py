@@ -67,6 +67,17 @@ def load_regions():
     return regions
 
 
+# Fixed link-layer addresses (locally administered, 02:...), so that every neighbour entry of the lab can be
+# written once as permanent (net.py): see net.STATIC_NEIGHBOURS_WHY.
+BRIDGE_MAC = "02:70:ff:ff:ff:01"
+HUB_MAC = "02:70:ff:ff:ff:02"
+
+
+def terminal_mac(index):
+    """The link-layer address of terminal number `index`'s eth0 (0-based)."""
+    return "02:70:" + ":".join(f"{byte:02x}" for byte in (index + 1).to_bytes(4, "big"))
+
+
 def terminal_ip(index):
     """The lab address of terminal number `index` (0-based): 10.231.1.1, 10.231.1.2, ..."""
     return str(SUBNET.network_address + 256 + 1 + (index // 250) * 256 + index % 250)

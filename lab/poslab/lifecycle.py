@@ -199,7 +199,7 @@ def up(size, seed, wait=True):
     apt.ensure(os.environ.get("POSLAB_MIRROR") or image.apt_mirror(), image.SUITE)
     net.ensure_bridge(regions)
     services.start(regions)
-    net.ensure_terminals(terminals)
+    net.ensure_terminals(terminals, regions)
     log(f"provisioning {len(terminals)} terminals")
     for terminal in terminals:
         provision(terminal, models)
@@ -243,7 +243,12 @@ def start_supervisor():
 
 
 def wait_reachable(terminals, timeout=90):
-    """Wait until every terminal's sshd answers, printing progress."""
+    """Wait until every terminal's sshd answers, printing progress.
+
+    `timeout` counts from the last terminal that answered, not from the start: a large fleet on two cores
+    takes minutes to boot (500 terminals about two), while one terminal that does not boot is still found
+    within `timeout` of the others.
+    """
     deadline = time.monotonic() + timeout
     pending = {t["serial"]: t["ip"] for t in terminals}
     last = -1
@@ -257,9 +262,11 @@ def wait_reachable(terminals, timeout=90):
                 pass
         if len(pending) != last:
             last = len(pending)
+            deadline = time.monotonic() + timeout
             log(f"{len(terminals) - len(pending)}/{len(terminals)} terminals answer on ssh")
         if pending:
             time.sleep(0.5)
     if pending:
-        raise SystemExit(f"poslab: {len(pending)} terminals did not boot in {timeout}s: {sorted(pending)[:10]}; "
+        raise SystemExit(f"poslab: {len(pending)} terminals did not boot ({timeout}s without one more answering): "
+                         f"{sorted(pending)[:10]}; "
                          f"see {config.TERMINALS}/<serial>/console.log")

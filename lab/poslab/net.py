@@ -35,39 +35,61 @@ def terminal_veth(terminal):
     return f"{config.VETH_PREFIX}{terminal['index']}"
 
 
+# Why every neighbour (ARP) entry of the lab is written as permanent: the kernel's neighbour table is one for
+# the whole machine, every namespace's entries counted together, and past gc_thresh3 (1024 by default) it
+# refuses new ones ("neighbor table overflow"): at 500 terminals, each resolving the control node, its
+# distribution point and the acquirer, most terminals became unreachable ("No route to host"). Raising the
+# thresholds would change the host; permanent entries are not counted against them (Linux 4.19 and later)
+# and need no resolution at all.
+STATIC_NEIGHBOURS_WHY = "permanent neighbour entries keep a large lab out of the machine's ARP table limit"
+
+
+def _permanent(address, mac, dev="eth0"):
+    return f"neigh replace {address} lladdr {mac} dev {dev} nud permanent"
+
+
 def ensure_bridge(regions):
     """Bridge, control-node address and the hub namespace with the services' addresses."""
     prefix = config.SUBNET.prefixlen
     if not link_exists(config.BRIDGE):
         ip_batch([
-            f"link add {config.BRIDGE} type bridge",
+            f"link add {config.BRIDGE} address {config.BRIDGE_MAC} type bridge",
             f"addr add {config.CONTROL_IP}/{prefix} dev {config.BRIDGE}",
             f"link set {config.BRIDGE} up",
         ])
     if config.HUB_NS not in existing_namespaces():
         run(["ip", "netns", "add", config.HUB_NS])
         hub_ips = sorted({r["dp_ip"] for r in regions.values()} | {str(config.ACQUIRER_IP)})
-        ip_batch([f"link add {config.VETH_PREFIX}hub type veth peer name eth0 netns {config.HUB_NS}",
+        ip_batch([f"link add {config.VETH_PREFIX}hub type veth peer name eth0 address {config.HUB_MAC} "
+                  f"netns {config.HUB_NS}",
                   f"link set {config.VETH_PREFIX}hub master {config.BRIDGE} up"])
         run(["ip", "-n", config.HUB_NS, "-batch", "-"], input_text="\n".join(
             [f"addr add {address}/{prefix} dev eth0" for address in hub_ips]
             + ["link set eth0 up", "link set lo up"]) + "\n")
 
 
-def ensure_terminals(terminals):
-    """Create the namespace and cable of each terminal that does not have them yet."""
+def ensure_terminals(terminals, regions):
+    """Create the namespace and cable of each terminal that does not have them yet, with the permanent
+    neighbour entries between it and the control node and the hub's services (STATIC_NEIGHBOURS_WHY)."""
     have = existing_namespaces()
     missing = [t for t in terminals if terminal_ns(t) not in have]
     for terminal in missing:
         run(["ip", "netns", "add", terminal_ns(terminal)])
     ip_batch([line for t in missing for line in (
-        f"link add {terminal_veth(t)} type veth peer name eth0 netns {terminal_ns(t)}",
+        f"link add {terminal_veth(t)} type veth peer name eth0 address {config.terminal_mac(t['index'])} "
+        f"netns {terminal_ns(t)}",
         f"link set {terminal_veth(t)} master {config.BRIDGE} up",
-    )])
+    )] + [_permanent(t["ip"], config.terminal_mac(t["index"]), config.BRIDGE) for t in missing])
+    hub_ips = sorted({r["dp_ip"] for r in regions.values()} | {str(config.ACQUIRER_IP)})
+    if missing:
+        run(["ip", "-n", config.HUB_NS, "-batch", "-"], input_text="".join(
+            _permanent(t["ip"], config.terminal_mac(t["index"])) + "\n" for t in missing))
     for terminal in missing:
         run(["ip", "-n", terminal_ns(terminal), "-batch", "-"], input_text=(
             f"addr add {terminal['ip']}/{config.SUBNET.prefixlen} dev eth0\n"
-            "link set eth0 up\nlink set lo up\n"))
+            "link set eth0 up\nlink set lo up\n"
+            + _permanent(config.CONTROL_IP, config.BRIDGE_MAC) + "\n"
+            + "".join(_permanent(address, config.HUB_MAC) + "\n" for address in hub_ips)))
 
 
 def remove_terminal(terminal):
