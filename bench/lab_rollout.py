@@ -191,7 +191,8 @@ def project(date):
     slow = json.loads((results / f"lab-rollout-slow-100-{date}.json").read_text())
     fleet_path = results / f"lab-rollout-fleet-500-{date}.json"
     fleet = json.loads(fleet_path.read_text())["run"] if fleet_path.exists() else None
-    measured = fleet or slow["rounds"]["fast"]
+    # The CPU of a complete run; the memory of the largest (a run stopped early says so in "stopped").
+    measured = slow["rounds"]["fast"] if fleet is None or fleet.get("stopped") else fleet
     slow_round = slow["rounds"]["slow"]
     extra = sorted(slow_round["slow_duration_s"])[len(slow_round["slow_duration_s"]) // 2] - \
         slow_round["fast_duration_s_median"]
@@ -200,8 +201,9 @@ def project(date):
     out = control_cost.projection(measured["cpu_s_per_terminal"], None, real_terminal_s=round(real))
     # PSS where measured (the 500-terminal run); the first slow-links run sampled resident memory, which counts
     # the pages the forked workers share once per worker: an upper bound.
-    tree = measured.get("peak_control_node_tree_pss_mib") or measured["peak_control_node_tree_rss_mib"]
-    per_slot = tree / measured["forks"]
+    largest = fleet or measured
+    tree = largest.get("peak_control_node_tree_pss_mib") or largest["peak_control_node_tree_rss_mib"]
+    per_slot = tree / largest["forks"]
     out.update(measured_at_terminals=measured["terminals"], slow_link_extra_s=round(extra), slow_share=share,
                memory_mib_per_slot=round(per_slot), assumed_good_link_terminal_s=300)
     for row in out["regions"].values():
