@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -43,15 +44,48 @@ import control_cost  # noqa: E402  (the lab steps and the measured run, defined 
 import lab_scale  # noqa: E402
 
 SLOW_RATE = "256kbit"
+# Below this much available memory the measured ansible-playbook is stopped (SIGTERM), before the kernel's OOM
+# killer picks a process of the machine: the terminals' flash is memory (tmpfs), and a full update of 500
+# terminals outgrew a 24 GB machine (docs/performance.md).
+LOW_MEMORY_MIB = 1536
 SLOW_TARGET = 1.3
 
 
-def meminfo_used_kib():
+def meminfo_kib():
     fields = {}
     for line in Path("/proc/meminfo").read_text().splitlines():
         name, value = line.split(":", 1)
         fields[name] = int(value.split()[0])
-    return fields["MemTotal"] - fields["MemAvailable"]
+    return fields
+
+
+def measured_playbooks(root_pid):
+    """The ansible-playbook processes that bench/tree_cpu.py started under `root_pid` (this benchmark's own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_argv = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if argv and argv[0].endswith(b"ansible-playbook") and b"tree_cpu.py" in parent_argv \
+                and _descends(parent, root_pid):
+            found.append(int(entry.name))
+    return found
+
+
+def _descends(pid, root_pid):
+    while pid > 1:
+        if pid == root_pid:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 def tree_pss_kib(root_pid):
@@ -81,10 +115,16 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.stop = threading.Event()
         self.peak_used_kib = self.peak_tree_kib = 0
+        self.stopped_for_memory = None
 
     def run(self):
         while not self.stop.wait(2.0):
-            self.peak_used_kib = max(self.peak_used_kib, meminfo_used_kib())
+            fields = meminfo_kib()
+            self.peak_used_kib = max(self.peak_used_kib, fields["MemTotal"] - fields["MemAvailable"])
+            if fields["MemAvailable"] < LOW_MEMORY_MIB * 1024 and self.stopped_for_memory is None:
+                self.stopped_for_memory = f"{fields['MemAvailable'] // 1024} MiB available, below {LOW_MEMORY_MIB}"
+                for pid in measured_playbooks(os.getpid()):
+                    os.kill(pid, signal.SIGTERM)
             self.peak_tree_kib = max(self.peak_tree_kib, tree_pss_kib(os.getpid()))
 
 
@@ -97,6 +137,8 @@ def measured_update(lab, label, forks):
         sampler.stop.set()
         sampler.join()
     result["peak_memory_in_use_mib"] = round(sampler.peak_used_kib / 1024)
+    if sampler.stopped_for_memory:
+        result["stopped"] = f"ansible-playbook stopped (SIGTERM): {sampler.stopped_for_memory}"
     result["peak_control_node_tree_pss_mib"] = round(sampler.peak_tree_kib / 1024)
     result["cpu_s_per_terminal"] = round(result["cpu_s"] / lab.terminals, 3)
     report = next(Path(result["log"]).parent.glob("*/report.json"), None)
