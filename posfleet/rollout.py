@@ -299,15 +299,16 @@ def serial_for_ansible(waves, batch_size=None):
     Ansible cuts the play's host list into batches of these sizes before the first batch starts, and
     a batch starts only when every terminal of the one before has ended: a wave is proven before the
     next. A wave larger than `batch_size` is cut into batches of at most that many terminals, a further
-    barrier inside it; None: one batch per wave.
+    barrier inside it; None or 0 (update.yml's default): one batch per wave.
     An empty plan gives []: Ansible reads an empty `serial` as one batch of every host, which only
     matches an empty plan when the play has no hosts either (order_hosts checks that).
     """
     if batch_size is not None:
         if isinstance(batch_size, str) and batch_size.strip().isdigit():
             batch_size = int(batch_size)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise RolloutError(f"batch_size {batch_size!r} is not a count of terminals of at least 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise RolloutError(f"batch_size {batch_size!r} is not a count of terminals (0: one batch per wave)")
+        batch_size = batch_size or None
     sizes = []
     for index, wave in enumerate(waves):
         if isinstance(wave, (str, bytes)) or not isinstance(wave, (list, tuple)) or not wave:

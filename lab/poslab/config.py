@@ -68,7 +68,7 @@ def load_regions():
 
 
 # Fixed link-layer addresses (locally administered, 02:...), so that every neighbour entry of the lab can be
-# written once as permanent (net.py): see net.STATIC_NEIGHBOURS_WHY.
+# written once as permanent (net._permanent says why).
 BRIDGE_MAC = "02:70:ff:ff:ff:01"
 HUB_MAC = "02:70:ff:ff:ff:02"
 

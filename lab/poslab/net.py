@@ -35,17 +35,19 @@ def terminal_veth(terminal):
     return f"{config.VETH_PREFIX}{terminal['index']}"
 
 
-# Why every neighbour (ARP) entry of the lab is written as permanent: the kernel's neighbour table is one for
-# the whole machine, every namespace's entries counted together, and past gc_thresh3 (1024 by default) it
-# refuses new ones ("neighbor table overflow"): at 500 terminals, each resolving the control node, its
-# distribution point and the acquirer, most terminals became unreachable ("No route to host"). Raising the
-# thresholds would change the host; permanent entries are not counted against them (Linux 4.19 and later)
-# and need no resolution at all.
-STATIC_NEIGHBOURS_WHY = "permanent neighbour entries keep a large lab out of the machine's ARP table limit"
-
-
 def _permanent(address, mac, dev="eth0"):
+    """A permanent neighbour (ARP) entry. Why the lab writes every one of its entries so: the kernel's neighbour
+    table is one for the whole machine, every namespace's entries counted together, and past gc_thresh3 (1024
+    by default) it refuses new ones ("neighbor table overflow"): at 500 terminals, each resolving the control
+    node, its distribution point and the acquirer, most terminals became unreachable ("No route to host").
+    Raising the thresholds would change the host; permanent entries are not counted against them (Linux 4.19
+    and later) and need no resolution at all."""
     return f"neigh replace {address} lladdr {mac} dev {dev} nud permanent"
+
+
+def _hub_ips(regions):
+    """The addresses of the hub's services: each region's distribution point, and the acquirer."""
+    return sorted({r["dp_ip"] for r in regions.values()} | {str(config.ACQUIRER_IP)})
 
 
 def ensure_bridge(regions):
@@ -59,7 +61,7 @@ def ensure_bridge(regions):
         ])
     if config.HUB_NS not in existing_namespaces():
         run(["ip", "netns", "add", config.HUB_NS])
-        hub_ips = sorted({r["dp_ip"] for r in regions.values()} | {str(config.ACQUIRER_IP)})
+        hub_ips = _hub_ips(regions)
         ip_batch([f"link add {config.VETH_PREFIX}hub type veth peer name eth0 address {config.HUB_MAC} "
                   f"netns {config.HUB_NS}",
                   f"link set {config.VETH_PREFIX}hub master {config.BRIDGE} up"])
@@ -70,7 +72,7 @@ def ensure_bridge(regions):
 
 def ensure_terminals(terminals, regions):
     """Create the namespace and cable of each terminal that does not have them yet, with the permanent
-    neighbour entries between it and the control node and the hub's services (STATIC_NEIGHBOURS_WHY)."""
+    neighbour entries between it and the control node and the hub's services (_permanent)."""
     have = existing_namespaces()
     missing = [t for t in terminals if terminal_ns(t) not in have]
     for terminal in missing:
@@ -80,7 +82,7 @@ def ensure_terminals(terminals, regions):
         f"netns {terminal_ns(t)}",
         f"link set {terminal_veth(t)} master {config.BRIDGE} up",
     )] + [_permanent(t["ip"], config.terminal_mac(t["index"]), config.BRIDGE) for t in missing])
-    hub_ips = sorted({r["dp_ip"] for r in regions.values()} | {str(config.ACQUIRER_IP)})
+    hub_ips = _hub_ips(regions)
     if missing:
         run(["ip", "-n", config.HUB_NS, "-batch", "-"], input_text="".join(
             _permanent(t["ip"], config.terminal_mac(t["index"])) + "\n" for t in missing))

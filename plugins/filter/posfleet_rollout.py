@@ -50,8 +50,7 @@ def pos_rollout_plan(hostvars, hosts, canary_per_model=1, waves=(10, 30, 100), o
     try:
         plan = rollout.plan_waves(fleet, canary_per_model, waves, order, seed)
         ordered = rollout.order_hosts(ready, plan)
-        # 0 (update.yml's default): no cut, a wave is one batch.
-        batches = rollout.serial_for_ansible(plan, batch_size if batch_size not in (0, "0") else None)
+        batches = rollout.serial_for_ansible(plan, batch_size)
     except rollout.RolloutError as exc:
         raise AnsibleFilterError(str(exc)) from None
     wave_of = {serial: index for index, wave in enumerate(plan) for serial in wave}

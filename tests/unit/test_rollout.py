@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.posfleet.fleet.plugins.filter.posfleet_rollout import pos_rollout_plan
 from conftest import ansible_tool
 
 from posfleet import rollout
@@ -861,6 +860,10 @@ def test_a_model_with_only_slow_links_still_gets_its_canary():
 
 
 def test_the_plan_filter_marks_links_below_the_floor_slow():
+    # Imported here, not at the top: test_concurrent_processes_lose_no_update's spawned processes import this
+    # module without the collection on their path.
+    from ansible_collections.posfleet.fleet.plugins.filter.posfleet_rollout import pos_rollout_plan  # noqa: PLC0415
+
     hostvars = {f"KST{n}": {"pos_model": "kestrel_k200", "pos_region": "eu_west", "pos_update_status": "go",
                             "pos_update_link_kbps": 300 if n in (3, 7) else 40000} for n in range(1, 11)}
     hostvars["KST9"]["pos_update_link_kbps"] = None      # not measured: not taken for slow
