@@ -174,6 +174,17 @@ def fresh_lab(work, terminals, baseline=True):
     return lab, timings
 
 
+def flash_filesystems():
+    """How many terminals keep their flash on each filesystem type: tmpfs (memory) or ext4 (disk)."""
+    kinds = {}
+    with open("/proc/self/mounts", encoding="utf-8") as handle:
+        for line in handle:
+            point, fstype = line.split()[1:3]
+            if point.startswith(str(lab_scale.config.TERMINALS) + "/") and point.endswith("/flash"):
+                kinds[fstype] = kinds.get(fstype, 0) + 1
+    return kinds
+
+
 def _seconds(wave):
     started, finished = (datetime.datetime.strptime(wave[key], "%Y-%m-%dT%H:%M:%SZ")
                          for key in ("started_at", "finished_at"))
@@ -211,6 +222,7 @@ def slow_links(args, work):
 def whole_fleet(args, work):
     lab, timings = fresh_lab(work, args.terminals, baseline=False)
     lab_kib, flash_kib = lab_scale.terminal_memory()
+    timings["flash_filesystems"] = flash_filesystems()
     result = measured_update(lab, "update", args.forks)
     result.pop("durations_s", None)
     result["lab"] = dict(timings, memory_pss_mib=round(lab_kib / 1024), memory_pss_mib_per_terminal=round(

@@ -7,7 +7,7 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import checkin, faults, fleet, ledger, lifecycle, supervisor
+from . import checkin, faults, flash, fleet, ledger, lifecycle, supervisor
 from . import terminal as term
 
 
@@ -98,6 +98,9 @@ def parser():
     up.add_argument("--terminals", type=int, default=None, help="fleet size (default: as now, else 6)")
     up.add_argument("--seed", type=int, default=None, help="fleet shape seed (default: as now, else 1)")
     up.add_argument("--no-wait", action="store_true", help="do not wait for every terminal to answer on ssh")
+    up.add_argument("--flash", choices=flash.KINDS, default="auto",
+                    help="where new terminals keep their flash: memory (tmpfs), disk (an ext4 image on a loop "
+                         "device), or auto (memory while the fleet's flash fits in half the available memory)")
     sub.add_parser("down", help="remove everything the lab made")
     st = sub.add_parser("status", help="every terminal's reachability and posd state")
     st.add_argument("--json", action="store_true")
@@ -135,7 +138,7 @@ def main(argv=None):
         size = args.terminals if args.terminals is not None else (len(current) or 6)
         if size < 1:
             raise SystemExit("poslab: --terminals must be at least 1")
-        lifecycle.up(size, seed, wait=not args.no_wait)
+        lifecycle.up(size, seed, wait=not args.no_wait, flash_kind=args.flash)
         return 0
     if args.cmd == "down":
         lifecycle.down()

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import apt, checkin, config, fleet, image, net, packs, services, supervisor
+from . import apt, checkin, config, flash, fleet, image, net, packs, services, supervisor
 from .util import log, run
 
 
@@ -85,9 +85,10 @@ def down():
     net.teardown()
     for point in lab_mounts():
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    loops = flash.release(config.STATE)
     if config.STATE.exists():
         shutil.rmtree(config.STATE, ignore_errors=True)
-    left = net.existing_namespaces() or lab_mounts() or net.link_exists(config.BRIDGE)
+    left = net.existing_namespaces() or lab_mounts() or net.link_exists(config.BRIDGE) or loops
     if left:
         raise SystemExit(f"poslab: could not remove everything; still there: {left}")
     log(f"lab removed in {time.monotonic() - started:.1f}s")
@@ -133,16 +134,12 @@ def ensure_secrets():
         handle.write("---\n# The lab's backup encryption key, vault-encrypted; made by `poslab up`.\n" + encrypted)
 
 
-def provision(terminal, models):
-    """Give a new terminal its flash (a tmpfs of the model's size), identity, host keys and merchant pack."""
+def provision(terminal, models, flash_kind):
+    """Give a new terminal its flash (of the model's size, lab/poslab/flash.py), identity, host keys and
+    merchant pack."""
     tdir = supervisor.terminal_dir(terminal)
-    flash = tdir / "flash"
-    flash.mkdir(parents=True, exist_ok=True)
-    if not os.path.ismount(flash):
-        size = models[terminal["model"]]["storage_mb"]
-        run(["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=755", f"poslab-flash-{terminal['serial']}",
-             str(flash)])
-    upper = flash / "upper"
+    flash.mount(tdir, f"poslab-flash-{terminal['serial']}", models[terminal["model"]]["storage_mb"], flash_kind)
+    upper = tdir / "flash" / "upper"
     if (upper / "etc" / "pos" / "terminal.json").exists():
         return
     (upper / "etc" / "pos").mkdir(parents=True, exist_ok=True)
@@ -173,7 +170,7 @@ def write_known_hosts(terminals):
     tmp.replace(config.KNOWN_HOSTS)
 
 
-def up(size, seed, wait=True):
+def up(size, seed, wait=True, flash_kind="auto"):
     require_root()
     if stale():
         log("found leftovers of an earlier lab that is not running; cleaning them up first")
@@ -201,8 +198,9 @@ def up(size, seed, wait=True):
     services.start(regions)
     net.ensure_terminals(terminals, regions)
     log(f"provisioning {len(terminals)} terminals")
+    flash_kind = flash.choose(flash_kind, [models[t["model"]]["storage_mb"] for t in terminals])
     for terminal in terminals:
-        provision(terminal, models)
+        provision(terminal, models, flash_kind)
     write_known_hosts(terminals)
     fleet.save(terminals, seed)
     if running:
@@ -227,6 +225,7 @@ def retire(terminals):
         for point in lab_mounts():
             if point.startswith(str(tdir) + "/"):
                 subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        flash.release(tdir)
         shutil.rmtree(tdir, ignore_errors=True)
 
 

@@ -46,7 +46,16 @@ def host_snapshot():
     netns = run(["ip", "netns", "list"]).stdout.split("\n")
     links = [line.split(":")[1].strip().split("@")[0] for line in run(["ip", "-o", "link", "show"]).stdout.splitlines()]
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return {"netns": sorted(n for n in netns if n), "links": sorted(links), "mounts": sorted(mounts)}
+    # Loop devices (a lab's disk flash takes them), with what each is attached to.
+    loops = [f"{path.name}:{loop_backing(path.name)}" for path in Path("/sys/block").glob("loop*")]
+    return {"netns": sorted(n for n in netns if n), "links": sorted(links), "mounts": sorted(mounts),
+            "loops": sorted(loops)}
+
+
+def loop_backing(name):
+    """The file loop device `name` (loop0) is attached to, or "" when it is free."""
+    path = Path("/sys/block") / name / "loop" / "backing_file"
+    return path.read_text().strip() if path.exists() else ""
 
 
 def status():

@@ -3,10 +3,12 @@
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
-from conftest import TERMINALS, poslab, run, status, wait_for
+from conftest import TERMINALS, loop_backing, poslab, run, status, wait_for
 
+from poslab import config
 from poslab.image import python39
 
 
@@ -220,6 +222,37 @@ def test_unknown_fault_names_the_valid_ones(lab):
     result = poslab("fault", next(iter(lab)), "meteor-strike", check=False)
     assert result.returncode != 0
     assert "unknown fault 'meteor-strike'" in result.stderr and "net-down" in result.stderr
+
+
+def test_a_terminal_with_disk_flash_has_its_model_s_flash_and_gives_its_loop_device_back(lab):
+    """`poslab up --flash disk` (what a lab too large for memory gets): the flash is an ext4 image of the
+    model's size on a loop device, fills up as a real one would, and leaving the fleet frees the device."""
+    before = status()
+    boot_ids = {s: posctl(s, "status")["boot_id"] for s in before}
+    poslab("up", "--terminals", TERMINALS + 1, "--seed", "1", "--flash", "disk", timeout=600)
+    try:
+        new = next(row for serial, row in status().items() if serial not in before)
+        assert {s: posctl(s, "status")["boot_id"] for s in before} == boot_ids, "no terminal was rebooted"
+        flash = f"/var/lib/poslab/terminals/{new['serial']}/flash"
+        mounts = {line.split()[1]: line.split() for line in Path("/proc/self/mounts").read_text().splitlines()}
+        device, _, fstype = mounts[flash][:3]
+        assert fstype == "ext4" and loop_backing(device.rsplit("/", 1)[1]).endswith(f"/{new['serial']}/flash.img")
+        assert {mounts[f"/var/lib/poslab/terminals/{s}/flash"][2] for s in before} == {"tmpfs"}
+
+        def df_kib():  # size, free of the terminal's root as the terminal sees it
+            line = poslab("exec", new["serial"], "--", "df", "-k", "/").stdout.splitlines()[-1].split()
+            return int(line[1]), int(line[3])
+
+        size_mb = config.load_models()[new["model"]]["storage_mb"]
+        assert 0.9 * size_mb * 1024 <= df_kib()[0] <= size_mb * 1024
+        assert ssh_open(new["ip"])
+        poslab("fault", new["serial"], "disk-full")
+        assert df_kib()[1] == 0
+        poslab("fault", new["serial"], "disk-ok")
+        assert df_kib()[1] > 0.8 * size_mb * 1024
+    finally:
+        poslab("up", "--terminals", TERMINALS, "--seed", "1")
+    assert not [path.name for path in Path("/sys/block").glob("loop*") if "/var/lib/poslab/" in loop_backing(path.name)]
 
 
 def test_up_again_is_idempotent(lab):
