@@ -31,6 +31,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -174,6 +175,25 @@ def fresh_lab(work, terminals, baseline=True):
     return lab, timings
 
 
+def diagnose(lab, result):
+    """What the lab shows of each terminal the run did not update, kept in the work directory before the lab is
+    removed: its flash, its processes and the tails of its logs. {serial: [status, reason, diagnostics file]}."""
+    report = next(Path(result["log"]).parent.glob("*/report.json"), None)
+    rows = json.loads(report.read_text())["terminals"] if report else []
+    found = {}
+    for row in rows:
+        if row.get("status") == "updated":
+            continue
+        out = Path(result["log"]).parent / f"diagnose-{row['serial']}.txt"
+        probe = subprocess.run(
+            ["poslab", "exec", row["serial"], "--", "sh", "-c",
+             "df -k /; ps -ef; posctl status; for f in /var/log/*.log; do echo \"== $f\"; tail -n 40 \"$f\"; done"],
+            env=lab.env, capture_output=True, text=True, timeout=120, check=False)
+        out.write_text(probe.stdout + probe.stderr)
+        found[row["serial"]] = [row.get("status"), row.get("reason"), str(out)]
+    return found
+
+
 def flash_filesystems():
     """How many terminals keep their flash on each filesystem type: tmpfs (memory) or ext4 (disk)."""
     kinds = {}
@@ -224,6 +244,7 @@ def whole_fleet(args, work):
     lab_kib, flash_kib = lab_scale.terminal_memory()
     timings["flash_filesystems"] = flash_filesystems()
     result = measured_update(lab, "update", args.forks)
+    result["not_updated"] = diagnose(lab, result)
     result.pop("durations_s", None)
     result["lab"] = dict(timings, memory_pss_mib=round(lab_kib / 1024), memory_pss_mib_per_terminal=round(
         lab_kib / 1024 / args.terminals, 1), flash_used_mib=round(flash_kib / 1024))
