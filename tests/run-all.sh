@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every quality gate and test, in the order that fails fastest: lint, unit tests, then the lab
-# (integration over real SSH, fault injection, then the molecule scenario). Prints one closing line for CI.
+# Every quality gate and test: the linters, then the lab's integration tests over real SSH with the checks that
+# need no lab beside them (ansible-lint, sanity, unit tests), fault injection, then the molecule scenario.
+# Prints one closing line for CI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The lab suites need root (namespaces, mounts); without it they could only skip, and a run that skipped
@@ -33,7 +34,7 @@ collect() {
     for entry in "${background[@]}"; do
         name=${entry%%:*}
         wait "${entry##*:}"
-        echo "==> $name (ran beside the unit tests)"
+        echo "==> $name (ran beside the integration tests)"
         cat "$logs/$name"
         tail -n 1 "$logs/$name" | grep -q "^<== $name ok" || failed+=("$name")
     done
@@ -42,20 +43,20 @@ collect() {
 
 step yamllint yamllint --strict .
 step ruff ruff check .
-# ansible-lint and ansible-test sanity (single-threaded, a minute or two each) run beside the unit tests, whose
-# workers leave a core idle a good part of the time: about a minute less than one after another.
+# The checks that need no lab (ansible-lint, ansible-test sanity on the built collection, the unit tests with
+# one worker per core) run beside the lab's integration tests: the lab leaves the two cores idle about half of
+# that time (it waits on SSH, reboots and leases), and the three need about 11 CPU-minutes. They run at a lower
+# priority so that the lab's terminals, whose timing the integration tests watch, get the CPU first.
 # The lab inventory exists only while the lab is up; syntax checks need some inventory, so lint uses
 # the production example.
-start ansible-lint env ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
-# ansible-test sanity on the built collection, offline on the host's Python.
-start ansible-test-sanity tests/sanity.sh
-# One worker per core (pytest-xdist): about 3 minutes on two cores instead of 7.
-step unit pytest -q -p no:cacheprovider -n "${UNIT_JOBS:-auto}" tests/unit
-collect
+start ansible-lint nice -n 10 env ANSIBLE_INVENTORY=inventories/production ansible-lint --offline --profile production
+start ansible-test-sanity nice -n 10 tests/sanity.sh
+start unit nice -n 10 pytest -q -p no:cacheprovider -n "${UNIT_JOBS:-auto}" tests/unit
 # The lab steps need root; each starts from a clean lab and leaves none behind.
-step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider tests/integration
+step integration env POSLAB_TEST_TERMINALS="$terminals" pytest -q -p no:cacheprovider --durations=15 tests/integration
+collect
 # Faults during a rolling update (its own 18-terminal lab, about 11 minutes): docs/faults.md.
-step faults pytest -q -p no:cacheprovider tests/faults
+step faults pytest -q -p no:cacheprovider --durations=10 tests/faults
 step molecule molecule test -s default
 
 if [ ${#failed[@]} -gt 0 ]; then
