@@ -9,9 +9,9 @@ VBIN        := $(VENV)/bin
 # Debian packages the control node and the lab need. The terminal image is built from Debian's
 # archive with debootstrap, so nothing here is downloaded from anywhere else. chromium opens the
 # rollout report (report.html) headless in the tests. ansible-rulebook (auto update) runs on Debian's
-# default Java runtime.
+# default Java runtime. e2fsprogs (mkfs.ext4) and util-linux (losetup) make a large lab's disk flash.
 APT_PACKAGES := debootstrap debian-archive-keyring nginx-light openssh-client sqlite3 iproute2 dpkg-dev xz-utils zstd \
-                rsync openssl ca-certificates util-linux procps chromium default-jre-headless
+                rsync openssl ca-certificates util-linux e2fsprogs procps chromium default-jre-headless
 DEMO_TERMINALS ?= 12
 TEST_TERMINALS ?= 6
 export PATH := $(CURDIR)/$(VBIN):$(CURDIR)/bin:$(PATH)
