@@ -44,20 +44,14 @@ sys.path.insert(0, str(ROOT / "lab"))
 import control_cost  # noqa: E402  (the lab steps and the measured run, defined once there)
 import lab_scale  # noqa: E402
 
+from poslab import flash  # noqa: E402  (/proc/meminfo, read once there)
+
 SLOW_RATE = "256kbit"
 # Below this much available memory the measured ansible-playbook is stopped (SIGTERM), before the kernel's OOM
 # killer picks a process of the machine: the terminals' flash is memory (tmpfs), and a full update of 500
 # terminals outgrew a 24 GB machine (docs/performance.md).
 LOW_MEMORY_MIB = 1536
 SLOW_TARGET = 1.3
-
-
-def meminfo_kib():
-    fields = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        name, value = line.split(":", 1)
-        fields[name] = int(value.split()[0])
-    return fields
 
 
 def measured_playbooks(root_pid):
@@ -68,7 +62,7 @@ def measured_playbooks(root_pid):
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = _parent(int(entry.name))
             parent_argv = Path(f"/proc/{parent}/cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
@@ -78,12 +72,17 @@ def measured_playbooks(root_pid):
     return found
 
 
+def _parent(pid):
+    """The parent PID of `pid` (OSError when it is gone)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _descends(pid, root_pid):
     while pid > 1:
         if pid == root_pid:
             return True
         try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            pid = _parent(pid)
         except (OSError, ValueError, IndexError):
             return False
     return False
@@ -120,7 +119,7 @@ class Sampler(threading.Thread):
 
     def run(self):
         while not self.stop.wait(2.0):
-            fields = meminfo_kib()
+            fields = flash.meminfo_kib()
             self.peak_used_kib = max(self.peak_used_kib, fields["MemTotal"] - fields["MemAvailable"])
             if fields["MemAvailable"] < LOW_MEMORY_MIB * 1024 and self.stopped_for_memory is None:
                 self.stopped_for_memory = f"{fields['MemAvailable'] // 1024} MiB available, below {LOW_MEMORY_MIB}"

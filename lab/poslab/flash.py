@@ -33,20 +33,21 @@ def choose(kind, sizes_mb):
     """The kind of flash a fleet whose terminals' flash sizes are `sizes_mb` gets for `kind` (one of KINDS)."""
     if kind != "auto":
         return kind
-    available_mb = _meminfo_kib("MemAvailable") // 1024
+    available_mb = meminfo_kib()["MemAvailable"] // 1024
     chosen = "memory" if sum(sizes_mb) <= available_mb // 2 else "disk"
     log(f"flash: {chosen} ({sum(sizes_mb)} MB for the fleet, {available_mb} MB of memory available; "
         "`poslab up --flash memory|disk` to choose)")
     return chosen
 
 
-def _meminfo_kib(field):
+def meminfo_kib():
+    """/proc/meminfo as {field: KiB}."""
+    fields = {}
     with open("/proc/meminfo", encoding="ascii") as handle:
         for line in handle:
             name, value = line.split(":", 1)
-            if name == field:
-                return int(value.split()[0])
-    raise SystemExit(f"poslab: /proc/meminfo has no {field}")
+            fields[name] = int(value.split()[0])
+    return fields
 
 
 def mount(tdir, label, size_mb, kind):

@@ -15,7 +15,7 @@ from poslab import flash
 @pytest.fixture
 def available_mb(monkeypatch):
     def set_available(megabytes):
-        monkeypatch.setattr(flash, "_meminfo_kib", lambda field: {"MemAvailable": megabytes * 1024}[field])
+        monkeypatch.setattr(flash, "meminfo_kib", lambda: {"MemAvailable": megabytes * 1024})
     return set_available
 
 
