@@ -15,7 +15,8 @@ from posfleet import debs
 
 
 def _terminal(hostvars, host):
-    return (hostvars.get(host) or {}).get("pos_terminal")
+    # pos_terminal is a fact pos_facts returns: under ansible_facts only (ansible.cfg, inject_facts_as_vars).
+    return ((hostvars.get(host) or {}).get("ansible_facts") or {}).get("pos_terminal")
 
 
 def pos_fleet_summary(hostvars, hosts):

@@ -95,6 +95,19 @@ def test_drift_report_lists_terminals_that_could_not_be_audited():
         "B": ["pack:params: changed"], "C": ["not audited: the terminal did not answer"]}
 
 
+def test_the_fleet_summary_reads_each_terminal_s_facts_from_ansible_facts():
+    # As hostvars are with inject_facts_as_vars off (ansible.cfg, and ansible-core's default from 2.24): a
+    # fact a module returned is only under ansible_facts. A stray top-level pos_terminal is not a fact.
+    seen = {"pos_model": "heron_h5", "pos_region": "eu_west",
+            "ansible_facts": {"pos_terminal": {"app_version": "1.2.0", "posd": {"state": "idle", "healthy": True,
+                                                                                "pending": 3}}}}
+    hostvars = {"A": seen, "B": dict(seen), "C": {"pos_model": "heron_h5", "pos_region": "eu_west",
+                                                  "pos_terminal": {"app_version": "9.9.9"}}}
+    assert filters.pos_fleet_summary(hostvars, ["A", "B", "C"]) == [{
+        "model": "heron_h5", "region": "eu_west", "terminals": 3, "reachable": 2, "app_versions": {"1.2.0": 2},
+        "pending": 6, "unhealthy": 0, "selling": 2}]
+
+
 def test_the_release_target_carries_the_merchant_version_the_terminal_computes():
     profile = {"name": "Café Ü", "merchant_id": "M1"}
     release = {"release": "r1", "models": {"m": {"app": {"version": "1.1.0"}, "packs": {"params": {"version": "p2"}}}}}
