@@ -84,11 +84,13 @@ import re
 import sqlite3
 import time
 
+from ansible import context
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.posfleet.fleet.plugins.plugin_utils import posfleet_runs
 
 from posfleet import checkin as checkin_store
 from posfleet import report as posreport
+from posfleet import rollout
 from posfleet import statuses as vocabulary
 
 # Roles are the pipeline's steps; a report gives each terminal's seconds in each.
@@ -147,7 +149,8 @@ class CallbackModule(CallbackBase):
         self.steps = {}          # serial -> {step: seconds}
         self.bytes = {}          # serial -> bytes received
         self.waves_seen = {}     # wave index -> [first start, last finish]
-        self.finished = set()
+        self.finished = {}       # serial -> seconds its update took, in the order the terminals finished
+        self.models = None       # serial -> model of the planned terminals, once the first one finishes
         self.last_progress = 0.0
         self.inventory = None
         self.run_id = None       # posfleet_run's id, or one made when first needed
@@ -278,7 +281,7 @@ class CallbackModule(CallbackBase):
         wave_of = plan.get("wave_of") or {}
         if serial not in wave_of or serial in self.finished:
             return
-        self.finished.add(serial)
+        self.finished[serial] = sum(self.steps.get(serial, {}).values())
         total, done = len(wave_of), len(self.finished)
         now = time.monotonic()
         if not self.get_option("progress") or (now - self.last_progress < 1.0 and done < total):
@@ -287,8 +290,17 @@ class CallbackModule(CallbackBase):
         outcomes = [self._status(name)[0] for name in self.finished]
         bad = sum(status in vocabulary.SPENDING for status in outcomes)
         lost = sum(status == vocabulary.UNREACHABLE for status in outcomes)
-        elapsed = (_now() - self.started).total_seconds()
-        left = "" if done == total else f" · about {_duration(elapsed / done * (total - done))} left"
+        left = ""
+        if done < total:
+            order = plan.get("order") or []
+            if self.models is None:
+                self.models = {name: variables.get("pos_model") for name, variables in
+                               self._inventory_vars(order).items()}
+            seconds = rollout.time_left(plan.get("batches") or [], order, self.finished,
+                                        context.CLIARGS.get("forks"), self.models)
+            if seconds is None:  # nothing finished took time yet: the run's own pace so far
+                seconds = (_now() - self.started).total_seconds() / done * (total - done)
+            left = f" · about {_duration(seconds)} left"
         self._display.display(
             f"posfleet: wave {wave_of[serial] + 1} of {len(plan.get('waves') or [])} · {done} of {total} done"
             f" · {bad} failed or rolled back · {lost} unreachable{left}", color="cyan")

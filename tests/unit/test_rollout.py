@@ -405,6 +405,41 @@ def test_wave_boundaries_round_up():
     assert rollout.serial_for_ansible(waves) == [1, 1, 3, 3]
 
 
+def test_time_left_spreads_each_batch_s_work_over_the_forks_by_model():
+    # The shape of the 500-terminal lab run: canaries 3, then waves of 50, 98 and 349, 25 forks; two models.
+    batches = [3, 50, 98, 349]
+    order = [f"T{n:03d}" for n in range(500)]
+    model_of = {serial: "slow_model" if n % 2 else "fast_model" for n, serial in enumerate(order)}
+    # Only T000 (fast_model, 40 s) has finished: every terminal is expected to take 40 s, the model's
+    # or, for the other model, the median of all. Each batch's work is spread over the 25 forks, but the
+    # canary batch (2 left) takes as long as one terminal.
+    assert rollout.time_left(batches, order, {"T000": 40.0}, 25, model_of) == 40 + (50 + 98 + 349) * 40 / 25
+    # A batch not started takes at least as long as one terminal, however many forks there are.
+    assert rollout.time_left([1, 2], ["a", "b", "c"], {"a": 40.0}, 25) == 40
+    # Once both models have finished terminals, each unfinished one counts at its own model's median.
+    durations = {serial: (200.0 if model_of[serial] == "slow_model" else 50.0) for serial in order[:153]}
+    wave_3 = sum(200.0 if model_of[serial] == "slow_model" else 50.0 for serial in order[153:251])
+    last = sum(200.0 if model_of[serial] == "slow_model" else 50.0 for serial in order[251:])
+    assert rollout.time_left(batches, order, durations, 25, model_of) == wave_3 / 25 + last / 25
+    # Only the unfinished count, wherever they are: two stragglers of wave 2 in flight take as long as one.
+    stragglers = {serial: 100.0 for serial in order if serial not in ("T010", "T011")}
+    assert rollout.time_left(batches, order, stragglers, 25, model_of) == 100
+    assert rollout.time_left(batches, order, dict.fromkeys(order, 60.0), 25, model_of) == 0
+
+
+def test_time_left_follows_the_latest_terminals_not_the_first():
+    # The night slows down (a busier distribution point): the last `forks` finished set the pace.
+    order = [f"T{n:03d}" for n in range(150)]
+    durations = {serial: (30.0 if n < 25 else 90.0) for n, serial in enumerate(order[:50])}
+    assert rollout.time_left([150], order, durations, 25) == 100 * 90 / 25
+
+
+def test_time_left_is_unknown_until_a_finished_terminal_took_time():
+    assert rollout.time_left([3, 5], list("abcdefgh"), {"a": 0.0}, 25) is None
+    assert rollout.time_left([3, 5], list("abcdefgh"), {}, 25) is None
+    assert rollout.time_left([3, 5], list("abcdefgh"), {"a": 30.0}, None) is None
+
+
 def test_percentages_may_be_written_as_ansible_serial_strings_or_fractions():
     plain = rollout.plan_waves(BIG, 1, [10, 30, 100])
     assert rollout.plan_waves(BIG, "1", ["10%", "30%", "100%"]) == plain
