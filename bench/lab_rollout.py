@@ -302,7 +302,14 @@ def main():
     with open(control_cost.LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         work = Path(tempfile.mkdtemp(prefix=f"posfleet-bench-{args.mode}-"))
-        result = (slow_links if args.mode == "slow" else whole_fleet)(args, work)
+        try:
+            result = (slow_links if args.mode == "slow" else whole_fleet)(args, work)
+        except BaseException:
+            # A run that stops part way (a step failed, ^C) takes the lab down too: 500 terminals hold gigabytes
+            # of the machine. What happened stays in the work directory's logs.
+            control_cost.log(f"the run stopped; taking the lab down (logs in {work})")
+            control_cost.Lab(work, 0).down()
+            raise
     result.update(date=args.date, cpus=os.cpu_count(), work=str(work))
     out = ROOT / "bench" / "results" / f"lab-rollout-{args.mode}-{args.terminals}-{args.date}.json"
     out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
