@@ -298,25 +298,32 @@ def test_wrong_arguments_are_refused(store):
 
 
 WORKER = textwrap.dedent("""
-    import datetime, json, sqlite3, sys, time
+    import datetime, json, os, pathlib, sqlite3, sys, time
     from posfleet import statuses
     from posfleet.checkin import CheckinStore
 
-    path, go, max_running = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    path, sync, max_running = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
     store = CheckinStore(path, max_running=max_running)
     now = datetime.datetime(2026, 3, 2, 1, 0, tzinfo=datetime.timezone.utc)
-    while time.time() < go:
+    # Ready, then wait for the test's go: every worker is past its imports before any starts a job.
+    (sync / f"ready-{os.getpid()}").touch()
+    while not (sync / "go").exists():
         time.sleep(0.001)
     started, most = [], 0
-    for _ in range(400):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         jobs = store.start_next(now)
         with sqlite3.connect(path) as conn:
             most = max(most, conn.execute("SELECT count(*) FROM jobs WHERE state = 'running'").fetchone()[0])
+        # A job runs a while, and a poller pauses between polls: without either, the worker the scheduler
+        # ran first took every job within its time slice, and the others found none (a test of nothing).
+        time.sleep(0.005 if jobs else 0)
         for job in jobs:
             started.append(job["job_id"] + " " + job["serial"])
             store.finish(job["serial"], statuses.UPDATED, now, job_id=job["job_id"])
         if not jobs and store.summary(now)["queued"] == 0:
             break
+        time.sleep(0.001)
     print(json.dumps({"started": started, "most": most}))
 """)
 
@@ -327,9 +334,18 @@ def test_processes_starting_jobs_at_once_never_share_a_job_or_exceed_max_running
     serials = [f"T{number:03d}" for number in range(60)]
     for serial in serials:
         enqueue(store, serial)
-    go = time.time() + 1.5
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(go), "3"], stdout=subprocess.PIPE,
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(sync), "3"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    # A start time given in advance was not enough: on a loaded machine (make test runs the unit tests beside
+    # the lab's) the workers' imports outlasted it, and one worker took every job before the others came.
+    deadline = time.monotonic() + 120
+    while len(list(sync.glob("ready-*"))) < len(workers):
+        assert time.monotonic() < deadline and all(worker.poll() is None for worker in workers), \
+            [worker.communicate()[1] for worker in workers if worker.poll() is not None]
+        time.sleep(0.01)
+    (sync / "go").touch()
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=120)
